@@ -1,0 +1,116 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Sequential vs chunk-parallel memory scans on this machine: time and peak memory.
+
+Prints one table: forward and forward+backward wall time (median of --repeats, after a
+compile-and-warm-up call), the compiled program's temporary buffer size (XLA's
+``memory_analysis``, the peak scratch memory of the program), and the sequential/chunked
+ratios, for the matrix memory (B=8, H=4, d_k=d_v=128) and the MLP memory (anchored).
+
+    python experiments/bench_memory_scan.py                 # full table (several minutes)
+    python experiments/bench_memory_scan.py --quick         # tiny shapes, a few seconds
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from nl_jax.memory import MatrixMemory, MemoryInputs, MLPMemory
+
+
+def make_inputs(key, b, h, t, d, momentum):
+  ks = jax.random.split(key, 6)
+  shape = (b, h, t)
+  k = jax.random.normal(ks[0], shape + (d,))
+  k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+  return MemoryInputs(
+      keys=k, values=jax.random.normal(ks[1], shape + (d,)), queries=jax.random.normal(
+          ks[2], shape + (d,)), eta=jax.random.uniform(ks[3], shape, minval=0.1, maxval=0.9),
+      alpha=jax.random.uniform(ks[4], shape, minval=0.9, maxval=1.0),
+      momentum=jax.random.uniform(ks[5], shape, maxval=0.9) if momentum else None)
+
+
+def bench(fn, args, repeats):
+  compiled = jax.jit(fn).lower(*args).compile()
+  mem = compiled.memory_analysis()
+  temp = getattr(mem, "temp_size_in_bytes", float("nan")) if mem is not None else float("nan")
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), temp
+
+
+def run(mem, params, inputs, impl, repeats):
+  batch = inputs.keys.shape[:-2]
+
+  def fwd(params, inputs):
+    out, _ = mem.scan(params, mem.init_state(params, batch), inputs, implementation=impl)
+    return out
+
+  def fwd_bwd(params, inputs):
+    return jax.grad(lambda p, x: jnp.sum(fwd(p, x) ** 2), argnums=(0, 1))(params, inputs)
+
+  tf, mf = bench(fwd, (params, inputs), repeats)
+  tb, mb = bench(fwd_bwd, (params, inputs), repeats)
+  return tf, tb, mf, mb
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny shapes (smoke run)")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--lengths", default=None, help="comma-separated T values")
+  parser.add_argument("--chunk", type=int, default=64)
+  parser.add_argument("--momentum", action="store_true")
+  args = parser.parse_args()
+  if args.quick:
+    b, h, d, lengths, hidden = 2, 2, 16, [128, 256], 32
+  else:
+    b, h, d, lengths, hidden = 8, 4, 128, [512, 2048, 8192], 256
+  if args.lengths:
+    lengths = [int(x) for x in args.lengths.split(",")]
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s); "
+        f"B={b} H={h} d={d} C={args.chunk} momentum={args.momentum}")
+  header = (f"{'memory':<22}{'T':>6}{'seq fwd s':>11}{'chk fwd s':>11}{'fwd x':>7}"
+            f"{'seq f+b s':>11}{'chk f+b s':>11}{'f+b x':>7}{'seq MiB':>9}{'chk MiB':>9}")
+  print(header)
+  print("-" * len(header))
+  key = jax.random.PRNGKey(0)
+  configs = [
+      ("matrix dgd exact", MatrixMemory(key_dim=d, value_dim=d, rule="dgd",
+                                        chunk_size=args.chunk, momentum=args.momentum)),
+      ("mlp dgd anchored", MLPMemory(in_dim=d, hidden_dim=hidden, rule="dgd",
+                                     semantics="anchored", chunk_size=args.chunk,
+                                     momentum=args.momentum)),
+  ]
+  for name, mem in configs:
+    params = (mem.init_params(key, head_shape=(h,), scale=0.1) if isinstance(mem, MatrixMemory)
+              else mem.init_params(key, head_shape=(h,)))
+    for t in lengths:
+      inputs = make_inputs(jax.random.fold_in(key, t), b, h, t, d, args.momentum)
+      sf, sb, smf, smb = run(mem, params, inputs, "sequential", args.repeats)
+      cf, cb, cmf, cmb = run(mem, params, inputs, "chunked", args.repeats)
+      print(f"{name:<22}{t:>6}{sf:>11.3f}{cf:>11.3f}{sf / cf:>7.2f}{sb:>11.3f}{cb:>11.3f}"
+            f"{sb / cb:>7.2f}{smb / 2**20:>9.1f}{cmb / 2**20:>9.1f}", flush=True)
+  print("x = sequential time / chunked time; MiB = temporary memory of the f+b program")
+
+
+if __name__ == "__main__":
+  main()

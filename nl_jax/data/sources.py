@@ -1,0 +1,306 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Document sources for paper-scale data: ArrayRecord, Parquet (FineWeb-Edu), TFRecord.
+
+Every source yields *documents*: either a ``str`` (tokenized by the pipeline) or a 1-D
+int32 array of token ids (already tokenized; the pipeline only adds BOS/EOS). The pipeline
+(`nl_jax.data.pipeline`) then packs, batches and shards them the same way as the embedded
+corpus.
+
+Record formats for ArrayRecord and TFRecord (one document per record):
+
+* ``"text"``: the UTF-8 bytes of the document.
+* ``"int32"``: little-endian int32 token ids (pre-tokenized; no BOS/EOS inside).
+
+Which source to use at scale:
+
+* **ArrayRecord** (recommended; ``array_record`` ships with grain): random access, so the
+  pipeline shuffles *globally* per epoch and resumes exactly. Convert once with
+  `write_array_record` (e.g. one file per 1-2 GB shard).
+* **Parquet** (FineWeb-Edu ships as Parquet with a ``text`` column; needs ``pyarrow``):
+  streamed file by file, interleaved, and shuffled within a window
+  (``DataConfig.shuffle_window``). Files are sharded across processes, so use at least
+  ``shard_count`` files. `fineweb_edu_config` builds the config for a user-supplied glob,
+  e.g. ``fineweb_edu_config("/data/fineweb-edu/sample/10BT/*.parquet")``.
+* **TFRecord**: streamed like Parquet through grain's TF-free reader. Records must be raw
+  bytes in one of the record formats above (not ``tf.train.Example`` protos).
+"""
+
+import glob
+import importlib.util
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable
+
+import grain
+import numpy as np
+
+RECORD_FORMATS = ("text", "int32")
+
+Document = str | np.ndarray
+
+
+def expand_paths(paths: str | Sequence[str], *, field: str = "paths") -> list[str]:
+  """Expands files and glob patterns into a sorted, de-duplicated list of files.
+
+  Raises:
+    ValueError: if ``paths`` is empty or a pattern matches no file; the message names
+      ``field`` (the config field the paths came from).
+  """
+  if isinstance(paths, (str, os.PathLike)):
+    paths = [paths]
+  paths = [str(p) for p in paths]
+  if not paths:
+    raise ValueError(f"invalid data config: field {field!r} is empty; give files or globs")
+  files = []
+  for pattern in paths:
+    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else (
+        [pattern] if os.path.isfile(pattern) else [])
+    if not matches:
+      raise ValueError(f"invalid data config: field {field!r}: no file matches {pattern!r}")
+    files.extend(matches)
+  return list(dict.fromkeys(files))
+
+
+def encode_record(document: Document, record_format: str = "text") -> bytes:
+  """Serializes one document for ArrayRecord/TFRecord."""
+  if record_format == "text":
+    if not isinstance(document, str):
+      raise TypeError(f"record_format='text' needs str documents, got {type(document)}")
+    return document.encode("utf-8")
+  if record_format == "int32":
+    return np.asarray(document, dtype="<i4").tobytes()
+  raise ValueError(f"unknown record_format {record_format!r}; expected one of {RECORD_FORMATS}")
+
+
+def decode_record(record: bytes, record_format: str = "text") -> Document:
+  """Inverse of `encode_record`."""
+  if record_format == "text":
+    return bytes(record).decode("utf-8")
+  if record_format == "int32":
+    return np.frombuffer(record, dtype="<i4").astype(np.int32)
+  raise ValueError(f"unknown record_format {record_format!r}; expected one of {RECORD_FORMATS}")
+
+
+class DecodeRecord(grain.transforms.Map):
+  """grain map: record bytes -> document (a top-level class so workers can pickle it)."""
+
+  def __init__(self, record_format: str):
+    self._record_format = record_format
+
+  def map(self, element):
+    return decode_record(element, self._record_format)
+
+
+# ArrayRecord ----------------------------------------------------------------------------
+
+
+def write_array_record(
+    path: str | os.PathLike, documents: Iterable[Document], record_format: str = "text"
+) -> str:
+  """Writes one document per record to an ArrayRecord file; returns the path.
+
+  ``group_size:1`` keeps every record individually seekable, which random-access reads
+  (global shuffling) need.
+  """
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+  try:
+    for doc in documents:
+      writer.write(encode_record(doc, record_format))
+  finally:
+    writer.close()
+  return str(path)
+
+
+def array_record_documents(
+    paths: str | Sequence[str], record_format: str = "text"
+) -> grain.MapDataset:
+  """A random-access dataset of the documents in ArrayRecord files (globs allowed)."""
+  files = expand_paths(paths)
+  source = grain.sources.ArrayRecordDataSource(files)
+  return grain.MapDataset.source(source).map(DecodeRecord(record_format))
+
+
+# TFRecord -------------------------------------------------------------------------------
+
+
+def _crc32c_table() -> list[int]:
+  table = []
+  for i in range(256):
+    crc = i
+    for _ in range(8):
+      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    table.append(crc)
+  return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def _masked_crc32c(data: bytes) -> int:
+  crc = 0xFFFFFFFF
+  for b in data:
+    crc = _CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+  crc ^= 0xFFFFFFFF
+  # TFRecord stores a rotated-and-offset CRC so a CRC of CRC-bearing data stays strong.
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def write_tfrecord(
+    path: str | os.PathLike, documents: Iterable[Document], record_format: str = "text"
+) -> str:
+  """Writes a TFRecord file (valid CRCs, readable by TensorFlow too) without TensorFlow.
+
+  The pure-Python CRC is slow (~1 MB/s): fine for tests and small conversions; use
+  ``tf.io.TFRecordWriter`` or ArrayRecord for real data.
+  """
+  with open(path, "wb") as f:
+    for doc in documents:
+      data = encode_record(doc, record_format)
+      length = struct.pack("<Q", len(data))
+      f.write(length + struct.pack("<I", _masked_crc32c(length)))
+      f.write(data + struct.pack("<I", _masked_crc32c(data)))
+  return str(path)
+
+
+class OpenTFRecord(grain.transforms.Map):
+  """grain map: file path -> IterDataset of its documents."""
+
+  def __init__(self, record_format: str):
+    self._record_format = record_format
+
+  def map(self, element):
+    return grain.experimental.TFRecordIterDataset(element).map(DecodeRecord(self._record_format))
+
+
+# Parquet --------------------------------------------------------------------------------
+
+
+def require_pyarrow() -> None:
+  """Raises a clear ImportError when ``pyarrow`` (needed for Parquet) is missing."""
+  if importlib.util.find_spec("pyarrow") is None:
+    raise ImportError("Parquet sources need the `pyarrow` package: pip install pyarrow")
+
+
+class ParquetRowToDocument(grain.transforms.Map):
+  """grain map: a Parquet row (dict of column values) -> document."""
+
+  def __init__(self, text_column: str):
+    self._text_column = text_column
+
+  def map(self, element):
+    if self._text_column not in element:
+      raise KeyError(
+          f"parquet row has no column {self._text_column!r} (columns: {sorted(element)}); "
+          "set DataConfig.text_column"
+      )
+    value = element[self._text_column]
+    if isinstance(value, bytes):
+      return value.decode("utf-8")
+    if isinstance(value, str):
+      return value
+    # A list column holds pre-tokenized ids.
+    return np.asarray(value, dtype=np.int32)
+
+
+class OpenParquet(grain.transforms.Map):
+  """grain map: file path -> IterDataset of its documents (one per row)."""
+
+  def __init__(self, text_column: str):
+    self._text_column = text_column
+
+  def map(self, element):
+    return grain.experimental.ParquetIterDataset(element).map(
+        ParquetRowToDocument(self._text_column))
+
+
+def write_parquet(
+    path: str | os.PathLike, texts: Sequence[str], text_column: str = "text",
+    row_group_size: int | None = None,
+) -> str:
+  """Writes a Parquet file with one ``text_column`` (for tests and small conversions)."""
+  require_pyarrow()
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+  pq.write_table(pa.table({text_column: list(texts)}), str(path), row_group_size=row_group_size)
+  return str(path)
+
+
+# Streaming (file-sharded) sources ---------------------------------------------------------
+
+
+def interleaved_file_documents(
+    files: Sequence[str],
+    open_file: Callable[[str], Any],
+    *,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_epochs: int | None = None,
+    cycle_length: int = 4,
+    shuffle_window: int = 1000,
+) -> grain.IterDataset:
+  """Streams documents from many files: file-level sharding, interleave, window shuffle.
+
+  Each process reads the files ``files[shard_index::shard_count]``; each epoch visits its
+  files in a fresh order; ``cycle_length`` files are read concurrently (interleaved) and
+  the result is shuffled within a window of ``shuffle_window`` documents. The returned
+  iterator is checkpointable (file position + offsets inside the open files).
+
+  Raises:
+    ValueError: if there are fewer files than processes.
+  """
+  if len(files) < shard_count:
+    raise ValueError(
+        f"invalid data config: field 'paths' matches {len(files)} file(s) but there are "
+        f"{shard_count} processes; streaming sources shard by file, so give at least "
+        "shard_count files (or convert to ArrayRecord, which shards by record)"
+    )
+  files_ds = grain.MapDataset.source(list(files))[shard_index::shard_count]
+  if shuffle:
+    files_ds = files_ds.shuffle(seed=seed)
+  files_ds = files_ds.repeat(num_epochs)
+  datasets = files_ds.map(open_file)
+  ds = grain.experimental.InterleaveIterDataset(
+      datasets, cycle_length=max(1, min(cycle_length, len(files) // shard_count)))
+  if shuffle and shuffle_window > 1:
+    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
+  return ds
+
+
+def fineweb_edu_config(paths: str | Sequence[str], **overrides):
+  """A `DataConfig` for FineWeb-Edu (or any Parquet dump with a ``text`` column).
+
+  FineWeb-Edu is not downloaded here: fetch it yourself (e.g. the ``sample/10BT`` Parquet
+  shards from the Hugging Face hub) and pass a glob, e.g.
+  ``fineweb_edu_config("/data/fineweb-edu/sample/10BT/*.parquet", tokenizer="spm:/m.model",
+  seq_len=4096, batch_size=512)``.
+
+  Args:
+    paths: a glob or a list of Parquet files/globs.
+    **overrides: other `DataConfig` fields.
+  """
+  from nl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  if isinstance(paths, (str, os.PathLike)):
+    paths = (str(paths),)
+  fields = {"name": "parquet", "paths": tuple(str(p) for p in paths), "text_column": "text"}
+  fields.update(overrides)
+  return pipeline.DataConfig(**fields)
+

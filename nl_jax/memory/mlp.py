@@ -1,0 +1,204 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Deep (MLP) memory: the residual two-layer fast weight of eq. 89, per head and sequence.
+
+M(x) = x + W1 act(W2 x) (residual=True; needs d_in == d_out), trained in context on
+the inner loss 0.5 ||M(k) - v||^2. Per token, with G1, G2 the inner gradients::
+
+    W2 <- W2 (alpha I - erase k k^T) - lr G2     # DGD's rank-1 decay on the input-side weight
+    W1 <- alpha W1 - lr G1                       # (spec 9.4, first option)
+
+(momentum: S <- mu S - lr G, W <- decay(W) + S). Rules: dgd uses
+c = eta / (1 + eta ||k||^2) for both the erase and the step, so the key-direction factor of
+the input weight stays in (0, 1]; paper_l2 uses eta for both (eq. 88 literally); gd
+has no erase. hebbian and retention_order='before' are matrix-memory only.
+
+exact semantics (gradients at the current weights) has no parallel form and runs the token
+loop; anchored semantics (gradients of a chunk at the chunk's anchor) runs chunk-parallel:
+the anchored gradients are rank-1 (G2 = dz k^T, G1 = err h^T), so each layer is a matrix
+memory with known writes, solved in closed form by chunk_ops.
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nl_jax.memory import chunk_ops
+from nl_jax.memory.base import FastLevel, sg, straight_through
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": jax.nn.gelu,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "identity": lambda x: x,
+}
+
+
+class MLPWeights(NamedTuple):
+  """Fast weights of the MLP memory: w1 [d_out, hidden] (output side) and
+  w2 [hidden, d_in] (input side), with optional leading axes."""
+  w1: jax.Array
+  w2: jax.Array
+
+
+class MLPMemoryParams(NamedTuple):
+  """Outer parameters: the meta-learned initial weights."""
+  initial: MLPWeights
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MLPMemory(FastLevel):
+  """A residual two-layer MLP fast weight; see the module docstring."""
+  in_dim: int
+  hidden_dim: int
+  out_dim: int | None = None
+  activation: str = "silu"
+  residual: bool = True
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.rule == "hebbian":
+      raise ValueError("MLPMemory: rule='hebbian' is defined for MatrixMemory only")
+    if self.retention_order != "after":
+      raise ValueError("MLPMemory: retention_order='before' is defined for MatrixMemory only")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"MLPMemory: activation={self.activation!r} is not one of "
+                       f"{tuple(ACTIVATIONS)}")
+    if self.residual and self.d_out != self.in_dim:
+      raise ValueError(f"MLPMemory: residual=True needs out_dim == in_dim, got out_dim="
+                       f"{self.d_out}, in_dim={self.in_dim}")
+    for name in ("in_dim", "hidden_dim"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"MLPMemory: {name} must be >= 1, got {getattr(self, name)}")
+
+  @property
+  def d_in(self) -> int:
+    return self.in_dim
+
+  @property
+  def d_out(self) -> int:
+    return self.in_dim if self.out_dim is None else self.out_dim
+
+  @property
+  def has_chunked(self) -> bool:
+    return self.semantics == "anchored"
+
+  def init_params(self, rng: jax.Array, head_shape: tuple[int, ...] = (), out_scale: float = 1.0,
+                  dtype=jnp.float32) -> MLPMemoryParams:
+    """LeCun-normal initial weights; out_scale shrinks w1 (0 starts at identity)."""
+    k1, k2 = jax.random.split(rng)
+    hs = tuple(head_shape)
+    w1 = jax.random.normal(k1, hs + (self.d_out, self.hidden_dim), dtype)
+    w2 = jax.random.normal(k2, hs + (self.hidden_dim, self.in_dim), dtype)
+    return MLPMemoryParams(MLPWeights(w1 * out_scale / jnp.sqrt(self.hidden_dim).astype(dtype),
+                                      w2 / jnp.sqrt(self.in_dim).astype(dtype)))
+
+  def _initial_weights(self, params: MLPMemoryParams):
+    w = params.initial
+    if (w.w1.shape[-2:] != (self.d_out, self.hidden_dim)
+        or w.w2.shape[-2:] != (self.hidden_dim, self.in_dim)):
+      raise ValueError(f"MLPMemory: params.initial has w1 {w.w1.shape}, w2 {w.w2.shape}; expected "
+                       f"[*heads, {self.d_out}, {self.hidden_dim}] and "
+                       f"[*heads, {self.hidden_dim}, {self.in_dim}]")
+    return w
+
+  @property
+  def _act(self):
+    return ACTIVATIONS[self.activation]
+
+  def _apply(self, w: MLPWeights, x_TxK):
+    y = self._act(x_TxK @ w.w2.T) @ w.w1.T
+    return y + x_TxK if self.residual else y
+
+  def _read_weights(self, w, queries_TxK):
+    return self._apply(w, queries_TxK)
+
+  def _inner_loss(self, w: MLPWeights, k_K, v_V):
+    return 0.5 * jnp.sum((self._apply(w, k_K[None, :])[0] - v_V) ** 2)
+
+  def _token(self, carry, x):
+    w, s, anchor = carry
+    fo = self.first_order
+    w_in, s_in, anchor_in = w, s, anchor
+    if fo:
+      w_in, s_in, anchor_in = jax.tree.map(sg, (w, s, anchor))
+      x = {name: (v if name == "q" else sg(v)) for name, v in x.items()}
+    k, v, lr, erase, a = x["k"], x["v"], x["lr"], x["erase"], x["alpha"]
+    base = anchor_in if self.semantics == "anchored" else w_in
+    grads = jax.grad(self._inner_loss)(base, k, v)
+    decay = MLPWeights(w1=a * w_in.w1,
+                       w2=a * w_in.w2 - erase * jnp.outer(w_in.w2 @ k, k))
+    if self.momentum:
+      s_new = jax.tree.map(lambda sv, gv: x["mu"] * sv - lr * gv, s_in, grads)
+      w_new = jax.tree.map(jnp.add, decay, s_new)
+    else:
+      s_new = None
+      w_new = jax.tree.map(lambda dv, gv: dv - lr * gv, decay, grads)
+    if fo:
+      w_new = straight_through(w_new, w)
+      s_new = None if s is None else straight_through(s_new, s)
+    out = None
+    if "q" in x:
+      read_from = {"post": w_new, "pre": w, "anchor": anchor}[self.read_at]
+      out = self._apply(read_from, x["q"][None, :])[0]
+    return out, (w_new, s_new, anchor)
+
+  def _chunk(self, carry, ch):
+    w0, s0, anchor = carry
+    fo = self.first_order
+    if fo:
+      w0c, s0c, anchor_c = jax.tree.map(sg, (w0, s0, anchor))
+      ch = {name: (x if name == "q" else sg(x)) for name, x in ch.items()}
+    else:
+      w0c, s0c, anchor_c = w0, s0, anchor
+    k, v, lr = ch["k"], ch["v"], ch["lr"]
+    # Inner gradients of every token at the anchor, in rank-1 form (no [C, h, d] tensors).
+    z_CxH = k @ anchor_c.w2.T
+    h_CxH, act_vjp = jax.vjp(self._act, z_CxH)
+    y_CxV = h_CxH @ anchor_c.w1.T + (k if self.residual else 0.0)
+    err_CxV = y_CxV - v
+    (dz_CxH,) = act_vjp(err_CxV @ anchor_c.w1)
+    kern = chunk_ops.decay_kernels(ch["log_a"], ch.get("log_mu"), ch["valid"])
+    s1 = None if s0c is None else s0c.w1
+    s2 = None if s0c is None else s0c.w2
+    beta = None if self.rule == "gd" else ch["erase"]
+    sol2 = chunk_ops.solve_chunk(kern, w0c.w2, s2, k, beta, writes_CxV=-lr[:, None] * dz_CxH)
+    sol1 = chunk_ops.solve_chunk(kern, w0c.w1, s1, h_CxH, None, writes_CxV=-lr[:, None] * err_CxV)
+    out = None
+    if "q" in ch:
+      q = ch["q"]
+      if self.read_at == "anchor":
+        out = self._apply(anchor, q)
+      else:
+        before = self.read_at == "pre"
+        r_CxH = chunk_ops.read_chunk(kern, sol2, w0c.w2, s2, k, q, before)
+        if fo:
+          r_CxH = r_CxH + q @ (w0.w2 - sg(w0.w2)).T
+        hq_CxH = self._act(r_CxH)
+        out = chunk_ops.read_chunk(kern, sol1, w0c.w1, s1, h_CxH, hq_CxH, before)
+        if fo:
+          out = out + hq_CxH @ (w0.w1 - sg(w0.w1)).T
+        if self.residual:
+          out = out + q
+    w2_end, s2_end = chunk_ops.final_state(kern, sol2, w0c.w2, s2, k)
+    w1_end, s1_end = chunk_ops.final_state(kern, sol1, w0c.w1, s1, h_CxH)
+    w_end = MLPWeights(w1_end, w2_end)
+    s_end = None if s0 is None else MLPWeights(s1_end, s2_end)
+    if fo:
+      w_end = straight_through(w_end, w0)
+      s_end = None if s0 is None else straight_through(s_end, s0)
+    return out, (w_end, s_end)

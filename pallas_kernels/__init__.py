@@ -1,0 +1,19 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Pallas kernels for nl_jax, one folder per op.
+
+Each op folder holds ``reference.py`` (pure jnp, the executable spec), backend files
+(``tpu.py``, ``gpu.py``), ``config.py`` and ``api.py`` (dispatch with fallback to the
+reference). See WORKSPACE.md, "Playbook: adding a kernel".
+"""

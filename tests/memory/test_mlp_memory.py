@@ -1,0 +1,149 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""MLP memory: anchored chunks == anchored token loop, C = 1 == exact, streaming, errors."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nl_jax.memory import MemoryInputs, MLPMemory
+from tests.memory.helpers import assert_trees_close, loss_and_grads, random_inputs
+
+D, H, B, T = 6, 10, 2, 45
+
+
+def _setup(dtype, seed, **cfg):
+  mem = MLPMemory(in_dim=D, hidden_dim=H, **cfg)
+  params = mem.init_params(jax.random.PRNGKey(seed), dtype=dtype)
+  inputs = random_inputs(jax.random.PRNGKey(seed + 1), (B,), T, D, D, dtype,
+                         momentum=mem.momentum, eta_range=(0.05, 0.5))
+  return mem, params, inputs
+
+
+def _check_anchored_chunked_against_sequential(rule, cases):
+  with jax.enable_x64(True):
+    for c, momentum, read_at in cases:
+      mem, params, inputs = _setup(jnp.float64, c, rule=rule, semantics="anchored",
+                                   momentum=momentum, chunk_size=c, read_at=read_at)
+      _, o1, s1, g1 = loss_and_grads(mem, params, inputs, "chunked")
+      _, o2, s2, g2 = loss_and_grads(mem, params, inputs, "sequential")
+      what = f"{rule} C={c} momentum={momentum} read_at={read_at}"
+      assert_trees_close((o1, s1), (o2, s2), 1e-10, f"forward {what}")
+      assert_trees_close(g1, g2, 1e-9, f"grads {what}")
+
+
+@pytest.mark.parametrize("rule", ("dgd", "paper_l2", "gd"))
+def test_anchored_chunked_equals_sequential_f64(rule):
+  _check_anchored_chunked_against_sequential(
+      rule, [(4, True, "pre"), (64, True, "post"), (16, False, "anchor")])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule,momentum", list(itertools.product(
+    ("dgd", "paper_l2", "gd"), (False, True))))
+def test_anchored_chunked_equals_sequential_f64_every_chunk_size(rule, momentum):
+  _check_anchored_chunked_against_sequential(
+      rule, [(c, momentum, r) for c in (1, 4, 16, 64) for r in ("post", "pre", "anchor")])
+
+
+@pytest.mark.parametrize("activation,residual", [("gelu", True), ("tanh", False)])
+def test_first_order_activation_and_no_residual(activation, residual):
+  with jax.enable_x64(True):
+    mem = MLPMemory(in_dim=D, hidden_dim=H, out_dim=None if residual else 4, activation=activation,
+                    residual=residual, semantics="anchored", chunk_size=8, momentum=True,
+                    first_order=True)
+    params = mem.init_params(jax.random.PRNGKey(0), dtype=jnp.float64)
+    inputs = random_inputs(jax.random.PRNGKey(1), (B,), T, D, mem.d_out, jnp.float64,
+                           momentum=True, eta_range=(0.05, 0.5))
+    _, o1, s1, g1 = loss_and_grads(mem, params, inputs, "chunked")
+    _, o2, s2, g2 = loss_and_grads(mem, params, inputs, "sequential")
+    assert_trees_close((o1, s1), (o2, s2), 1e-10, "forward")
+    assert_trees_close(g1, g2, 1e-9, "grads")
+    assert float(jnp.abs(g1[1].keys).sum()) == 0.0 and float(jnp.abs(g1[1].queries).sum()) > 0
+
+
+def test_inner_gradient_matches_autodiff_of_the_inner_loss():
+  """One token from the initial state: the update is exactly W - lr * grad(0.5||M(k)-v||^2)."""
+  with jax.enable_x64(True):
+    mem = MLPMemory(in_dim=D, hidden_dim=H, rule="gd", semantics="anchored", chunk_size=4)
+    params = mem.init_params(jax.random.PRNGKey(3), dtype=jnp.float64)
+    x = random_inputs(jax.random.PRNGKey(4), (), 1, D, D, jnp.float64, alpha_range=(1.0, 1.0))
+    _, state = mem.scan(params, mem.init_state(params, ()), x, implementation="chunked")
+
+    def inner(w):
+      h = jax.nn.silu(w.w2 @ x.keys[0])
+      return 0.5 * jnp.sum((x.keys[0] + w.w1 @ h - x.values[0]) ** 2)
+
+    grads = jax.grad(inner)(params.initial)
+    want = jax.tree.map(lambda w, g: w - x.eta[0] * g, params.initial, grads)
+    assert_trees_close(state.memory, want, 1e-12, "one step")
+
+
+def test_anchored_with_chunk_one_equals_exact():
+  with jax.enable_x64(True):
+    for rule in ("dgd", "paper_l2", "gd"):
+      ex, params, inputs = _setup(jnp.float64, 2, rule=rule, momentum=True, chunk_size=1)
+      anch = MLPMemory(in_dim=D, hidden_dim=H, rule=rule, semantics="anchored", momentum=True,
+                       chunk_size=1)
+      o1, s1 = anch.scan(params, anch.init_state(params, (B,)), inputs)
+      o2, s2 = ex.scan(params, ex.init_state(params, (B,)), inputs)
+      assert_trees_close((o1, s1.memory), (o2, s2.memory), 1e-12, rule)
+
+
+@pytest.mark.parametrize("semantics", ("exact", "anchored"))
+def test_streaming_split_equals_one_call(semantics):
+  with jax.enable_x64(True):
+    mem, params, inputs = _setup(jnp.float64, 6, semantics=semantics, momentum=True,
+                                 chunk_size=8)
+    state0 = mem.init_state(params, (B,))
+    out, state = mem.scan(params, state0, inputs)
+    for split in (3, 8, 21):
+      out1, mid = mem.scan(params, state0, jax.tree.map(lambda x, s=split: x[:, :s], inputs))
+      out2, end = mem.scan(params, mid, jax.tree.map(lambda x, s=split: x[:, s:], inputs))
+      assert_trees_close(jnp.concatenate([out1, out2], 1), out, 1e-11, f"outputs {split}")
+      assert_trees_close(end, state, 1e-11, f"state {split}")
+
+
+def test_sequences_never_share_memory_and_state_is_f32():
+  mem, params, inputs = _setup(jnp.float32, 7, semantics="anchored", chunk_size=8)
+  out, st = mem.scan(params, mem.init_state(params, (B,)), inputs)
+  changed = inputs._replace(values=inputs.values.at[1].add(1.0))
+  out2, _ = mem.scan(params, mem.init_state(params, (B,)), changed)
+  np.testing.assert_array_equal(out[0], out2[0])
+  assert not np.allclose(out[1], out2[1])
+  x16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), inputs)
+  o16, s16 = mem.scan(params, mem.init_state(params, (B,)), x16)
+  assert s16.memory.w1.dtype == jnp.float32 and o16.dtype == jnp.bfloat16
+  assert float(jnp.linalg.norm(o16.astype(jnp.float32) - out) / jnp.linalg.norm(out)) < 3e-2
+
+
+def test_bad_configs_and_inputs_raise():
+  with pytest.raises(ValueError, match="hebbian"):
+    MLPMemory(in_dim=D, hidden_dim=H, rule="hebbian")
+  with pytest.raises(ValueError, match="residual=True needs out_dim == in_dim"):
+    MLPMemory(in_dim=D, hidden_dim=H, out_dim=3)
+  with pytest.raises(ValueError, match="activation='swish'"):
+    MLPMemory(in_dim=D, hidden_dim=H, activation="swish")
+  mem, params, inputs = _setup(jnp.float32, 8, chunk_size=8)
+  with pytest.raises(ValueError, match="no chunk-parallel form"):
+    mem.scan(params, mem.init_state(params, (B,)), inputs, implementation="chunked")
+  with pytest.raises(ValueError, match="inputs.keys has shape"):
+    bad = inputs._replace(keys=inputs.keys[..., :4], queries=None)
+    mem.scan(params, mem.init_state(params, (B,)), bad)
+  with pytest.raises(TypeError, match="MemoryInputs"):
+    mem.scan(params, mem.init_state(params, (B,)), tuple(inputs))
+  assert isinstance(inputs, MemoryInputs)
