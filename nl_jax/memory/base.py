@@ -28,6 +28,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nl_jax.memory import gates
 from nl_jax.memory.types import (
@@ -138,9 +139,13 @@ class FastLevel:
       return jnp.broadcast_to(x.astype(dtype), batch_shape + x.shape[len(head):])
 
     memory = jax.tree.map(bcast, init)
+    return MemoryState(*self._fresh_carry(memory), jnp.zeros(batch_shape, jnp.int32))
+
+  def _fresh_carry(self, memory):
+    """(memory, momentum, anchor) of a level that has seen nothing since `memory`."""
     momentum = jax.tree.map(jnp.zeros_like, memory) if self.momentum else None
     anchor = memory if self.semantics == "anchored" else None
-    return MemoryState(memory, momentum, anchor, jnp.zeros(batch_shape, jnp.int32))
+    return memory, momentum, anchor
 
   def read(self, params, state: MemoryState, queries: jax.Array) -> jax.Array:
     """Reads the current fast weights at queries [*batch, T, d_in] without writing."""
@@ -162,8 +167,16 @@ class FastLevel:
 
   def scan(self, params, state: MemoryState, inputs: MemoryInputs,
            implementation: str | None = None) -> tuple[jax.Array | None, MemoryState]:
-    """Processes a whole sequence: (outputs [*batch, T, d_out], final_state)."""
-    del params
+    """Processes a whole sequence: (outputs [*batch, T, d_out], final_state).
+
+    params are needed only when inputs.reset is given (the state returns to the initial
+    weights at every reset). In the chunked path a reset must fall on a chunk start, i.e.
+    at a global position (state.position + index) that is a multiple of chunk_size: the
+    chunks are aligned to those multiples whenever resets are given, and a misaligned reset
+    raises a ValueError when the resets and positions are concrete. Under jit nothing can
+    check it, so keep documents aligned (the data pipeline's alignment option) or use
+    implementation='sequential', which is exact for resets anywhere.
+    """
     owner = f"{type(self).__name__}.scan"
     bshape = self._state_batch_shape(state)
     _, t = validate_inputs(owner, inputs, self.d_in, self.d_out, self.momentum, bshape)
@@ -176,11 +189,17 @@ class FastLevel:
                        "chunk-parallel form; use implementation='sequential' or 'auto'")
     dtype = jax.tree.leaves(state.memory)[0].dtype
     tok = self._prepare(inputs, dtype)
+    carry = (state.memory, state.momentum, state.anchor)
+    fresh = None
+    if inputs.reset is not None:
+      if impl == "chunked":
+        self._check_reset_alignment(owner, inputs.reset, state.position)
+      init = self.init_state(params, bshape).memory
+      fresh = self._fresh_carry(jax.tree.map(lambda x, m: x.astype(m.dtype), init, state.memory))
     fn = self._scan_chunked_single if impl == "chunked" else self._scan_sequential_single
     for _ in bshape:
       fn = jax.vmap(fn)
-    carry = (state.memory, state.momentum, state.anchor)
-    outputs, (memory, momentum, anchor) = fn(carry, state.position, tok)
+    outputs, (memory, momentum, anchor) = fn(carry, state.position, tok, fresh)
     if outputs is not None:
       outputs = outputs.astype(inputs.queries.dtype)
     return outputs, MemoryState(memory, momentum, anchor, state.position + t)
@@ -210,14 +229,39 @@ class FastLevel:
       tok["q"] = q
     if self.momentum:
       tok["mu"] = cast(inputs.momentum)
+    if inputs.reset is not None:
+      tok["reset"] = inputs.reset.astype(dtype)
     return tok
 
-  def _scan_sequential_single(self, carry, position, tok):
+  def _check_reset_alignment(self, owner, reset, position):
+    """Raises if a concrete reset falls inside a chunk (the chunked path would miss it)."""
+    try:
+      reset_np = np.asarray(reset)
+      position_np = np.asarray(position)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+      return
+    idx = np.arange(reset_np.shape[-1])
+    misaligned = (reset_np != 0) & ((position_np[..., None] + idx) % self.chunk_size != 0)
+    if misaligned.any():
+      where = tuple(int(i) for i in np.argwhere(misaligned)[0])
+      raise ValueError(f"{owner}: inputs.reset is set at index {where} (global position "
+                       f"{int(position_np[where[:-1]]) + where[-1]}), which is not a multiple of "
+                       f"chunk_size={self.chunk_size}; the chunked path resets at chunk starts "
+                       "only. Align documents to the chunk size or use "
+                       "implementation='sequential'.")
+
+  @staticmethod
+  def _apply_reset(flag, carry, fresh):
+    return jax.tree.map(lambda c, f: jnp.where(flag > 0, f, c), carry, fresh)
+
+  def _scan_sequential_single(self, carry, position, tok, fresh=None):
     c = self.chunk_size
     t = tok["k"].shape[0]
 
     def step(state, x):
       (memory, momentum, anchor), pos = state
+      if fresh is not None:
+        memory, momentum, anchor = self._apply_reset(x["reset"], (memory, momentum, anchor), fresh)
       out, (memory, momentum, anchor) = self._token((memory, momentum, anchor), x)
       if self.semantics == "anchored":
         boundary = (pos + 1) % c == 0
@@ -247,14 +291,16 @@ class FastLevel:
     outputs = jnp.concatenate(outs, axis=0) if outs else None
     return outputs, carry
 
-  def _scan_chunked_single(self, carry, position, tok):
+  def _scan_chunked_single(self, carry, position, tok, fresh=None):
     c = self.chunk_size
     t = tok["k"].shape[0]
     anchored = self.semantics == "anchored"
-    # Anchored chunks are aligned to global multiples of C: a call that starts mid-chunk is
-    # front-padded with no-op tokens so its first chunk ends at the same boundary as before.
-    offset = position % c if anchored else 0
-    n = math.ceil((t + (c - 1 if anchored else 0)) / c)
+    # Anchored chunks (and all chunks when resets are given) are aligned to global multiples
+    # of C: a call that starts mid-chunk is front-padded with no-op tokens so its first chunk
+    # ends at the same boundary as before, and resets land on chunk starts.
+    aligned = anchored or fresh is not None
+    offset = position % c if aligned else 0
+    n = math.ceil((t + (c - 1 if aligned else 0)) / c)
     length = n * c
 
     def pad(x, fill):
@@ -275,6 +321,8 @@ class FastLevel:
     chunks = jax.tree.map(lambda x: x.reshape((n, c) + x.shape[1:]), padded)
 
     def body(carry, ch):
+      if fresh is not None:
+        carry = self._apply_reset(ch["reset"][0], carry, fresh)
       out, (memory, momentum) = self._chunk(carry, ch)
       anchor = carry[2]
       if anchored:

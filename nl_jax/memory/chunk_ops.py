@@ -25,7 +25,7 @@ Unrolling from the chunk's first state (M_0, S_0)::
 
 with Ke[i,s] = prod_{s<r<=i} a_r, Kw = Ke diag(valid) Pm under momentum
 (Pm[s,j] = prod_{j<r<=s} mu_r) and Kw = Ke without. The predictions p then solve a
-unit lower-triangular C x C system (the UT transform of DeltaNet / Gated DeltaNet), after
+unit lower-triangular C x C system (the UT transform of DeltaNet / Gated DeltaNet; ``unit_lower_inverse``), after
 which every read, and the final state, is a handful of matmuls. Writes either depend on the
 predictions (exact semantics: w_i = lr_i (v_i - g_i p_i)) or are known in advance
 (anchored semantics: gradients taken at the chunk's anchor).
@@ -85,6 +85,34 @@ def _state_reads(kern: ChunkKernels, m0: jax.Array, s0: jax.Array | None, keys_C
   return out
 
 
+def unit_lower_inverse(a_CxC: jax.Array) -> jax.Array:
+  """``(I + a)^-1`` for strictly lower-triangular ``a``, by recursive 2x2 blocking.
+
+  Bottom-up over block sizes 1, 2, 4, ...: with the inverses of the two diagonal halves of a
+  block known, the block's inverse is ``[[X11, 0], [-X22 L21 X11, X22]]``. This is the blocked
+  triangular inverse (no powers of the strictly lower matrix are formed), ``log2 C`` levels of
+  batched matmuls with a total cost of about one ``C x C x C`` product, and it is plain matmuls
+  for autodiff. XLA:CPU's ``triangular_solve`` inside a differentiated ``scan`` was seen to
+  deadlock intermittently (jax 0.10.2, [8, 4] batch of 64 x 64 systems), so it is not used.
+  """
+  c = a_CxC.shape[0]
+  size = 1 << max(0, (c - 1).bit_length())
+  l_full = jnp.eye(size, dtype=a_CxC.dtype).at[:c, :c].add(a_CxC)
+  inv = jnp.ones((size, 1, 1), a_CxC.dtype)  # inverses of the 1 x 1 diagonal blocks
+  b = 1
+  while b < size:
+    n2 = size // (2 * b)
+    blocks = jnp.diagonal(l_full.reshape(n2, 2 * b, n2, 2 * b), axis1=0, axis2=2)
+    blocks = jnp.moveaxis(blocks, -1, 0)  # [n2, 2b, 2b] diagonal blocks of size 2b
+    x11, x22 = inv[0::2], inv[1::2]
+    x21 = -x22 @ blocks[:, b:, :b] @ x11
+    top = jnp.concatenate([x11, jnp.zeros_like(x11)], axis=2)
+    bottom = jnp.concatenate([x21, x22], axis=2)
+    inv = jnp.concatenate([top, bottom], axis=1)
+    b *= 2
+  return inv[0, :c, :c]
+
+
 class ChunkSolution(NamedTuple):
   writes_CxV: jax.Array   # w_i
   erased_CxV: jax.Array   # beta_i p_i
@@ -118,8 +146,7 @@ def solve_chunk(kern: ChunkKernels, m0: jax.Array, s0: jax.Array | None, keys_Cx
     a_CxC = kep * beta_C[None, :] * gram_CxC
     rhs_CxV = rhs_CxV + (kwp * gram_CxC) @ writes_CxV
   # a_CxC is strictly lower triangular (shifted kernels), so I + a is unit lower triangular.
-  p_CxV = jax.lax.linalg.triangular_solve(a_CxC, rhs_CxV, left_side=True, lower=True,
-                                          unit_diagonal=True)
+  p_CxV = unit_lower_inverse(a_CxC) @ rhs_CxV
   if exact:
     writes_CxV = lr_C[:, None] * (values_CxV - g_C[:, None] * p_CxV)
   return ChunkSolution(writes_CxV, beta_C[:, None] * p_CxV)

@@ -35,6 +35,12 @@ class MemoryInputs(NamedTuple):
     alpha: [*batch, T] retention in [0, 1], or None for 1.
     momentum: [*batch, T] momentum decay in [0, 1); required iff the memory has
       momentum.
+    reset: [*batch, T] bool (or 0/1), or None: True at the first token of a new document.
+      The state goes back to the meta-learned initial weights (momentum to zero, anchor to
+      the initial weights) before that token is processed, so packed documents never read
+      what another one wrote. Exact per token in the sequential path; the chunked path
+      applies resets at chunk starts (global position % chunk_size == 0), which is where
+      the data pipeline's document alignment puts them (see FastLevel.scan).
   """
   keys: jax.Array
   values: jax.Array
@@ -42,6 +48,7 @@ class MemoryInputs(NamedTuple):
   queries: jax.Array | None = None
   alpha: jax.Array | None = None
   momentum: jax.Array | None = None
+  reset: jax.Array | None = None
 
 
 class MemoryState(NamedTuple):
@@ -144,6 +151,14 @@ def validate_inputs(owner: str, inputs: MemoryInputs, d_in: int, d_out: int,
                        f"(batch {bshape}, T={t})")
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{owner}: inputs.{name} must be floating point, got {x.dtype}")
+  if inputs.reset is not None:
+    if tuple(inputs.reset.shape) != bshape + (t,):
+      raise ValueError(f"{owner}: inputs.reset has shape {tuple(inputs.reset.shape)}, expected "
+                       f"{bshape + (t,)} (batch {bshape}, T={t})")
+    if not (jnp.issubdtype(inputs.reset.dtype, jnp.bool_)
+            or jnp.issubdtype(inputs.reset.dtype, jnp.integer)):
+      raise ValueError(f"{owner}: inputs.reset must be bool or integer 0/1, got "
+                       f"{inputs.reset.dtype}")
   if has_momentum and inputs.momentum is None:
     raise ValueError(f"{owner}: momentum=True needs inputs.momentum (decay per token)")
   if not has_momentum and inputs.momentum is not None:
