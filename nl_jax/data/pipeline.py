@@ -24,6 +24,13 @@ Stages (per process)::
     -> shift: inputs = row[:-1], targets = row[1:]
     -> batch(per-process batch size)
 
+With ``alignment = A > 1`` (chunked memories: resets must fall on chunk starts) each
+document is shifted first (``inputs = doc[:-1]``, ``targets = doc[1:]``) and padded with
+``PAD_ID`` to a multiple of ``A`` tokens, then split into rows of exactly ``seq_len`` (a
+multiple of ``A``). Every document, and every row, then starts at a position that is a
+multiple of ``A``. The padding keeps its document's segment id (with ``loss_mask`` 0), so
+the only segment changes, and hence the only memory resets, are aligned document starts.
+
 Batch format (numpy, per process, ``B = batch_size // shard_count``, ``T = seq_len``):
 
 =================  =========  ========  ======================================================
@@ -112,6 +119,9 @@ class DataConfig:
     num_threads: grain reader threads (in-process).
     prefetch_buffer_size: grain in-process prefetch buffer (elements).
     num_workers: grain worker processes; 0 = none (default, see module docstring).
+    alignment: pad each document to a multiple of this many tokens so that every document
+      starts at a row position divisible by it (see module docstring); 1 = plain packing.
+      ``seq_len`` must be a multiple of it. Trainers set it to the model's ``alignment``.
   """
 
   name: str = "shakespeare"
@@ -136,6 +146,7 @@ class DataConfig:
   num_threads: int = 2
   prefetch_buffer_size: int = 16
   num_workers: int = 0
+  alignment: int = 1
 
 
 def _default_shards(config: DataConfig) -> tuple[int, int]:
@@ -157,6 +168,10 @@ def default_config_dict(**overrides):
   import ml_collections  # pylint: disable=g-import-not-at-top
 
   fields = dataclasses.asdict(DataConfig(**overrides))
+  for name, value in fields.items():
+    if value is None:
+      # A typed reference: a plain None field cannot be overridden from the command line.
+      fields[name] = ml_collections.FieldReference(None, field_type=int)
   return ml_collections.ConfigDict(fields)
 
 
@@ -234,6 +249,14 @@ def validate_config(config: Any) -> DataConfig:
   for field in ("num_threads", "prefetch_buffer_size", "num_workers"):
     if not is_int(getattr(config, field)) or getattr(config, field) < 0:
       bad(field, f"must be an int >= 0, got {getattr(config, field)!r}")
+  if not is_int(config.alignment) or config.alignment < 1:
+    bad("alignment", f"must be an int >= 1, got {config.alignment!r}")
+  elif is_int(config.seq_len) and config.seq_len % config.alignment:
+    bad("seq_len", f"{config.seq_len} is not a multiple of alignment={config.alignment}; "
+        f"use a multiple of {config.alignment} (so rows start on aligned positions)")
+  elif name.startswith("seqio:") and config.alignment > 1:
+    bad("alignment", "seqio sources pack with seqio's feature converter and cannot align "
+        "documents; use alignment=1 or a grain source")
   if name in MAP_SOURCES[1:] + STREAM_SOURCES:
     if not config.paths:
       bad("paths", f"source {name!r} needs 'paths' (files or globs); none given")
@@ -346,6 +369,46 @@ class PadBatch(grain.transforms.Map):
             for k, v in element.items()}
 
 
+class ShiftAndAlign(grain.transforms.Map):
+  """Document tokens -> per-document inputs/targets/loss_mask, padded to a multiple of A."""
+
+  def __init__(self, alignment: int, pad_id: int):
+    self._alignment = alignment
+    self._pad_id = pad_id
+
+  def map(self, element):
+    tokens_N = element["tokens"]
+    n = tokens_N.size - 1
+    padded = -(-n // self._alignment) * self._alignment
+    inputs_P = np.full((padded,), self._pad_id, np.int32)
+    targets_P = np.full((padded,), self._pad_id, np.int32)
+    loss_mask_P = np.zeros((padded,), np.float32)
+    inputs_P[:n] = tokens_N[:-1]
+    targets_P[:n] = tokens_N[1:]
+    loss_mask_P[:n] = 1.0
+    return {"inputs": inputs_P, "targets": targets_P, "loss_mask": loss_mask_P}
+
+
+class AtLeastTwoTokens(grain.transforms.Filter):
+  """Drops documents without a single (input, target) pair."""
+
+  def filter(self, element) -> bool:
+    return element["tokens"].size > 1
+
+
+class AlignedToLM(grain.transforms.Map):
+  """A packed row of aligned documents -> the batch format of the module docstring."""
+
+  def map(self, element):
+    return {
+        "inputs": element["inputs"].astype(np.int32),
+        "targets": element["targets"].astype(np.int32),
+        "segment_ids": element["inputs_segment_ids"].astype(np.int32),
+        "positions": element["inputs_positions"].astype(np.int32),
+        "loss_mask": element["loss_mask"].astype(np.float32),
+    }
+
+
 def empty_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
   """An all-padding batch (every ``loss_mask`` 0), used to even out eval across processes."""
   batch = {k: np.zeros((batch_size, seq_len), np.int32) for k in BATCH_KEYS}
@@ -362,11 +425,34 @@ def pack_and_batch(
     seq_len: int,
     batch_size: int,
     drop_remainder: bool = True,
+    alignment: int = 1,
+    pad_id: int = tokenizers.PAD_ID,
 ) -> grain.IterDataset:
-  """Packs ``{"tokens": ids}`` documents into LM rows and batches them (see module doc)."""
-  ds = token_ds.filter(NonEmpty())
-  ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
-  ds = ds.map(ShiftToLM())
+  """Packs ``{"tokens": ids}`` documents into LM rows and batches them (see module doc).
+
+  Args:
+    token_ds: documents as ``{"tokens": int32 ids}``.
+    seq_len: row length T.
+    batch_size: rows per batch.
+    drop_remainder: drop a short last batch (else pad it with ``loss_mask`` 0 rows).
+    alignment: 1 = concat-then-split rows of T + 1 tokens; A > 1 = documents padded to a
+      multiple of A (T must be a multiple of A) so every document starts at a row position
+      divisible by A.
+    pad_id: token id of the alignment padding.
+  """
+  if alignment > 1:
+    if seq_len % alignment:
+      raise DataConfigError(f"invalid data config:\n  field 'seq_len': {seq_len} is not a "
+                            f"multiple of alignment={alignment}")
+    ds = token_ds.filter(AtLeastTwoTokens()).map(ShiftAndAlign(alignment, pad_id))
+    ds = grain.experimental.ConcatThenSplitIterDataset(
+        ds, length_struct={"inputs": seq_len, "targets": seq_len, "loss_mask": seq_len})
+    ds = ds.map(AlignedToLM())
+  else:
+    ds = token_ds.filter(NonEmpty())
+    ds = grain.experimental.ConcatThenSplitIterDataset(
+        ds, length_struct={"tokens": seq_len + 1})
+    ds = ds.map(ShiftToLM())
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if not drop_remainder:
     ds = ds.map(PadBatch(batch_size))
@@ -438,7 +524,7 @@ def build_dataset(config: Any, split: str = "train") -> grain.IterDataset:
   ds = pack_and_batch(
       ds, seq_len=config.seq_len,
       batch_size=per_process_batch_size(config, eval_batch=not train),
-      drop_remainder=train)
+      drop_remainder=train, alignment=config.alignment, pad_id=max(tokenizer.pad_id, 0))
   if config.num_workers > 0:
     _mark_absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
@@ -511,3 +597,83 @@ def _fixed_length(it, num_batches: int, batch_size: int, seq_len: int):
   for _ in range(num_batches):
     batch = next(it, None)
     yield batch if batch is not None else empty_batch(batch_size, seq_len)
+
+
+class MultiShardIterator:
+  """Concatenates the batches of several data shards read by one process.
+
+  Lets the data stream be fixed by ``shard_count`` instead of the number of processes: a
+  run on 1 process reading shards (0, 1) sees exactly the global batches of a run on 2
+  processes reading one shard each, and its checkpoints record every shard's position.
+  Checkpointable through `nl_jax.data.checkpointing` (``get_state`` returns JSON bytes).
+  """
+
+  def __init__(self, iterators: list):
+    self._iterators = list(iterators)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batches = [next(it) for it in self._iterators]
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+  def get_state(self) -> bytes:
+    import json  # pylint: disable=g-import-not-at-top
+
+    return json.dumps([it.get_state() for it in self._iterators]).encode()
+
+  def set_state(self, state: bytes | str | list) -> None:
+    import json  # pylint: disable=g-import-not-at-top
+
+    if isinstance(state, (bytes, str)):
+      state = json.loads(state)
+    if len(state) != len(self._iterators):
+      raise ValueError(f"iterator state holds {len(state)} shards, this iterator reads "
+                       f"{len(self._iterators)}; restore with the same data.shard_count")
+    for it, s in zip(self._iterators, state):
+      it.set_state(s)
+
+  def start_prefetch(self) -> None:
+    """Called by grain's checkpoint handler after a restore."""
+    for it in self._iterators:
+      if hasattr(it, "start_prefetch"):
+        it.start_prefetch()
+
+  def close(self) -> None:
+    for it in self._iterators:
+      if hasattr(it, "close"):
+        it.close()
+
+
+def make_process_iterator(config: Any, process_index: int, process_count: int,
+                          split: str = "train", num_batches: int | None = None):
+  """This process's iterator when ``config.shard_count`` may exceed the process count.
+
+  With ``shard_count`` None the process reads shard ``process_index`` of ``process_count``
+  (the usual layout). With ``shard_count = k * process_count`` it reads shards
+  ``[k * process_index, k * (process_index + 1))`` and concatenates their rows, so the
+  global batch does not depend on how many processes read it.
+
+  Args:
+    config: data config (``batch_size`` is global).
+    process_index: this process.
+    process_count: number of processes.
+    split: "train" (checkpointable, `MultiShardIterator`) or "validation" (one pass).
+    num_batches: validation only: exactly this many batches (see `make_eval_iterator`).
+
+  Raises:
+    DataConfigError: if ``shard_count`` is not a multiple of ``process_count``.
+  """
+  config = config_from(config)
+  shard_count = config.shard_count or process_count
+  if shard_count % process_count:
+    raise DataConfigError(
+        f"invalid data config:\n  field 'shard_count': {shard_count} is not a multiple of "
+        f"the {process_count} processes; use a multiple of {process_count} (or None)")
+  per = shard_count // process_count
+  shards = [dataclasses.replace(config, shard_index=process_index * per + i,
+                                shard_count=shard_count) for i in range(per)]
+  if split == "train":
+    return MultiShardIterator([make_train_iterator(c) for c in shards])
+  return MultiShardIterator([make_eval_iterator(c, num_batches=num_batches) for c in shards])

@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Newton-Schulz orthogonalization: the XLA reference used by M3 (and later a Pallas kernel).
+"""Newton-Schulz orthogonalization used by M3: the XLA iteration and the Pallas kernels' entry.
 
 A Newton-Schulz step applies an odd matrix polynomial to ``X`` (wide, ``m <= n``):
 
@@ -61,7 +61,7 @@ NS_PRESETS: dict[str, tuple[float, float, float]] = {
     "cubic": cubic_coeffs(0.25),
 }
 
-_IMPLEMENTATIONS = ("xla", "auto", None)
+_IMPLEMENTATIONS = ("xla", "auto", "pallas", None)
 
 
 class DimensionNumbers(NamedTuple):
@@ -105,8 +105,8 @@ def resolve_coeffs(ns_coeffs: Any, ns_steps: int | None) -> tuple[tuple[float, f
 def _check_implementation(implementation: str | None) -> None:
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(
-        f"implementation={implementation!r} is not available; choose 'xla', 'auto' or None "
-        "('auto' uses the XLA reference until a Pallas kernel is registered).")
+        f"implementation={implementation!r} is not available; choose 'xla' (or None), 'auto' "
+        "(the Pallas kernel on TPU/GPU where it applies, else XLA) or 'pallas' (force it).")
 
 
 def _normalize_axes(ndim: int, dim_nums: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -180,6 +180,37 @@ def _is_explicit(mesh: Any) -> bool:
 _newton_schulz_jit = jax.jit(newton_schulz_wide, static_argnums=(1,))
 
 
+def _iterate(stack: jax.Array, coeffs: tuple[tuple[float, float, float], ...], eps: float,
+             implementation: str | None, mesh: Any) -> jax.Array:
+  """Runs the iteration on a float32 wide stack with the requested implementation.
+
+  The Pallas kernels (``pallas_kernels.newton_schulz``, imported here so that importing
+  nl_jax.optim does not import Pallas) are opaque to the SPMD partitioner, so a stack spread
+  over a mesh stays on XLA under "auto"; "pallas" on a mesh raises.
+  """
+  if implementation in (None, "xla") or (implementation == "auto" and mesh is not None):
+    return _newton_schulz_jit(stack, coeffs, eps)
+  if mesh is not None:
+    raise ValueError("implementation='pallas' does not run on a device mesh (the kernel is not "
+                     "partitionable); use 'auto' or 'xla'")
+  from pallas_kernels.newton_schulz import NewtonSchulzConfig, api
+  if implementation == "auto":
+    return _kernel_jit(stack, coeffs, eps, None, None)
+  platform = api._platform()
+  if platform in ("tpu", "gpu"):
+    return _kernel_jit(stack, coeffs, eps, platform, None)
+  # No accelerator: the TPU kernel in interpret mode (slow; for tests).
+  return _kernel_jit(stack, coeffs, eps, "tpu", NewtonSchulzConfig(interpret=True))
+
+
+def _kernel(stack, coeffs, eps, backend, config):
+  from pallas_kernels.newton_schulz import api
+  return api.newton_schulz(stack, coeffs, eps, implementation=backend, config=config)
+
+
+_kernel_jit = jax.jit(_kernel, static_argnums=(1, 2, 3, 4))
+
+
 def _stack_mesh(x: jax.Array) -> Any:
   """The mesh a stack should be spread over: the context mesh, else the explicit-type mesh."""
   mesh = jax.sharding.get_abstract_mesh()
@@ -236,7 +267,7 @@ def orthogonalize_many(xs: Sequence[jax.Array], ns_coeffs: Any = "muon",
     ns_steps: number of iterations (see `resolve_coeffs`).
     eps: added to the Frobenius norm before normalising.
     dimension_numbers: optional per-weight `DimensionNumbers` (None entries = last two axes).
-    implementation: "xla", "auto" or None.
+    implementation: "xla" or None (XLA), "auto" or "pallas" (see `orthogonalize`).
 
   Returns:
     The orthogonalised weights, with the shapes and dtypes of ``xs``.
@@ -272,7 +303,7 @@ def orthogonalize_many(xs: Sequence[jax.Array], ns_coeffs: Any = "muon",
       # Zero matrices stay zero (eps > 0), so the padding only balances the devices.
       stack = jnp.concatenate([stack, jnp.zeros((pad,) + stack.shape[1:], stack.dtype)], axis=0)
     stack = _shard_stack(stack, mesh)
-    res = _newton_schulz_jit(stack, coeffs, eps)
+    res = _iterate(stack, coeffs, eps, implementation, mesh)
     if mesh is not None and _is_explicit(mesh):
       res = _reshard(res, mesh, jax.sharding.PartitionSpec())  # Sliceable again.
     offset = 0
@@ -312,8 +343,10 @@ def orthogonalize(x: jax.Array, ns_coeffs: Any = "muon", ns_steps: int | None = 
     eps: added to the Frobenius norm (> 0), so a zero input maps to zero.
     dimension_numbers: `DimensionNumbers` (or `optax.contrib.MuonDimensionNumbers`) saying which
       axes are the reduction (rows) and output (columns) axes; the others are batch axes.
-    implementation: ``"xla"``, ``"auto"`` or ``None``; ``"auto"`` is XLA until the Pallas kernel
-      lands. Anything else raises.
+    implementation: ``"xla"`` or ``None`` (the XLA iteration), ``"auto"`` (the Pallas kernel
+      of ``pallas_kernels.newton_schulz`` on TPU/GPU where it applies, else XLA; stacks on a
+      multi-device mesh stay on XLA) or ``"pallas"`` (force the kernel; on CPU the TPU kernel
+      in interpret mode). Anything else raises.
 
   Returns:
     An array of the shape and dtype of ``x``.

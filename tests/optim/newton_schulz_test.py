@@ -149,11 +149,16 @@ def test_zero_input_stays_zero():
 
 
 def test_implementation_keyword():
-  x = jnp.ones((4, 4))
-  for impl in ("xla", "auto", None):
-    optim.orthogonalize(x, implementation=impl)
+  """"auto" is XLA on CPU; "pallas" forces the kernel (TPU kernel in interpret mode here)."""
+  x = jax.random.normal(jax.random.key(9), (2, 8, 16))
+  want = optim.orthogonalize(x, implementation="xla")
+  for impl in ("auto", None):
+    np.testing.assert_array_equal(optim.orthogonalize(x, implementation=impl), want)
+  np.testing.assert_allclose(optim.orthogonalize(x, implementation="pallas"), want, atol=1e-5)
+  np.testing.assert_allclose(optim.orthogonalize(jnp.swapaxes(x, 1, 2), implementation="pallas"),
+                             jnp.swapaxes(want, 1, 2), atol=1e-5)
   with pytest.raises(ValueError, match="implementation"):
-    optim.orthogonalize(x, implementation="pallas")
+    optim.orthogonalize(x, implementation="triton")
 
 
 @pytest.mark.parametrize("kwargs,match", [

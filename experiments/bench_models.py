@@ -1,0 +1,126 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Tokens/s (forward+backward) and peak memory of Hope, Titans and TransformerPP at equal size.
+
+Issue 4's benchmark: the "small" presets (~20M parameters each, size-matched by the registry
+tests), sequence lengths T in {512, 2048, 8192}, a fixed number of tokens per step
+(``--tokens_per_step``, so B = tokens_per_step / T), one jitted step computing the mean
+next-token cross-entropy and its gradient w.r.t. every parameter. Time is the median of
+``--repeats`` calls after a compile-and-warm-up call; memory is the compiled program's
+temporary buffer size (XLA ``memory_analysis``: the peak scratch memory of the step) plus its
+argument size. Ratios are to TransformerPP at the same T; ``MiB/kTok`` checks that memory
+grows linearly in T at fixed batch. Targets (issue 4): Hope >= 0.5x TransformerPP's tokens/s
+at T=2048, ahead of it at T=8192, memory linear in T.
+
+    python experiments/bench_models.py                    # full table (long: shared CPU!)
+    python experiments/bench_models.py --quick            # tiny presets, short T: smoke run
+    python experiments/bench_models.py --models titans,transformer_pp --lengths 512,2048
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import optax
+
+from nl_jax.models import registry
+
+
+def make_step(model):
+  """Jitted (params, tokens) -> (loss, grads) for the model's parameters."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss_fn(params, tokens_BxT):
+    m = nnx.merge(graphdef, params, rest)
+    logits, _, _ = m(tokens_BxT)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens_BxT[:, 1:])
+    return jnp.mean(ce)
+
+  return jax.value_and_grad(loss_fn), params
+
+
+def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, overrides: dict):
+  config = registry.model_config(name, preset, **overrides)
+  config.validate_seq_len(t)
+  model = registry.build_model(config, rngs=nnx.Rngs(0))
+  step, params = make_step(model)
+  tokens = jax.random.randint(jax.random.key(t), (batch, t), 0, config.vocab_size)
+  compiled = jax.jit(step).lower(params, tokens).compile()
+  mem = compiled.memory_analysis()
+  nbytes = float("nan")
+  if mem is not None:
+    nbytes = (getattr(mem, "temp_size_in_bytes", 0) + getattr(mem, "argument_size_in_bytes", 0)
+              + getattr(mem, "output_size_in_bytes", 0))
+  jax.block_until_ready(compiled(params, tokens))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(params, tokens))
+    times.append(time.perf_counter() - t0)
+  sec = statistics.median(times)
+  return dict(model=name, T=t, B=batch, params=registry.count_params(config), sec=sec,
+              tok_s=batch * t / sec, mib=nbytes / 2**20)
+
+
+def main(argv=None) -> list[dict]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny presets and T (smoke run)")
+  parser.add_argument("--models", default="hope,titans,transformer_pp")
+  parser.add_argument("--preset", default=None, help="default: small (tiny with --quick)")
+  parser.add_argument("--lengths", default=None, help="comma-separated T (default 512,2048,8192)")
+  parser.add_argument("--tokens_per_step", type=int, default=None,
+                      help="B = tokens_per_step / T (default 8192; 256 with --quick)")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--remat", action="store_true", help="rematerialise every block")
+  args = parser.parse_args(argv)
+  preset = args.preset or ("tiny" if args.quick else "small")
+  lengths = ([int(x) for x in args.lengths.split(",")] if args.lengths
+             else ([64, 128] if args.quick else [512, 2048, 8192]))
+  per_step = args.tokens_per_step or (256 if args.quick else 8192)
+  repeats = 1 if args.quick else args.repeats
+  names = [n for n in args.models.split(",") if n]
+  if "transformer_pp" in names:  # the reference row of every T comes first
+    names = ["transformer_pp"] + [n for n in names if n != "transformer_pp"]
+  overrides = {"remat": True} if args.remat else {}
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
+        f"preset={preset}, {per_step} tokens/step, remat={args.remat}, median of {repeats}")
+  header = (f"{'model':<16}{'params':>10}{'T':>7}{'B':>5}{'step s':>9}{'tok/s':>10}"
+            f"{'x TPP':>7}{'MiB':>9}{'MiB/kTok':>10}{'x TPP mem':>10}")
+  print(header)
+  print("-" * len(header))
+  rows = []
+  for t in lengths:
+    batch = max(1, per_step // t)
+    ref = None
+    for name in names:
+      row = bench_one(name, preset, t, batch, repeats, overrides)
+      if name == "transformer_pp":
+        ref = row
+      speed = row["tok_s"] / ref["tok_s"] if ref else float("nan")
+      mem = row["mib"] / ref["mib"] if ref else float("nan")
+      print(f"{name:<16}{row['params'] / 1e6:>9.2f}M{t:>7}{batch:>5}{row['sec']:>9.3f}"
+            f"{row['tok_s']:>10.0f}{speed:>7.2f}{row['mib']:>9.1f}"
+            f"{row['mib'] / (batch * t / 1000):>10.2f}{mem:>10.2f}", flush=True)
+      rows.append(row)
+  print("x TPP = ratio to TransformerPP at the same T (tokens/s; memory); MiB = temp + "
+        "arguments + outputs of the compiled forward+backward step")
+  return rows
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

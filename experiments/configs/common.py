@@ -1,0 +1,124 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Shared pieces of the experiment configs (each file is ``get_config(arg=None)``).
+
+``arg`` (the text after ``:`` in ``--config=experiments/configs/<file>.py:<arg>``):
+
+* None: the experiment as described in the file.
+* ``smoke``: the same model and data pipeline shrunk to a few steps (tests, quick checks).
+* ``files``: paper-scale data from the environment: ``NL_JAX_TRAIN_FILES`` and
+  ``NL_JAX_EVAL_FILES`` (comma-separated globs of Parquet files with a ``text`` column, e.g.
+  FineWeb-Edu; ``.array_record`` / ``.tfrecord`` globs select those readers) and
+  ``NL_JAX_TOKENIZER`` (``spm:/path/to/model.model``; default ``byte``).
+"""
+
+import os
+
+import ml_collections
+
+from nl_jax.train import config as config_lib
+
+ARGS = (None, "smoke", "files")
+
+
+def _file_source(paths: tuple[str, ...]) -> str:
+  first = paths[0]
+  if ".array_record" in first or first.endswith(".arrayrecord"):
+    return "arrayrecord"
+  if ".tfrecord" in first:
+    return "tfrecord"
+  return "parquet"
+
+
+def _globs(var: str) -> tuple[str, ...]:
+  value = os.environ.get(var, "")
+  if not value:
+    raise ValueError(f"config arg 'files' needs the environment variable {var} (comma-"
+                     "separated globs of training/evaluation files)")
+  return tuple(p for p in value.split(",") if p)
+
+
+def tiny(model_name: str, arg: str | None, *, steps: int = 300, seq_len: int = 128,
+         batch_size: int = 16, learning_rate: float = 3e-3,
+         model_overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """A CPU-sized run on the embedded Shakespeare corpus (byte tokenizer)."""
+  c = config_lib.default_config(model_name, "tiny", model_overrides=model_overrides,
+                                seq_len=seq_len, batch_size=batch_size,
+                                eval_batch_size=batch_size)
+  c.optimizer.learning_rate = learning_rate
+  c.optimizer.warmup_steps = max(1, steps // 15)
+  c.train.steps = steps
+  c.train.log_every = 10
+  c.train.eval_every = 100
+  c.train.eval_batches = 4
+  c.train.checkpoint_every = 100
+  return _apply_arg(c, arg)
+
+
+def paper(model_name: str, preset: str, arg: str | None, *, tokens: float,
+          learning_rate: float, seq_len: int = 4096, batch_size: int = 128
+          ) -> ml_collections.ConfigDict:
+  """A paper-scale run (760M / 1.3B): bf16 activations, remat, FSDP over all devices.
+
+  Args:
+    model_name: registry model name.
+    preset: "760m" or "1_3b".
+    arg: see module docstring (``files`` for real data).
+    tokens: training tokens (sets ``train.steps``).
+    learning_rate: peak AdamW learning rate (cosine decay to 10%).
+    seq_len: tokens per row.
+    batch_size: global rows per step.
+  """
+  c = config_lib.default_config(model_name, preset,
+                                model_overrides={"dtype": "bfloat16", "remat": True},
+                                seq_len=seq_len, batch_size=batch_size,
+                                eval_batch_size=batch_size, num_threads=8,
+                                prefetch_buffer_size=4)
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.optimizer.learning_rate = learning_rate
+  c.optimizer.warmup_steps = 2000
+  c.optimizer.b2 = 0.95
+  c.train.steps = int(tokens // (seq_len * batch_size))
+  c.train.log_every = 50
+  c.train.eval_every = 2000
+  c.train.eval_batches = 16
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  return _apply_arg(c, arg)
+
+
+def _apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  if arg not in ARGS:
+    raise ValueError(f"config arg {arg!r}: expected one of {list(ARGS)} (text after ':' in "
+                     "--config=<file>.py:<arg>)")
+  if arg == "smoke":
+    c.train.steps = 6
+    c.train.log_every = 2
+    c.train.eval_every = 3
+    c.train.eval_batches = 1
+    c.train.checkpoint_every = 3
+    c.optimizer.warmup_steps = 2
+    c.data.seq_len = max(32, c.data.alignment or 1)
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 8
+  elif arg == "files":
+    paths = _globs("NL_JAX_TRAIN_FILES")
+    c.data.name = _file_source(paths)
+    c.data.paths = paths
+    c.data.eval_paths = _globs("NL_JAX_EVAL_FILES")
+    c.data.tokenizer = os.environ.get("NL_JAX_TOKENIZER", "byte")
+    if c.data.name != "parquet":
+      c.data.record_format = os.environ.get("NL_JAX_RECORD_FORMAT", "text")
+  return c

@@ -1,0 +1,36 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Titans (MAG: sliding-window attention gated with a deep neural memory), 1.3B parameters, paper-scale pretraining (100e9 tokens).
+
+bf16 activations, rematerialization, FSDP over every device, AdamW (peak lr 3e-4, cosine),
+4096-token rows, 128 rows (0.5M tokens) per step. Real data comes from the environment
+(``files`` arg, see experiments/configs/common.py); without it the embedded corpus is used
+(for a dry run / `launch/compile_only.py`). On every worker of a TPU VM slice::
+
+  NL_JAX_TRAIN_FILES='gs://bucket/fineweb-edu/train/*.parquet' \\
+  NL_JAX_EVAL_FILES='gs://bucket/fineweb-edu/val/*.parquet' \\
+  NL_JAX_TOKENIZER=spm:/path/to/tokenizer.model \\
+  python launch/train.py --config=experiments/configs/titans_1_3b.py:files --workdir=gs://bucket/runs/titans_1_3b
+
+(``launch/tpu_vm.sh`` / ``launch/gpu_multihost.sh`` run that command on all hosts.) Check
+memory first: ``python launch/compile_only.py --config=experiments/configs/titans_1_3b.py
+--topology=v5p-128``.
+"""
+
+from experiments.configs import common
+
+
+def get_config(arg=None):
+  """The training config (``arg``: None, "smoke" or "files"; see common.py)."""
+  return common.paper("titans", "1_3b", arg, tokens=100e9, learning_rate=3e-4)

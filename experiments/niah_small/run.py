@@ -1,0 +1,144 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Table 1 at small scale: RULER-style NIAH, Hope vs Titans vs Transformer++ vs Hope-Attention.
+
+Each model (~10-20M parameters with ``--preset small``) is trained on a mix of the embedded
+corpus (next-token loss on every byte) and NIAH examples whose haystacks come from the
+*training* split (loss on the answer only), all at ``--train-len`` tokens. It is then tested
+on fresh NIAH examples from the *held-out* split at 1x, 2x and 4x the training length.
+
+  python experiments/niah_small/run.py                   # full (see README for time)
+  python experiments/niah_small/run.py --shrunk --out /tmp/ns     # seconds, smoke test
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from nl_jax.eval import examples as ex_lib  # noqa: E402
+from nl_jax.eval import experiment, fit, niah, runner  # noqa: E402
+
+# arXiv Table 1 (spec 8.3), accuracy at 4K / 8K / 16K (their training length is not stated).
+PAPER = {
+    "Transformer": {"s_niah_1": (88.6, 76.4, 79.8), "s_niah_2": (100, 98.8, 94.2),
+                    "s_niah_3": (78.0, 69.2, 40.8), "mk_niah_1": (79.4, 83.0, 61.4)},
+    "Hope-Attention": {"s_niah_1": (100, 100, 100), "s_niah_2": (100, 98.4, 94.4),
+                       "s_niah_3": (76.8, 68.8, 42.4), "mk_niah_1": (80.2, 84.8, 60.8)},
+    "Titans": {"s_niah_1": (100, 100, 100), "s_niah_2": (99.6, 84.6, 75.4),
+               "s_niah_3": (74.2, 42.8, 21.2), "mk_niah_1": (26.4, 23.6, 8.2)},
+    "Hope": {"s_niah_1": (100, 100, 100), "s_niah_2": (99.2, 88.4, 78.2),
+             "s_niah_3": (73.2, 46.2, 24.8), "mk_niah_1": (29.4, 24.8, 14.8)},
+}
+ANSWER_ROOM = 40  # longest answer (" " + UUID = 37 tokens) fits after the prompt
+
+
+def parse(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", default="hope,titans,transformer_pp,hope_attention")
+  p.add_argument("--preset", default="small")
+  p.add_argument("--model-overrides", default="")
+  p.add_argument("--subtasks", default=",".join(niah.TASKS))
+  p.add_argument("--train-len", type=int, default=512)
+  p.add_argument("--multiples", default="1,2,4", help="test lengths as multiples of train-len")
+  p.add_argument("--steps", type=int, default=3000)
+  p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--lm-weight", type=float, default=0.4, help="share of corpus LM batches")
+  p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--eval-examples", type=int, default=50)
+  p.add_argument("--segment-len", type=int, default=None,
+                 help="evaluate in segments of this many tokens with the memory carried")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--shrunk", action="store_true")
+  p.add_argument("--out", default=None)
+  args = p.parse_args(argv)
+  if args.shrunk:
+    args.models, args.preset, args.model_overrides = "transformer_pp", "tiny", "n_layers=1"
+    args.subtasks, args.train_len, args.multiples = "s_niah_1", 256, "1,2"
+    args.steps, args.batch_size, args.eval_examples = 2, 4, 4
+  return args
+
+
+def run_one(model_name, args):
+  import optax  # noqa: PLC0415
+
+  model = experiment.build(model_name, args.preset, args.seed,
+                           **experiment.parse_overrides(args.model_overrides))
+  align = runner.model_alignment(model)
+  length = -(-args.train_len // align) * align
+  subtasks = args.subtasks.split(",")
+  sources = [(args.lm_weight, experiment.lm_source(args.batch_size, length))]
+  for sub in subtasks:
+    cfg = niah.NiahConfig(task=sub, length=args.train_len - ANSWER_ROOM, split="train")
+    sources.append(((1 - args.lm_weight) / len(subtasks), experiment.task_source(
+        lambda n, s, cfg=cfg: niah.make_examples(cfg, n, s), args.batch_size, length, align)))
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+      optax.warmup_cosine_decay_schedule(0.0, args.lr, max(args.steps // 20, 1), args.steps,
+                                         args.lr / 10), weight_decay=0.1))
+  log = fit.train(model, experiment.mixture(sources, args.seed), args.steps, tx,
+                  log_every=max(args.steps // 10, 1))
+  logits_fn = runner.make_logits_fn(model, segment_len=args.segment_len)
+  out = {"params": experiment.num_params(model), "train_seconds": log["seconds"],
+         "losses": log["losses"], "accuracy": {}}
+  for mult in [int(m) for m in args.multiples.split(",")]:
+    for sub in subtasks:
+      cfg = niah.NiahConfig(task=sub, length=mult * args.train_len - ANSWER_ROOM)
+      exs = niah.make_examples(cfg, args.eval_examples, args.seed + 1000)
+      res = ex_lib.score(logits_fn, exs, batch_size=4, pad_to_multiple=align)
+      out["accuracy"][f"{sub}@{mult}x"] = res["accuracy"]
+      print(f"   {sub} @ {mult}x ({cfg.length} tokens): {100 * res['accuracy']:.1f}", flush=True)
+  return out
+
+
+def main(argv=None):
+  args = parse(argv)
+  path = experiment.out_dir(__file__, args.out)
+  models, subtasks = args.models.split(","), args.subtasks.split(",")
+  mults = [int(m) for m in args.multiples.split(",")]
+  t0 = time.time()
+  results = {}
+  for m in models:
+    print(f"== {m}", flush=True)
+    results[m] = run_one(m, args)
+  header = ["model", "params"] + [f"{s} {'/'.join(f'{k}x' for k in mults)}" for s in subtasks]
+  rows = []
+  for m in models:
+    r = results[m]
+    rows.append([m, f"{r['params'] / 1e6:.1f}M"] + [
+        "/".join(f"{100 * r['accuracy'][f'{s}@{k}x']:.0f}" for k in mults) for s in subtasks])
+  for name, vals in PAPER.items():
+    rows.append([f"paper {name} (4K/8K/16K)", ""] + [
+        "/".join(f"{v:g}" for v in vals[s]) if s in vals else "" for s in subtasks])
+  table = experiment.markdown_table(header, rows)
+  series = {m: (mults, [100 * np.mean([results[m]["accuracy"][f"{s}@{k}x"] for s in subtasks])
+                        for k in mults]) for m in models}
+  experiment.plot_lines(os.path.join(path, "niah_vs_length.png"), series,
+                        "test length / training length", "mean NIAH accuracy (%)",
+                        f"NIAH ({', '.join(subtasks)}), trained at {args.train_len} tokens",
+                        logx=True)
+  settings = {k: v for k, v in vars(args).items() if k != "out"}
+  experiment.write(path, {"settings": settings, "results": results,
+                          "wall_seconds": time.time() - t0}, table)
+  print(table)
+  print(f"wall time {time.time() - t0:.0f}s; wrote {path}")
+  return results
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,113 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+r"""Compiles the train step ahead of time for a target topology and prints memory per device.
+
+Finds an out-of-memory before a job is launched::
+
+  # TPU topologies (needs libtpu installed on this host; no TPU required):
+  python launch/compile_only.py --config=experiments/configs/hope_1_3b.py --topology=v5p:4x4x4
+  # Simulated CPU devices (anywhere):
+  python launch/compile_only.py --config=experiments/configs/hope_tiny.py --topology=cpu:8
+
+TPU topologies come from ``jax.experimental.topologies.get_topology_desc`` (e.g.
+``v5e:4x4``, ``v5p:2x2x2``, ``v4:2x2x1``); every override of launch/train.py works
+(``--config.data.batch_size=...``, ``--config.mesh.fsdp=...``). The step is lowered with
+abstract inputs only: nothing is allocated.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", "cpu:8", "cpu:<n devices> or a TPU topology '<chip>:<AxBxC>' (e.g. v5p:2x2x2).")
+flags.mark_flags_as_required(["config"])
+
+
+def _devices(topology: str):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if topology.startswith("cpu:"):
+    n = int(topology.split(":", 1)[1])
+    if jax.device_count() < n:
+      raise app.UsageError(f"--topology={topology}: only {jax.device_count()} CPU devices; "
+                           f"set XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+    return jax.devices()[:n]
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
+  chip, _, shape = topology.partition(":")
+  try:
+    desc = topologies.get_topology_desc(topology_name=f"{chip}:{shape}", platform="tpu")
+  except Exception as e:  # pylint: disable=broad-except
+    raise app.UsageError(
+        f"--topology={topology}: could not describe this TPU topology ({e}); TPU AOT "
+        "compilation needs libtpu on this host (pip install 'jax[tpu]')") from e
+  return desc.devices
+
+
+def _mib(n) -> str:
+  return f"{n / 2**20:,.1f} MiB"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _TOPOLOGY.value.startswith("cpu:"):
+    n = _TOPOLOGY.value.split(":", 1)[1]
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={n}")
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from nl_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from nl_jax.train import loop  # pylint: disable=g-import-not-at-top
+
+  config = _CONFIG.value
+  devices = _devices(_TOPOLOGY.value)
+  try:
+    setup = loop.build_setup(config, devices=devices)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  data_cfg = setup.resolved.data_config
+  shape = (data_cfg.batch_size, data_cfg.seq_len)
+  spec = data_lib.batch_spec(data_cfg)
+  batch = {k: jax.ShapeDtypeStruct(shape, spec[k][1], sharding=setup.batch_sh)
+           for k in data_lib.BATCH_KEYS}
+  rest = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), setup.rest)
+  step = loop.make_train_step(setup)
+  compiled = step.trace(setup.abstract_params, setup.abstract_train_state, batch,
+                        rest).lower().compile()
+  print(f"model {config.model_name}: {setup.num_params:,} parameters; mesh "
+        f"{dict(setup.mesh.shape)} on {len(devices)} x {devices[0].device_kind}; batch "
+        f"{shape[0]} x {shape[1]}")
+  mem = compiled.memory_analysis()
+  if mem is None:
+    print("memory analysis: not available for this backend")
+    return
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  for f in fields:
+    if hasattr(mem, f):
+      print(f"  {f.replace('_in_bytes', ''):<24} {_mib(getattr(mem, f))} per device")
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes)
+  print(f"  {'peak (args+out-alias+temp)':<24} {_mib(total)} per device")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,84 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Multi-query associative recall (MQAR, Arora et al. 2024 "Zoology"), on byte tokens.
+
+Layout (``num_pairs`` key-value pairs, then ``num_queries`` queries)::
+
+  k_1 v_1 k_2 v_2 ... k_N v_N | q_1 a_1 q_2 a_2 ... q_Q a_Q
+
+Keys are distinct lowercase letters and digits drawn from `KEY_TOKENS`; values are
+uppercase letters from `VALUE_TOKENS` (repeats allowed). Each query ``q_j`` is one of the
+keys and ``a_j`` its value; every ``a_j`` is a scored span of length 1, so accuracy is the
+fraction of queries answered (Zoology scores exactly these positions). Queries are distinct
+keys in random order (as in Zoology), so ``num_queries <= num_pairs``.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from nl_jax.eval.examples import Example, Span, encode
+
+KEY_TOKENS = "abcdefghijklmnopqrstuvwxyz0123456789"
+VALUE_TOKENS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MqarConfig:
+  """MQAR sizes.
+
+  Attributes:
+    num_pairs: key-value pairs in the context (<= len(KEY_TOKENS)).
+    num_queries: queries after the context (<= num_pairs).
+    gap: filler tokens ("." ) between the context and the first query (longer contexts
+      without more pairs).
+  """
+
+  num_pairs: int = 8
+  num_queries: int = 8
+  gap: int = 0
+
+  def __post_init__(self):
+    if not 1 <= self.num_pairs <= len(KEY_TOKENS):
+      raise ValueError(f"MqarConfig.num_pairs={self.num_pairs} must be in "
+                       f"[1, {len(KEY_TOKENS)}]")
+    if not 1 <= self.num_queries <= self.num_pairs:
+      raise ValueError(f"MqarConfig.num_queries={self.num_queries} must be in "
+                       f"[1, num_pairs={self.num_pairs}]")
+    if self.gap < 0:
+      raise ValueError(f"MqarConfig.gap={self.gap} must be >= 0")
+
+  @property
+  def length(self) -> int:
+    return 2 * self.num_pairs + self.gap + 2 * self.num_queries
+
+
+def make_example(config: MqarConfig, rng: np.random.Generator) -> Example:
+  keys = rng.choice(len(KEY_TOKENS), size=config.num_pairs, replace=False)
+  vals = rng.integers(0, len(VALUE_TOKENS), size=config.num_pairs)
+  mapping = {KEY_TOKENS[k]: VALUE_TOKENS[v] for k, v in zip(keys, vals)}
+  context = "".join(KEY_TOKENS[k] + VALUE_TOKENS[v] for k, v in zip(keys, vals))
+  query_keys = [KEY_TOKENS[k] for k in rng.permutation(keys)[:config.num_queries]]
+  queries = "".join(q + mapping[q] for q in query_keys)
+  text = context + "." * config.gap + queries
+  first = len(context) + config.gap
+  spans = tuple(Span(first + 2 * j + 1, first + 2 * j + 2, "mqar")
+                for j in range(config.num_queries))
+  return Example(encode(text).astype(np.int32), spans,
+                 {"mapping": mapping, "queries": query_keys})
+
+
+def make_examples(config: MqarConfig, num_examples: int, seed: int) -> list[Example]:
+  rng = np.random.default_rng([seed, config.num_pairs, config.num_queries, config.gap])
+  return [make_example(config, rng) for _ in range(num_examples)]

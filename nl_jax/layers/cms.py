@@ -1,0 +1,379 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Continuum Memory System (paper section 7, eqs. 70-74; spec 6): MLP levels that keep learning.
+
+k SwiGLU levels; level l has chunk size C_l and learning rate lr_l. Its weights theta_l are fast
+weights, one copy per sequence: within a chunk they are frozen, every token's gradient of the
+level's objective is accumulated, and at the end of each chunk of C_l tokens (global stream
+positions) the level steps (eq. 71, summed over the chunk)::
+
+    theta_l <- theta_l - lr_l * sum_{t in chunk} grad_theta L_l(theta_l; t)
+
+The initial weights theta_l^0 (parameters ``level_{l}_init``) are outer parameters trained by
+backprop through the whole unrolled in-context learning (the sequential variant, eq. 73).
+
+variant:
+* ``sequential`` (eq. 70 / 97, Hope's chain): x <- x + MLP_l(rmsnorm_l(x)) for l = 1..k (pre-norm
+  residual sub-blocks, spec 7.2's recommended reading; the residuals are our choice).
+* ``independent`` (eq. 74, head-wise): y = x + sum_l a_l MLP_l(rmsnorm(x)) with learned
+  aggregation weights ``agg`` [k] (init 1 / k).
+
+objective="local" (the one implemented here; documented exactly): level l is an associative
+memory that predicts, from the input of its MLP at the previous token, the input of its MLP at
+the current token::
+
+    L_l(theta; t) = 0.5 || MLP_theta(h_{l,t-1}) - stop_gradient(h_{l,t}) ||^2,
+    h_{l,t} = rmsnorm_l(x_{l,t}) (the level's normalised input),
+
+counted only when t-1 and t belong to the same packed document (no pair across a reset). The
+previous token's h is carried in the state so a stream split across calls gives the same pairs.
+It is causal (t-1 and t are both seen at t) and cheap (one extra MLP forward and backward per
+level on the tokens of the call). The paper's objective (the next-token loss of the whole
+model) needs the model to run segment by segment; it is not implemented (see the report).
+
+Chunk-parallel path: the call is cut into segments of S = min_l C_l tokens aligned to global
+positions (every C_l must be a multiple of S): inside a segment no level changes, so the whole
+chain runs in parallel; after each segment the levels whose boundary it reaches step. A call
+that starts mid-segment is front-padded with masked tokens. A level whose chunk is longer than
+the call acts as a plain MLP during the call and keeps its accumulated gradient and position in
+the state (streaming). ``sequential_reference`` is the token loop (executable spec).
+
+Resets (True at the first token of a new document): every level goes back to its initial
+weights and drops its accumulated gradient; exact in the token loop, and in the segment path
+when documents start on multiples of S (the model's alignment). A level can start from a
+pretrained SwiGLU (spec 6.3): ``ContinuumMemorySystem.load_pretrained``.
+"""
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+from nl_jax.layers.mlp import dense_init
+from nl_jax.layers.norms import rms_norm
+from nl_jax.memory.types import state_dtype
+
+VARIANTS = ("sequential", "independent")
+OBJECTIVES = ("local",)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CMSConfig:
+  """Shapes and options of the continuum memory system (see the module docstring).
+
+  Attributes:
+    d_model: width.
+    hidden: hidden width of every level's SwiGLU.
+    chunk_sizes: C_l per level (each a multiple of the smallest).
+    learning_rates: lr_l per level (>= 0; 0 keeps a level at its initial weights).
+    variant: sequential | independent.
+    objective: local.
+    remat: jax.checkpoint each segment.
+    norm_eps: RMSNorm epsilon.
+    dtype: activation dtype (fast weights and their gradients stay float32).
+  """
+  d_model: int
+  hidden: int
+  chunk_sizes: tuple[int, ...] = (16, 64)
+  learning_rates: tuple[float, ...] | None = None
+  variant: str = "sequential"
+  objective: str = "local"
+  remat: bool = True
+  norm_eps: float = 1e-6
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    name = type(self).__name__
+    cs = tuple(self.chunk_sizes)
+    if not cs or any(not isinstance(c, int) or c < 1 for c in cs):
+      raise ValueError(f"{name}.chunk_sizes must be a non-empty tuple of positive ints, got "
+                       f"{self.chunk_sizes!r}")
+    if any(c % min(cs) for c in cs):
+      raise ValueError(f"{name}.chunk_sizes={cs}: every chunk size must be a multiple of the "
+                       f"smallest ({min(cs)})")
+    if self.learning_rates is not None:
+      if len(self.learning_rates) != len(cs):
+        raise ValueError(f"{name}.learning_rates has {len(self.learning_rates)} entries, "
+                         f"expected one per level ({len(cs)})")
+      if any(lr < 0 for lr in self.learning_rates):
+        raise ValueError(f"{name}.learning_rates must be >= 0, got {self.learning_rates}")
+    if self.variant not in VARIANTS:
+      raise ValueError(f"{name}.variant={self.variant!r} is not one of {VARIANTS}")
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"{name}.objective={self.objective!r} is not one of {OBJECTIVES}")
+    for f in ("d_model", "hidden"):
+      if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+        raise ValueError(f"{name}.{f} must be a positive int, got {getattr(self, f)!r}")
+
+  @property
+  def n_levels(self) -> int:
+    return len(self.chunk_sizes)
+
+  @property
+  def segment(self) -> int:
+    return min(self.chunk_sizes)
+
+  @property
+  def lrs(self) -> tuple[float, ...]:
+    return tuple(self.learning_rates) if self.learning_rates is not None else (1e-3,) * len(
+        self.chunk_sizes)
+
+
+class SwiGLUWeights(NamedTuple):
+  """w_gate, w_up [*lead, d, f], w_down [*lead, f, d]."""
+  w_gate: jax.Array
+  w_up: jax.Array
+  w_down: jax.Array
+
+
+class CMSParams(NamedTuple):
+  """Outer parameters: initial weights per level, norm scales [k, d] and agg [k]."""
+  init: tuple[SwiGLUWeights, ...]
+  norm: jax.Array
+  agg: jax.Array
+
+
+class CMSState(NamedTuple):
+  """Per-sequence state (every leaf [B, ...]).
+
+  weights / acc: per level the fast weights and the gradient accumulated since its last step;
+  prev_h [k, ...]: per level the last token's normalised input ([B, k, d]); prev_valid [B]:
+  prev_h holds a token of the current document; position [B]: tokens seen.
+  """
+  weights: tuple[SwiGLUWeights, ...]
+  acc: tuple[SwiGLUWeights, ...]
+  prev_h: jax.Array
+  prev_valid: jax.Array
+  position: jax.Array
+
+
+def _mlp(w: SwiGLUWeights, x_BxSxD):
+  """Per-sequence SwiGLU: weights [B, ...]."""
+  g = jnp.einsum("bsd,bdf->bsf", x_BxSxD, w.w_gate)
+  u = jnp.einsum("bsd,bdf->bsf", x_BxSxD, w.w_up)
+  return jnp.einsum("bsf,bfd->bsd", jax.nn.silu(g) * u, w.w_down)
+
+
+def init_state(cfg: CMSConfig, params: CMSParams, batch_size: int) -> CMSState:
+  b = batch_size
+  dt = state_dtype(params.init[0].w_gate.dtype)
+  weights = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a.astype(dt),
+                                                          (b,) + a.shape), w)
+                  for w in params.init)
+  acc = tuple(jax.tree.map(jnp.zeros_like, w) for w in weights)
+  return CMSState(weights, acc, jnp.zeros((b, cfg.n_levels, cfg.d_model), dt),
+                  jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32))
+
+
+def _segment(cfg, params, st: CMSState, x_BxSxD, valid_BxS, reset_BxS, first_reset):
+  """One segment with frozen weights: outputs, per-level gradients, new prev_h / prev_valid.
+
+  first_reset: the per-token reset of the segment has already been applied to st (chunked
+  path) so only pairs are masked here.
+  """
+  del first_reset
+  k = cfg.n_levels
+  x = x_BxSxD.astype(st.prev_h.dtype)
+  vmask = valid_BxS > 0
+  # pair mask: token t pairs with the previous valid token of the same document
+  # Valid tokens are contiguous (padding only before or after them), so a slot whose left
+  # neighbour is padding pairs with the token carried from the previous segment / call.
+  left_valid = jnp.concatenate([jnp.zeros_like(vmask[:, :1]), vmask[:, :-1]], axis=1)
+  prev_ok = left_valid | st.prev_valid[:, None]
+  pair = vmask & prev_ok & ~reset_BxS
+  hs = []
+  outs = []
+  if cfg.variant == "sequential":
+    for lvl in range(k):
+      h = rms_norm(x, params.norm[lvl], cfg.norm_eps)
+      hs.append(h)
+      x = x + _mlp(st.weights[lvl], h)
+    y = x
+  else:
+    h = rms_norm(x, params.norm[0], cfg.norm_eps)
+    for lvl in range(k):
+      hs.append(h)
+      outs.append(_mlp(st.weights[lvl], h))
+    y = x + sum(params.agg[lvl] * outs[lvl] for lvl in range(k))
+  grads = []
+  new_prev = []
+  for lvl in range(k):
+    h = hs[lvl]
+    h_left = jnp.concatenate([jnp.zeros_like(h[:, :1]), h[:, :-1]], axis=1)
+    h_prev = jnp.where(left_valid[:, :, None], h_left, st.prev_h[:, lvl][:, None])
+
+    def loss(w, h_prev=h_prev, h=h):
+      err = _mlp(w, h_prev) - jax.lax.stop_gradient(h)
+      return 0.5 * jnp.sum(jnp.sum(err * err, axis=-1) * pair)
+
+    grads.append(jax.grad(loss)(st.weights[lvl]))
+    # last valid token's h of the segment (keep the old one if the segment has none)
+    last = jnp.where(vmask[:, :, None], h, 0.0)
+    idx = jnp.max(jnp.where(vmask, jnp.arange(h.shape[1])[None], -1), axis=1)
+    picked = jnp.take_along_axis(last, jnp.maximum(idx, 0)[:, None, None], axis=1)[:, 0]
+    new_prev.append(jnp.where((idx >= 0)[:, None], picked, st.prev_h[:, lvl]))
+  any_valid = jnp.any(vmask, axis=1)
+  prev_valid = jnp.where(any_valid, True, st.prev_valid)
+  return y, grads, jnp.stack(new_prev, axis=1), prev_valid
+
+
+def _reset(cfg, params, st: CMSState, flag_B) -> CMSState:
+  def sel(new, old):
+    return jnp.where(flag_B.reshape((-1,) + (1,) * (old.ndim - 1)), new.astype(old.dtype), old)
+  weights = tuple(jax.tree.map(lambda i, w: sel(jnp.broadcast_to(i, w.shape), w), init, w)
+                  for init, w in zip(params.init, st.weights))
+  acc = tuple(jax.tree.map(lambda a: sel(jnp.zeros_like(a), a), a) for a in st.acc)
+  return st._replace(weights=weights, acc=acc, prev_valid=sel(jnp.zeros_like(st.prev_valid),
+                                                              st.prev_valid))
+
+
+def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B):
+  """Adds grads to the accumulators and steps every level whose boundary end_pos reaches."""
+  weights, acc = [], []
+  for lvl, c in enumerate(cfg.chunk_sizes):
+    a = jax.tree.map(jnp.add, st.acc[lvl], grads[lvl])
+    step = complete_B & (end_pos_B % c == 0) & (n_valid_B > 0)
+    f = lambda z, step=step: step.reshape((-1,) + (1,) * (z.ndim - 1))  # noqa: E731
+    lr = cfg.lrs[lvl]
+    weights.append(jax.tree.map(lambda w, g: jnp.where(f(w), w - lr * g, w), st.weights[lvl], a))
+    acc.append(jax.tree.map(lambda g: jnp.where(f(g), 0.0, g), a))
+  return tuple(weights), tuple(acc)
+
+
+def cms_scan(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT):
+  """Chunk-parallel CMS over a call: (y [B, T, D], new state, stats)."""
+  b, t, d = x_BxTxD.shape
+  s = cfg.segment
+  offset = st.position % s
+  n = math.ceil((t + s - 1) / s)
+
+  def pad(z, fill):
+    def one(row, off):
+      base = jnp.full((n * s,) + row.shape[1:], fill, row.dtype)
+      return jax.lax.dynamic_update_slice_in_dim(base, row, off, axis=0)
+    out = jax.vmap(one)(z, offset)
+    return jnp.moveaxis(out.reshape((b, n, s) + out.shape[2:]), 1, 0)
+
+  dt = st.prev_h.dtype
+  xs = dict(x=pad(x_BxTxD.astype(dt), 0.0), valid=pad(jnp.ones((b, t), dt), 0.0),
+            reset=pad(reset_BxT, False))
+  seg_idx = jnp.arange(n)
+
+  def body(st, inp):
+    ch, i = inp
+    vmask = ch["valid"] > 0
+    flag = jnp.any(ch["reset"] & vmask, axis=1)
+    st = _reset(cfg, params, st, flag)
+    y, grads, prev_h, prev_valid = _segment(cfg, params, st, ch["x"], ch["valid"],
+                                            ch["reset"], None)
+    n_valid = jnp.sum(vmask, axis=1).astype(jnp.int32)
+    # global position after this segment's last slot (slots are aligned to multiples of s)
+    end_pos = st.position - offset + (i + 1) * s
+    complete = vmask[:, -1]
+    weights, acc = _step_levels(cfg, st, grads, n_valid, end_pos, complete)
+    # Diagnostics only: no gradient (sqrt has an infinite derivative at an unchanged level).
+    upd_k = jax.lax.stop_gradient(jnp.stack([
+        jnp.sum(jnp.sqrt(sum(jnp.sum((a - w) ** 2, axis=(1, 2)) for a, w in zip(nw, ow))))
+        for nw, ow in zip(weights, st.weights)]))
+    st = CMSState(weights, acc, prev_h, prev_valid, st.position)
+    return st, (y, upd_k)
+
+  fn = jax.checkpoint(body) if cfg.remat else body
+  st0 = st
+  st, (y, upd) = jax.lax.scan(fn, st, (xs, seg_idx))
+  y = jnp.moveaxis(y, 0, 1).reshape(b, n * s, d)
+  y = jax.vmap(lambda r, o: jax.lax.dynamic_slice_in_dim(r, o, t, axis=0))(y, offset)
+  st = st._replace(position=st0.position + t)
+  aux = {f"level_{lvl}/update_norm": jnp.sum(upd[:, lvl]) / b for lvl in range(cfg.n_levels)}
+  return y.astype(x_BxTxD.dtype), st, aux
+
+
+def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT):
+  """Token loop (executable spec): output with the current weights, accumulate that token's
+  gradient, step the levels whose chunk ends at this token."""
+  b, t, d = x_BxTxD.shape
+
+  def step(st, inp):
+    x_B1D, r_B1 = inp
+    st = _reset(cfg, params, st, r_B1[:, 0])
+    y, grads, prev_h, prev_valid = _segment(cfg, params, st, x_B1D, jnp.ones((b, 1)), r_B1,
+                                            None)
+    end = st.position + 1
+    weights, acc = _step_levels(cfg, st, grads, jnp.ones((b,), jnp.int32), end,
+                                jnp.ones((b,), bool))
+    return CMSState(weights, acc, prev_h, prev_valid, end), y[:, 0]
+
+  xs = (jnp.moveaxis(x_BxTxD.astype(st.prev_h.dtype), 1, 0)[:, :, None],
+        jnp.moveaxis(reset_BxT, 1, 0)[:, :, None])
+  st, y = jax.lax.scan(step, st, xs)
+  return jnp.moveaxis(y, 0, 1).astype(x_BxTxD.dtype), st
+
+
+class LevelInit(nnx.Module):
+  """Initial weights of one level (SwiGLU names, so sharding rules match)."""
+
+  def __init__(self, d: int, f: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.w_gate = nnx.Param(dense_init(rngs.params(), (d, f), d, param_dtype))
+    self.w_up = nnx.Param(dense_init(rngs.params(), (d, f), d, param_dtype))
+    self.w_down = nnx.Param(dense_init(rngs.params(), (f, d), f, param_dtype))
+
+  def weights(self) -> SwiGLUWeights:
+    return SwiGLUWeights(self.w_gate[...], self.w_up[...], self.w_down[...])
+
+
+class ContinuumMemorySystem(nnx.Module):
+  """The CMS layer (see the module docstring); includes its residual connections.
+
+  Parameters: ``level_{l}_init`` (w_gate, w_up, w_down), ``norm_scale`` [k, d], ``agg`` [k]
+  (independent variant only). State: CMSState.
+  """
+
+  def __init__(self, cfg: CMSConfig, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.cfg = cfg
+    for lvl in range(cfg.n_levels):
+      setattr(self, f"level_{lvl}_init",
+              LevelInit(cfg.d_model, cfg.hidden, rngs=rngs, param_dtype=param_dtype))
+    self.norm_scale = nnx.Param(jnp.ones((cfg.n_levels, cfg.d_model), param_dtype))
+    if cfg.variant == "independent":
+      self.agg = nnx.Param(jnp.full((cfg.n_levels,), 1.0 / cfg.n_levels, param_dtype))
+
+  def params(self) -> CMSParams:
+    cfg = self.cfg
+    init = tuple(getattr(self, f"level_{lvl}_init").weights() for lvl in range(cfg.n_levels))
+    agg = self.agg[...] if cfg.variant == "independent" else jnp.ones((cfg.n_levels,))
+    return CMSParams(init, self.norm_scale[...], agg)
+
+  def load_pretrained(self, level: int, w_gate, w_up, w_down) -> None:
+    """Sets level's initial weights from a pretrained SwiGLU (spec 6.3)."""
+    lv = getattr(self, f"level_{level}_init")
+    for name, w in (("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)):
+      old = getattr(lv, name)
+      if tuple(w.shape) != tuple(old.shape):
+        raise ValueError(f"ContinuumMemorySystem.load_pretrained: {name} has shape "
+                         f"{tuple(w.shape)}, expected {tuple(old.shape)}")
+      old[...] = jnp.asarray(w, old[...].dtype)
+
+  def init_memory(self, batch_size: int) -> CMSState:
+    return init_state(self.cfg, self.params(), batch_size)
+
+  def __call__(self, x_BxTxD, state: CMSState, reset_BxT, implementation: str = "chunked"):
+    """Returns (y [B, T, D], new state, aux)."""
+    if implementation == "sequential":
+      y, st = sequential_reference(self.cfg, self.params(), state, x_BxTxD, reset_BxT)
+      return y, st, {}
+    y, st, stats = cms_scan(self.cfg, self.params(), state, x_BxTxD, reset_BxT)
+    return y, st, stats

@@ -1,0 +1,692 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Self-modifying Titans (paper eqs. 83-97, spec 5): every projection is a fast memory.
+
+Per head h and token t (x_t the block input, after the static input projections, the causal
+depthwise conv of width 4 and SiLU, i.e. the "lowest-frequency level" of each projection)::
+
+    k_t = l2norm(M_k(xk_t))    v_t = M_v(xv_t)    q_t = l2norm(xq_t)  (or M_q(xq_t), adaptive_q)
+    eta_t = eta_max * sigmoid(M_eta(xk_t) + b_eta)          in (0, eta_max]
+    alpha_t = alpha_min + (1 - alpha_min) sigmoid(M_alpha(xk_t) + b_alpha)   in [alpha_min, 1]
+    vhat_{box,t} = M_box(v_t)                                (each memory makes its own target)
+    M_box <- one inner step on 0.5 ||M_box(k_t) - vhat_{box,t}||^2 (rule, momentum: below)
+    o_t = M_out(q_t)      y_t = W_o (rmsnorm(o_t) * silu(x_t W_g))
+
+Every memory M is nl_jax.memory.MLPMemory's residual two-layer fast weight
+``M(x) = x + W1 act(W2 x)`` (eq. 89) with a meta-learned initial state (outer parameters
+``<name>_init``: ``k_init``, ``v_init``, ``q_init``, ``eta_init``, ``alpha_init``,
+``out_init``), one copy per head and per sequence.
+
+Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConfig:
+
+* rule (9.1): ``dgd`` (default: step and rank-1 erase of the input-side weight both use
+  c = eta / (1 + eta ||k||^2)), ``paper_l2`` (eq. 93 literally: eta for both) or ``gd`` (no
+  erase, the "w/o DGD" ablation). The erase applies to W2 (the weight whose input is k), the
+  retention alpha to both weights (9.4, first option), as in MLPMemory.
+* scalar memories (9.5): M_eta and M_alpha are two-layer memories with the same input width
+  as the others but a one-dimensional output and no residual (the residual form needs
+  in == out): ``M(x) = W1 act(W2 x)`` is a per-head logit, squashed by nl_jax.memory.gates
+  after adding a static per-head bias (b_eta, b_alpha; outer parameters that set the initial
+  gates). Their target is their own prediction at v, exactly like the vector memories.
+* momentum (9.7): optional Titans-style momentum on the gradient term of every memory,
+  S <- mu S - lr G, W <- decay(W) + S, with a data-dependent decay mu_t = mu_max sigmoid(x_t
+  W_mu) per head (a static gate: the momentum of the inner optimizer is part of the slowest
+  level).
+* adaptive q (9.6): ``adaptive_q=False`` (default, "q is the only non-adaptive projection")
+  or True (q = M_q(xq_t), a fifth memory trained like M_k).
+* stop_target_grad (9.8): vhat is always a constant of the inner gradient (it enters the
+  memories as their regression value); with stop_target_grad=True the OUTER loss also does
+  not differentiate through vhat (cheaper, first-order targets). Default False: the outer
+  loss differentiates through the whole unrolled chunked update (Titans-style
+  meta-learning of the initial states, projections and gates).
+* read_at (eqs. 83 / 90 / Titans): ``pre`` (default, eq. 83/94: o_t = M_{out,t-1}(q_t)),
+  ``post`` (Titans: the state after token t's write) or ``anchor`` (eq. 90: the state at
+  the end of the previous chunk).
+* Two chunk sizes (9.9): ``chunk_size`` for the output memory, ``proj_chunk_size`` for the
+  k, v, (q,) eta and alpha memories.
+
+Chunk-parallel anchored semantics (spec 5.4): inside a chunk every k, v, eta, alpha and vhat
+comes from the memories' anchor (the state at the end of the previous chunk, a causal reading
+of eq. 90's index), and so do the inner gradients; the decays (alpha and the rank-1 erase)
+and momentum stay per token and are solved in closed form by MLPMemory's chunk algebra. The
+projection memories do not depend on the output memory, so the layer runs two scans: one over
+proj_chunk_size chunks that produces k, v, (q,) eta, alpha and updates the projection
+memories, then one over chunk_size chunks for the output memory. ``implementation=
+"sequential"`` is the executable spec: a token loop that writes eq. 88 literally (jax.grad of
+the inner loss at the anchor, decay, momentum) with the same anchoring; with both chunk sizes
+1 it is the per-token recurrence of eq. 83-88.
+
+Chunks are aligned to global stream positions (state.position), so a stream split across calls
+at any point gives the same result as one call (a call that starts mid-chunk is front-padded
+with no-op tokens). Resets (True at the first token of a new packed document): the memories,
+anchors and momenta go back to the initial state. The sequential path resets exactly at the
+token; the chunked path resets at the start of the chunk that holds the reset, which is exact
+when documents start on multiples of both chunk sizes (the model's ``alignment``).
+"""
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+from nl_jax.layers.conv import CausalConv, ConvState
+from nl_jax.layers.mlp import dense_init
+from nl_jax.layers.norms import rms_norm
+from nl_jax.memory import gates
+from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory, MLPWeights
+from nl_jax.memory.types import MemoryInputs, MemoryState, rule_coefficients
+
+SMT_RULES = ("dgd", "paper_l2", "gd")
+SMT_READS = ("pre", "post", "anchor")
+IMPLEMENTATIONS = ("auto", "chunked", "sequential")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SelfModifyingTitansConfig:
+  """Shapes and options of SelfModifyingTitans (see the module docstring for each choice).
+
+  Attributes:
+    d_model: input / output width.
+    n_heads: number of heads (one set of memories per head).
+    head_dim: width of each head's memories.
+    memory_hidden: hidden width of the vector memories (default head_dim).
+    gate_hidden: hidden width of the scalar (eta, alpha) memories (default head_dim // 2).
+    activation: sigma of eq. 89 (a key of nl_jax.memory.mlp.ACTIVATIONS).
+    rule: inner rule, dgd | paper_l2 | gd.
+    momentum: Titans-style momentum in every memory.
+    mu_max: momentum decay bound (mu in [0, mu_max]).
+    adaptive_q: q is a fast memory too.
+    chunk_size: chunk of the output memory.
+    proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
+    read_at: pre | post | anchor (output memory read).
+    eta_max: learning-rate bound, eta in (0, eta_max].
+    alpha_min: retention bound, alpha in [alpha_min, 1].
+    eta_bias_init, alpha_bias_init: initial logits of the gates (b_eta, b_alpha).
+    stop_target_grad: no outer gradient through vhat.
+    conv_width: width of the causal depthwise conv on the q/k/v branch.
+    implementation: auto (chunked when the call has at least one full chunk) | chunked |
+      sequential.
+    remat: jax.checkpoint each chunk (memory grows with chunks, not tokens).
+    dtype: activation dtype (memory states stay float32).
+    param_dtype: parameter dtype.
+  """
+  d_model: int
+  n_heads: int
+  head_dim: int
+  memory_hidden: int | None = None
+  gate_hidden: int | None = None
+  activation: str = "silu"
+  rule: str = "dgd"
+  momentum: bool = False
+  mu_max: float = 0.9
+  adaptive_q: bool = False
+  chunk_size: int = 16
+  proj_chunk_size: int = 16
+  read_at: str = "pre"
+  eta_max: float = 1.0
+  alpha_min: float = 0.5
+  eta_bias_init: float = -2.0
+  alpha_bias_init: float = 4.0
+  stop_target_grad: bool = False
+  conv_width: int = 4
+  implementation: str = "auto"
+  remat: bool = True
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    name = type(self).__name__
+    for f in ("d_model", "n_heads", "head_dim", "chunk_size", "proj_chunk_size", "conv_width"):
+      v = getattr(self, f)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name}.{f} must be a positive int, got {v!r}")
+    for f in ("memory_hidden", "gate_hidden"):
+      v = getattr(self, f)
+      if v is not None and (not isinstance(v, int) or v < 1):
+        raise ValueError(f"{name}.{f} must be None or a positive int, got {v!r}")
+    choices = {"rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
+               "activation": tuple(ACTIVATIONS)}
+    for f, allowed in choices.items():
+      if getattr(self, f) not in allowed:
+        raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
+    if not self.eta_max > 0:
+      raise ValueError(f"{name}.eta_max must be > 0, got {self.eta_max}")
+    if not 0.0 <= self.alpha_min <= 1.0:
+      raise ValueError(f"{name}.alpha_min must lie in [0, 1], got {self.alpha_min}")
+    if not 0.0 <= self.mu_max < 1.0:
+      raise ValueError(f"{name}.mu_max must lie in [0, 1), got {self.mu_max}")
+
+  @property
+  def hidden(self) -> int:
+    return self.memory_hidden or self.head_dim
+
+  @property
+  def ghidden(self) -> int:
+    return self.gate_hidden or max(1, self.head_dim // 2)
+
+  @property
+  def proj_names(self) -> tuple[str, ...]:
+    """The vector projection memories, stacked in this order on the state's axis 1."""
+    return ("k", "v", "q") if self.adaptive_q else ("k", "v")
+
+  def _mem(self, chunk, out_dim=None, residual=True, read_at="post") -> MLPMemory:
+    return MLPMemory(in_dim=self.head_dim, hidden_dim=self.hidden if residual else self.ghidden,
+                     out_dim=out_dim, activation=self.activation, residual=residual,
+                     rule=self.rule, semantics="anchored", chunk_size=chunk,
+                     momentum=self.momentum, read_at=read_at, remat=False,
+                     implementation="chunked")
+
+  @property
+  def proj_memory(self) -> MLPMemory:
+    return self._mem(self.proj_chunk_size)
+
+  @property
+  def gate_memory(self) -> MLPMemory:
+    return self._mem(self.proj_chunk_size, out_dim=1, residual=False)
+
+  @property
+  def out_memory(self) -> MLPMemory:
+    return self._mem(self.chunk_size, read_at=self.read_at)
+
+
+class SMTParams(NamedTuple):
+  """Outer parameters the pure core needs (the nnx module builds them from its Params).
+
+  proj_init: MLPWeights, leaves [P, H, ...] (P = len(proj_names)); gate_init [2, H, ...]
+  (eta, alpha); out_init [H, ...]; gate_bias [2, H] (b_eta, b_alpha).
+  """
+  proj_init: MLPWeights
+  gate_init: MLPWeights
+  out_init: MLPWeights
+  gate_bias: jax.Array
+
+
+class SMTInputs(NamedTuple):
+  """Per-token inputs of the memory core, after projections, conv and SiLU.
+
+  xk, xv, xq: [B, H, T, head_dim]; mu: [B, H, T] momentum decay (or None); reset: [B, T] bool.
+  """
+  xk: jax.Array
+  xv: jax.Array
+  xq: jax.Array
+  mu: jax.Array | None
+  reset: jax.Array
+
+
+class SMTMemoryState(NamedTuple):
+  """Fast state of the memories; every leaf has leading axis B.
+
+  proj / gates / out are MemoryStates with batch axes [B, P, H], [B, 2, H] and [B, H];
+  position: [B] tokens written so far (aligns the chunks across calls).
+  """
+  proj: MemoryState
+  gates: MemoryState
+  out: MemoryState
+  position: jax.Array
+
+
+def _apply(w: MLPWeights, x, act, residual: bool):
+  """M(x) for stacked weights: w leaves [..., out, hid] / [..., hid, in], x [..., T, in]."""
+  h = act(jnp.einsum("...ti,...hi->...th", x, w.w2))
+  y = jnp.einsum("...th,...oh->...to", h, w.w1)
+  return y + x if residual else y
+
+
+def _l2norm(x, eps=1e-6):
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def init_memory_state(cfg: SelfModifyingTitansConfig, params: SMTParams,
+                      batch_size: int) -> SMTMemoryState:
+  """Initial fast state: the meta-learned initial weights, one copy per sequence."""
+  h, p = cfg.n_heads, len(cfg.proj_names)
+  return SMTMemoryState(
+      proj=cfg.proj_memory.init_state(MemoryParams(params.proj_init), (batch_size, p, h)),
+      gates=cfg.gate_memory.init_state(MemoryParams(params.gate_init), (batch_size, 2, h)),
+      out=cfg.out_memory.init_state(MemoryParams(params.out_init), (batch_size, h)),
+      position=jnp.zeros((batch_size,), jnp.int32))
+
+
+class MemoryParams(NamedTuple):
+  """Adapter with the field name MLPMemory.init_state reads (params.initial)."""
+  initial: MLPWeights
+
+
+def _bcast_init(init: MLPWeights, like: MLPWeights) -> MLPWeights:
+  return jax.tree.map(lambda i, x: jnp.broadcast_to(i.astype(x.dtype), x.shape), init, like)
+
+
+def _reset_state(st: MemoryState, init: MLPWeights, flag_B: jax.Array) -> MemoryState:
+  """Sets memory (and anchor) back to init and momentum to zero where flag_B."""
+  def sel(new, old):
+    f = flag_B.reshape(flag_B.shape + (1,) * (old.ndim - 1))
+    return jnp.where(f, new, old)
+  init_b = _bcast_init(init, st.memory)
+  memory = jax.tree.map(sel, init_b, st.memory)
+  anchor = None if st.anchor is None else jax.tree.map(sel, init_b, st.anchor)
+  momentum = None if st.momentum is None else jax.tree.map(
+      lambda s: sel(jnp.zeros_like(s), s), st.momentum)
+  return st._replace(memory=memory, anchor=anchor, momentum=momentum)
+
+
+def _gates(cfg, logits_2xC, bias_2):
+  """(eta, alpha) from the scalar memories' logits plus the static biases."""
+  eta = gates.eta_from_logits(logits_2xC[..., 0, :, :] + bias_2[0][..., None], cfg.eta_max)
+  alpha = gates.alpha_from_logits(logits_2xC[..., 1, :, :] + bias_2[1][..., None],
+                                  cfg.alpha_min)
+  return eta, alpha
+
+
+def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
+  """k, v, q, eta, alpha and the targets, all from the anchors (eqs. 83-84, 90).
+
+  Shapes: x* [..., H, C, d] with anchors [..., P|2, H, ...]; returns k, v, q [..., H, C, d],
+  eta, alpha [..., H, C], vhat_proj [..., P, H, C, d], vhat_gate [..., 2, H, C, 1].
+  """
+  act = ACTIVATIONS[cfg.activation]
+  xs = [xk, xv] + ([xq] if cfg.adaptive_q else [])
+  y = _apply(proj_anchor, jnp.stack(xs, axis=-4), act, True)
+  k = _l2norm(y[..., 0, :, :, :])
+  v = y[..., 1, :, :, :]
+  q = _l2norm(y[..., 2, :, :, :] if cfg.adaptive_q else xq)
+  logits = _apply(gate_anchor, jnp.stack([xk, xk], axis=-4), act, False)[..., 0]
+  eta, alpha = _gates(cfg, logits, params.gate_bias)
+  p = len(cfg.proj_names)
+  vhat_proj = _apply(proj_anchor, jnp.stack([v] * p, axis=-4), act, True)
+  vhat_gate = _apply(gate_anchor, jnp.stack([v, v], axis=-4), act, False)
+  if cfg.stop_target_grad:
+    vhat_proj, vhat_gate = jax.lax.stop_gradient((vhat_proj, vhat_gate))
+  return k, v, q, eta, alpha, vhat_proj, vhat_gate
+
+
+# ----------------------------------------------------------------------------------------
+# Chunk-parallel path
+# ----------------------------------------------------------------------------------------
+
+def _pad_to_chunks(x_BxTx, offset_B, n: int, c: int, fill):
+  """Places each row's T tokens at slots [offset, offset + T) of n * c slots; [B, n, c, ...]."""
+  def one(row, off):
+    base = jnp.full((n * c,) + row.shape[1:], fill, row.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(base, row, off, axis=0)
+  out = jax.vmap(one)(x_BxTx, offset_B)
+  return out.reshape((out.shape[0], n, c) + out.shape[2:])
+
+
+def _unpad(x_BxNxCx, offset_B, t: int):
+  b, n, c = x_BxNxCx.shape[:3]
+  flat = x_BxNxCx.reshape((b, n * c) + x_BxNxCx.shape[3:])
+  return jax.vmap(lambda r, o: jax.lax.dynamic_slice_in_dim(r, o, t, axis=0))(flat, offset_B)
+
+
+def _write_chunk(mem: MLPMemory, st: MemoryState, k, v, eta, alpha, mu, q, valid):
+  """One anchored chunk of a memory group (leaves [B, G, H, ...]) via MLPMemory's algebra.
+
+  k, v, q [B, G, H, C, d]; eta, alpha, mu [B, G, H, C]; valid [B, C]. Invalid (padding)
+  tokens come with eta = 0, alpha = mu = 1, so they leave the state exactly unchanged.
+  Returns (reads [B, G, H, C, d_out] or None, new MemoryState).
+  """
+  inputs = MemoryInputs(keys=k, values=v, eta=eta, queries=q, alpha=alpha, momentum=mu)
+  tok = mem._prepare(inputs, jax.tree.leaves(st.memory)[0].dtype)  # noqa: SLF001
+  tok["valid"] = jnp.broadcast_to(valid[:, None, None, :], eta.shape).astype(eta.dtype)
+  tok["log_a"] = gates.safe_log_gate(tok["alpha"])
+  if mem.momentum:
+    tok["log_mu"] = gates.safe_log_gate(tok["mu"])
+  fn = mem._chunk  # noqa: SLF001
+  for _ in range(3):
+    fn = jax.vmap(fn)
+  grouped = k.ndim == jax.tree.leaves(st.memory)[0].ndim
+  lift = (lambda z: z) if grouped else (lambda z: jax.tree.map(lambda a: a[:, None], z))
+  drop = (lambda z: z) if grouped else (lambda z: jax.tree.map(lambda a: a[:, 0], z))
+  out, (memory, momentum) = fn(lift((st.memory, st.momentum, st.anchor)), tok)
+  memory, momentum = drop((memory, momentum))
+  complete = valid[:, -1] > 0
+  anchor = jax.tree.map(
+      lambda m, a: jnp.where(complete.reshape((-1,) + (1,) * (m.ndim - 1)), m, a),
+      memory, st.anchor)
+  return out, MemoryState(memory, momentum, anchor, st.position)
+
+
+def _mask_gates(valid_BxC, eta, alpha, mu):
+  vm = valid_BxC[:, None, :] > 0
+  eta = jnp.where(vm, eta, 0.0)
+  alpha = jnp.where(vm, alpha, 1.0)
+  mu = None if mu is None else jnp.where(vm, mu, 1.0)
+  return eta, alpha, mu
+
+
+def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs):
+  b, h, t, d = inp.xk.shape
+  p = len(cfg.proj_names)
+  dtype = jax.tree.leaves(state.out.memory)[0].dtype
+  valid_BxT = jnp.ones((b, t), dtype)
+
+  def chunked_view(c):
+    offset = state.position % c
+    n = math.ceil((t + c - 1) / c)
+    return offset, n
+
+  def to_chunks(x, offset, n, c, fill=0.0, time_axis=2):
+    x = jnp.moveaxis(x, time_axis, 1)  # [B, T, ...]
+    y = _pad_to_chunks(x, offset, n, c, fill)  # [B, n, c, ...]
+    return jnp.moveaxis(y, 2, time_axis + 1)  # [B, n, ..., c, ...]
+
+  # ---- pass 1: projection memories (chunk proj_chunk_size) ----
+  cp = cfg.proj_chunk_size
+  off_p, n_p = chunked_view(cp)
+  xs = dict(xk=to_chunks(inp.xk.astype(dtype), off_p, n_p, cp),
+            xv=to_chunks(inp.xv.astype(dtype), off_p, n_p, cp),
+            xq=to_chunks(inp.xq.astype(dtype), off_p, n_p, cp),
+            valid=to_chunks(valid_BxT, off_p, n_p, cp, time_axis=1),
+            reset=to_chunks(inp.reset, off_p, n_p, cp, False, time_axis=1))
+  if cfg.momentum:
+    xs["mu"] = to_chunks(inp.mu.astype(dtype), off_p, n_p, cp, 1.0)
+  xs = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), xs)  # scan over chunks
+
+  pmem, gmem = cfg.proj_memory, cfg.gate_memory
+
+  def proj_body(carry, ch):
+    pst, gst = carry
+    flag = jnp.any(ch["reset"] & (ch["valid"] > 0), axis=1)
+    pst = _reset_state(pst, params.proj_init, flag)
+    gst = _reset_state(gst, params.gate_init, flag)
+    k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
+        cfg, params, pst.anchor, gst.anchor, ch["xk"], ch["xv"], ch["xq"])
+    mu = ch.get("mu")
+    eta, alpha, mu = _mask_gates(ch["valid"], eta, alpha, mu)
+    k = jnp.where(ch["valid"][:, None, :, None] > 0, k, 0.0)
+    e_p = jnp.broadcast_to(eta[:, None], (b, p) + eta.shape[1:])
+    a_p = jnp.broadcast_to(alpha[:, None], (b, p) + alpha.shape[1:])
+    mu_p = None if mu is None else jnp.broadcast_to(mu[:, None], (b, p) + mu.shape[1:])
+    k_p = jnp.broadcast_to(k[:, None], (b, p) + k.shape[1:])
+    _, pst = _write_chunk(pmem, pst, k_p, vhat_p, e_p, a_p, mu_p, None, ch["valid"])
+    mu_g = None if mu is None else jnp.stack([mu, mu], axis=1)
+    _, gst = _write_chunk(gmem, gst, jnp.stack([k, k], 1), vhat_g, jnp.stack([eta, eta], 1),
+                          jnp.stack([alpha, alpha], 1), mu_g, None, ch["valid"])
+    return (pst, gst), (k, v, q, eta, alpha)
+
+  body = jax.checkpoint(proj_body) if cfg.remat else proj_body
+  (pst, gst), (k, v, q, eta, alpha) = jax.lax.scan(body, (state.proj, state.gates), xs)
+  # back to [B, H, T, ...]
+  def from_chunks(x, time_axis, offset):
+    x = jnp.moveaxis(x, 0, 1)  # [B, n, H, C, ...]
+    x = jnp.moveaxis(x, time_axis + 1, 2)  # [B, n, C, H, ...]
+    y = _unpad(x, offset, t)  # [B, T, H, ...]
+    return jnp.moveaxis(y, 1, time_axis)
+  k, v, q = (from_chunks(z, 2, off_p) for z in (k, v, q))
+  eta, alpha = (from_chunks(z, 2, off_p) for z in (eta, alpha))
+
+  # ---- pass 2: output memory (chunk chunk_size) ----
+  co = cfg.chunk_size
+  off_o, n_o = chunked_view(co)
+  ys = dict(k=to_chunks(k, off_o, n_o, co), v=to_chunks(v, off_o, n_o, co),
+            q=to_chunks(q, off_o, n_o, co), eta=to_chunks(eta, off_o, n_o, co),
+            alpha=to_chunks(alpha, off_o, n_o, co, 1.0),
+            valid=to_chunks(valid_BxT, off_o, n_o, co, time_axis=1),
+            reset=to_chunks(inp.reset, off_o, n_o, co, False, time_axis=1))
+  if cfg.momentum:
+    ys["mu"] = to_chunks(inp.mu.astype(dtype), off_o, n_o, co, 1.0)
+  ys = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), ys)
+  omem = cfg.out_memory
+  act = ACTIVATIONS[cfg.activation]
+
+  def out_body(ost, ch):
+    flag = jnp.any(ch["reset"] & (ch["valid"] > 0), axis=1)
+    ost = _reset_state(ost, params.out_init, flag)
+    vhat = _apply(ost.anchor, ch["v"], act, True)
+    if cfg.stop_target_grad:
+      vhat = jax.lax.stop_gradient(vhat)
+    err = _apply(ost.anchor, ch["k"], act, True) - vhat
+    loss_BxHxC = 0.5 * jnp.sum(err * err, axis=-1) * ch["valid"][:, None, :]
+    eta_c, alpha_c, mu_c = _mask_gates(ch["valid"], ch["eta"], ch["alpha"], ch.get("mu"))
+    add = lambda z: None if z is None else z[:, None]  # noqa: E731  # group axis G = 1
+    out, ost = _write_chunk(omem, ost, add(ch["k"]), add(vhat), add(eta_c), add(alpha_c),
+                            add(mu_c), add(ch["q"]), ch["valid"])
+    return ost, (out[:, 0], jnp.sum(loss_BxHxC, axis=(1, 2)))
+
+  body = jax.checkpoint(out_body) if cfg.remat else out_body
+  ost, (o, loss) = jax.lax.scan(body, state.out, ys)
+  o = from_chunks(o, 2, off_o)
+  stats = dict(inner_loss_sum=jnp.sum(loss), eta=eta, alpha=alpha)
+  new = SMTMemoryState(pst._replace(position=pst.position + t),
+                       gst._replace(position=gst.position + t),
+                       ost._replace(position=ost.position + t), state.position + t)
+  return o, new, stats
+
+
+# ----------------------------------------------------------------------------------------
+# Sequential reference (token by token, eq. 88 written literally)
+# ----------------------------------------------------------------------------------------
+
+def _token_write(cfg, residual, w, s, anchor, k, vhat, eta, alpha, mu):
+  """One token of eq. 88 for one memory (no batch / head axes): decay + anchored gradient."""
+  act = ACTIVATIONS[cfg.activation]
+  coef = rule_coefficients(cfg.rule, eta, jnp.sum(k * k))
+
+  def inner_loss(wts):
+    return 0.5 * jnp.sum((_apply(wts, k[None], act, residual)[0] - vhat) ** 2)
+
+  grads = jax.grad(inner_loss)(anchor)
+  decay = MLPWeights(w1=alpha * w.w1, w2=alpha * w.w2 - coef.erase * jnp.outer(w.w2 @ k, k))
+  if cfg.momentum:
+    s = jax.tree.map(lambda sv, gv: mu * sv - coef.lr * gv, s, grads)
+    return jax.tree.map(jnp.add, decay, s), s
+  return jax.tree.map(lambda dv, gv: dv - coef.lr * gv, decay, grads), None
+
+
+def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
+  act = ACTIVATIONS[cfg.activation]
+  b, h, t, d = inp.xk.shape
+  dtype = jax.tree.leaves(state.out.memory)[0].dtype
+  cp, co = cfg.proj_chunk_size, cfg.chunk_size
+  init = (params.proj_init, params.gate_init, params.out_init)
+
+  def row(pst, gst, ost, pos0, xk, xv, xq, mu, reset):
+    """One sequence: memories [P|2|., H, ...], inputs [H, T, d]."""
+    def step(carry, x):
+      (pw, ps, pa), (gw, gs, ga), (ow, os_, oa), pos = carry
+      xk_t, xv_t, xq_t, mu_t, r = x
+
+      def maybe_reset(w, s, a, i):
+        w = jax.tree.map(lambda n, o: jnp.where(r, n.astype(o.dtype), o), i, w)
+        a = jax.tree.map(lambda n, o: jnp.where(r, n.astype(o.dtype), o), i, a)
+        s = None if s is None else jax.tree.map(lambda o: jnp.where(r, 0.0, o), s)
+        return w, s, a
+
+      pw, ps, pa = maybe_reset(pw, ps, pa, init[0])
+      gw, gs, ga = maybe_reset(gw, gs, ga, init[1])
+      ow, os_, oa = maybe_reset(ow, os_, oa, init[2])
+      k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
+          cfg, params, pa, ga, xk_t[:, None], xv_t[:, None], xq_t[:, None])
+      k, v, q = k[:, 0], v[:, 0], q[:, 0]            # [H, d]
+      eta, alpha = eta[:, 0], alpha[:, 0]            # [H]
+      vhat_p, vhat_g = vhat_p[:, :, 0], vhat_g[:, :, 0]  # [P, H, d], [2, H, 1]
+      mu_h = jnp.ones_like(eta) if mu_t is None else mu_t
+
+      def write_group(w, s, a, vhat, residual):
+        fn = lambda w_, s_, a_, k_, vh_, e_, al_, m_: _token_write(  # noqa: E731
+            cfg, residual, w_, s_, a_, k_, vh_, e_, al_, m_)
+        per_head = jax.vmap(fn, in_axes=(0, 0 if s is not None else None, 0, 0, 0, 0, 0, 0))
+        per_group = jax.vmap(per_head,
+                             in_axes=(0, 0 if s is not None else None, 0, None, 0, None, None,
+                                      None))
+        return per_group(w, s, a, k, vhat, eta, alpha, mu_h)
+
+      pw, ps = write_group(pw, ps, pa, vhat_p, True)
+      gw, gs = write_group(gw, gs, ga, vhat_g, False)
+      o_pre = _apply(ow, q[:, None], act, True)[:, 0]
+      o_anchor = _apply(oa, q[:, None], act, True)[:, 0]
+      vhat_o = _apply(oa, v[:, None], act, True)[:, 0]
+      if cfg.stop_target_grad:
+        vhat_o = jax.lax.stop_gradient(vhat_o)
+      err = _apply(oa, k[:, None], act, True)[:, 0] - vhat_o
+      loss = 0.5 * jnp.sum(err * err)
+      (ow, os_) = write_group(jax.tree.map(lambda z: z[None], ow),
+                              None if os_ is None else jax.tree.map(lambda z: z[None], os_),
+                              jax.tree.map(lambda z: z[None], oa), vhat_o[None], True)
+      ow = jax.tree.map(lambda z: z[0], ow)
+      os_ = None if os_ is None else jax.tree.map(lambda z: z[0], os_)
+      o_post = _apply(ow, q[:, None], act, True)[:, 0]
+      o = {"pre": o_pre, "post": o_post, "anchor": o_anchor}[cfg.read_at]
+      bp = (pos + 1) % cp == 0
+      bo = (pos + 1) % co == 0
+      pa = jax.tree.map(lambda m, a: jnp.where(bp, m, a), pw, pa)
+      ga = jax.tree.map(lambda m, a: jnp.where(bp, m, a), gw, ga)
+      oa = jax.tree.map(lambda m, a: jnp.where(bo, m, a), ow, oa)
+      carry = ((pw, ps, pa), (gw, gs, ga), (ow, os_, oa), pos + 1)
+      return carry, (o, loss, eta, alpha)
+
+    xs = (jnp.moveaxis(xk, 1, 0), jnp.moveaxis(xv, 1, 0), jnp.moveaxis(xq, 1, 0),
+          None if mu is None else jnp.moveaxis(mu, 1, 0), reset)
+    carry = ((pst.memory, pst.momentum, pst.anchor), (gst.memory, gst.momentum, gst.anchor),
+             (ost.memory, ost.momentum, ost.anchor), pos0)
+    step_fn = jax.checkpoint(step) if cfg.remat else step
+    carry, (o, loss, eta, alpha) = jax.lax.scan(step_fn, carry, xs)
+    return carry, (jnp.moveaxis(o, 0, 1), jnp.sum(loss), jnp.moveaxis(eta, 0, 1),
+                   jnp.moveaxis(alpha, 0, 1))
+
+  strip = lambda st: st._replace(position=None)  # noqa: E731
+  mu = None if inp.mu is None else inp.mu.astype(dtype)
+  carry, (o, loss, eta, alpha) = jax.vmap(row)(
+      strip(state.proj), strip(state.gates), strip(state.out), state.position,
+      inp.xk.astype(dtype), inp.xv.astype(dtype), inp.xq.astype(dtype), mu, inp.reset)
+  (pw, ps, pa), (gw, gs, ga), (ow, os_, oa), _ = carry
+  new = SMTMemoryState(MemoryState(pw, ps, pa, state.proj.position + t),
+                       MemoryState(gw, gs, ga, state.gates.position + t),
+                       MemoryState(ow, os_, oa, state.out.position + t), state.position + t)
+  return o, new, dict(inner_loss_sum=jnp.sum(loss), eta=eta, alpha=alpha)
+
+
+def memory_scan(cfg: SelfModifyingTitansConfig, params: SMTParams, state: SMTMemoryState,
+                inp: SMTInputs, implementation: str | None = None):
+  """The memory core: (o [B, H, T, head_dim], new state, stats).
+
+  stats: inner_loss_sum (output memory's inner loss at its anchors, summed over tokens and
+  heads), eta and alpha [B, H, T].
+  """
+  impl = implementation or cfg.implementation
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"SelfModifyingTitans: implementation={impl!r} is not one of "
+                     f"{IMPLEMENTATIONS}")
+  t = inp.xk.shape[2]
+  if impl == "auto":
+    impl = "chunked" if t >= max(cfg.chunk_size, cfg.proj_chunk_size) else "sequential"
+  fn = _chunked if impl == "chunked" else _sequential
+  return fn(cfg, params, state, inp)
+
+
+# ----------------------------------------------------------------------------------------
+# The layer
+# ----------------------------------------------------------------------------------------
+
+class MemoryInit(nnx.Module):
+  """Meta-learned initial weights of one memory: w1 [*lead, out, hidden], w2 [*lead, hidden,
+  in] (MLPMemory's layout)."""
+
+  def __init__(self, w: MLPWeights):
+    self.w1 = nnx.Param(w.w1)
+    self.w2 = nnx.Param(w.w2)
+
+  def weights(self) -> MLPWeights:
+    return MLPWeights(self.w1[...], self.w2[...])
+
+
+class SelfModifyingTitans(nnx.Module):
+  """The self-modifying Titans sequence layer (see the module docstring).
+
+  Parameters: ``wq wk wv`` [d_model, H * head_dim] (static input projections), ``conv``
+  (causal depthwise, width conv_width, over the concatenated q/k/v branch), ``*_init``
+  (initial memory weights), ``gate_bias`` [2, H], ``w_mu`` [d_model, H] (momentum only),
+  ``out_norm`` scale [head_dim], ``wg`` [d_model, H * head_dim] (output gate), ``wo``
+  [H * head_dim, d_model].
+
+  State (``init_memory``): {"memory": SMTMemoryState, "conv": ConvState}; every leaf [B, ...].
+  """
+
+  def __init__(self, cfg: SelfModifyingTitansConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, h, k = cfg.d_model, cfg.n_heads, cfg.head_dim
+    pdt = jnp.dtype(cfg.param_dtype)
+    hk = h * k
+    self.wq = nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt))
+    self.wk = nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt))
+    self.wv = nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt))
+    self.wg = nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt))
+    self.wo = nnx.Param(dense_init(rngs.params(), (hk, d), hk, pdt))
+    self.conv = CausalConv(3 * hk, cfg.conv_width, param_dtype=pdt, rngs=rngs)
+    # Small output-side weights: every memory starts near the identity (residual) or near
+    # zero logits (scalar), so the initial gates are the biases.
+    vec = cfg.proj_memory
+    for name in cfg.proj_names + ("out",):
+      setattr(self, f"{name}_init",
+              MemoryInit(vec.init_params(rngs.params(), (h,), out_scale=0.1, dtype=pdt).initial))
+    gm = cfg.gate_memory
+    self.eta_init = MemoryInit(gm.init_params(rngs.params(), (h,), out_scale=0.1,
+                                              dtype=pdt).initial)
+    self.alpha_init = MemoryInit(gm.init_params(rngs.params(), (h,), out_scale=0.1,
+                                                dtype=pdt).initial)
+    self.gate_bias = nnx.Param(jnp.stack([jnp.full((h,), cfg.eta_bias_init, pdt),
+                                          jnp.full((h,), cfg.alpha_bias_init, pdt)]))
+    if cfg.momentum:
+      self.w_mu = nnx.Param(dense_init(rngs.params(), (d, h), d, pdt))
+    self.out_norm = nnx.Param(jnp.ones((k,), pdt))
+
+  def params(self) -> SMTParams:
+    cfg = self.cfg
+    stack = lambda ws: jax.tree.map(lambda *a: jnp.stack(a), *ws)  # noqa: E731
+    proj = stack([getattr(self, f"{n}_init").weights() for n in cfg.proj_names])
+    gate = stack([self.eta_init.weights(), self.alpha_init.weights()])
+    return SMTParams(proj, gate, self.out_init.weights(), self.gate_bias[...])
+
+  def init_memory(self, batch_size: int):
+    return {"memory": init_memory_state(self.cfg, self.params(), batch_size),
+            "conv": self.conv.init_state(batch_size)}
+
+  def __call__(self, x_BxTxD: jax.Array, state, segment_ids_BxT: jax.Array,
+               reset_BxT: jax.Array, implementation: str | None = None):
+    """Returns (y [B, T, d_model], new state, aux dict of scalars)."""
+    cfg = self.cfg
+    b, t, _ = x_BxTxD.shape
+    h, k = cfg.n_heads, cfg.head_dim
+    dt = jnp.dtype(cfg.dtype)
+    x = x_BxTxD.astype(dt)
+    w_qkv = jnp.concatenate([self.wq[...], self.wk[...], self.wv[...]], axis=1).astype(dt)
+    u, conv_state = self.conv(x @ w_qkv, segment_ids_BxT, ConvState(*state["conv"]))
+    u = jax.nn.silu(u)
+    heads = lambda z: jnp.moveaxis(z.reshape(b, t, h, k), 2, 1)  # noqa: E731  # [B, H, T, K]
+    xq, xk, xv = (heads(z) for z in jnp.split(u, 3, axis=-1))
+    mu = None
+    if cfg.momentum:
+      mu = jnp.moveaxis(gates.momentum_from_logits(
+          (x @ self.w_mu[...].astype(dt)).astype(jnp.float32), cfg.mu_max), 2, 1)
+    inp = SMTInputs(xk, xv, xq, mu, reset_BxT)
+    o, mem, stats = memory_scan(cfg, self.params(), state["memory"], inp, implementation)
+    o = jnp.moveaxis(o, 1, 2)  # [B, T, H, K]
+    o = rms_norm(o, self.out_norm[...]).astype(dt)
+    gate = jax.nn.silu(x @ self.wg[...].astype(dt)).reshape(b, t, h, k)
+    y = (o * gate).reshape(b, t, h * k) @ self.wo[...].astype(dt)
+    n_tok = jnp.asarray(b * t * h, jnp.float32)
+    aux = {"inner_loss": stats["inner_loss_sum"] / n_tok,
+           "eta_mean": jnp.mean(stats["eta"]), "alpha_mean": jnp.mean(stats["alpha"]),
+           "alpha_min": jnp.min(stats["alpha"]),
+           "update_norm": _update_norm(state["memory"].out.memory, mem.out.memory)}
+    return y.astype(x_BxTxD.dtype), {"memory": mem, "conv": conv_state}, aux
+
+
+def _update_norm(before: MLPWeights, after: MLPWeights) -> jax.Array:
+  """RMS over sequences and heads of the Frobenius change of the output memory in this call."""
+  sq = sum(jnp.sum((a - b) ** 2, axis=(-2, -1)) for a, b in zip(after, before))
+  return jax.lax.stop_gradient(jnp.sqrt(jnp.mean(sq)))  # diagnostic only

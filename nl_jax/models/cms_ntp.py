@@ -1,0 +1,208 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The model-level driver of CMS with the next-token objective (``cms_objective="ntp"``).
+
+Paper eq. 71 with L = the language model's next-token loss (spec 6.1, open questions 14-15):
+every CMS level of every block learns in context from the gradient of the WHOLE model's
+next-token loss w.r.t. its fast weights, accumulated over its chunk of C_l tokens. The model
+therefore runs a call segment by segment, S = min_l C_l tokens at a time (no level changes
+inside a segment), carrying every fast state::
+
+    for each segment k (full segments in a jax.lax.scan, then a shorter remainder if S does
+    not divide T; the body is jax.checkpoint'ed):
+      CMS levels of rows whose segment holds a document start -> initial weights (resets)
+      loss_k(theta) = sum_{t in k} loss_mask_t * CE(logits_t(theta), targets_t)
+        where logits_t runs all blocks on segment k with the carried mixer states (Hope: the
+        self-modifying Titans memories and conv cache stream across segments exactly as
+        across calls; Hope-Attention: a key/value buffer of the call, so segment k's queries
+        see the earlier segments) and every block's CMS with fast weights theta
+      loss_k, g = jax.value_and_grad(loss_k)(theta_carried)      # inside the scan
+      nl_jax.layers.cms_ntp.step_levels: acc += g; levels at a boundary step
+
+The outer loss differentiates through all of it, so the initial CMS weights (and everything
+else) are trained by backprop through the in-context updates (eq. 73; second order through
+the inner gradient).
+
+Choices (documented; the paper leaves them open):
+
+* The gradient of segment k is taken w.r.t. the weights as used in segment k only: states
+  carried from earlier segments (memories, key/value buffer) are inputs of loss_k, not
+  functions of theta (they were computed with the weights of their own segment).
+* The loss is a sum (not a mean) of masked token cross-entropies (eq. 71 sums over the
+  chunk); ``targets`` / ``loss_mask`` come from the SequenceContext: the default (tokens
+  shifted left) has no target for the last token of a call, so that token teaches the CMS
+  nothing unless the caller passes its target (the trainer does; token-by-token generation
+  does not, so the CMS does not learn from the generated text).
+* Causality: the update from segment k uses targets up to the first token after segment k
+  and only changes the weights of later segments, so logits at t never see a token after t.
+* Streaming: splitting a stream at a multiple of S gives exactly the one-call result when
+  the caller passes the true next token as the target of each call's last token. A call that
+  starts mid-segment is cut from its own first token; its levels step at the end of the
+  segment that contains a boundary (nl_jax.layers.cms_ntp.step_levels).
+* Cost: every segment runs a forward and a backward of the whole model (the inner gradient),
+  and the outer backward is second order: roughly 3-4x the compute of objective="local".
+  Hope-Attention keeps a key/value buffer of the call per block; the checkpointed scan saves
+  it once per segment (memory ~ T^2 / S per block).
+
+aux: the blocks' scalars averaged over the call's tokens (``*_min`` keys: minimum),
+``block_{i}/cms/level_{l}/update_norm`` (sum over the call's steps of the Frobenius norm of
+the level's step, averaged over sequences) and ``cms/ntp_loss`` (masked next-token loss per
+token, the quantity the CMS learns from).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from nl_jax.layers import cms_ntp
+from nl_jax.models.common import SequenceContext, advance_stream
+
+
+def _segment_ce(logits_BxSxV, targets_BxS, mask_BxS):
+  """Sum of masked token cross-entropies and the number of counted tokens."""
+  logits = logits_BxSxV.astype(jnp.promote_types(logits_BxSxV.dtype, jnp.float32))
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets_BxS[..., None], axis=-1)[..., 0]
+  mask = mask_BxS.astype(logits.dtype)
+  return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+def _mixer(block, x_BxSxD, state, kv, seg, segment_ids_BxT):
+  """The block's sequence mixer with its residual: Hope (SMT) or Hope-Attention (attention).
+
+  Returns (x_BxSxD, new mixer state or None, new (k_buf, v_buf) or None, aux dict).
+  """
+  if hasattr(block, "smt"):
+    y, smt_state, smt_aux = block.smt(block.smt_norm(x_BxSxD), state["smt"], seg["segment_ids"],
+                                      seg["reset"])
+    return x_BxSxD + y, smt_state, None, {f"smt/{k}": v for k, v in smt_aux.items()}
+  y, k_buf, v_buf = block.attn.attend_with_buffer(block.attn_norm(x_BxSxD), seg["positions"],
+                                                  seg["start"], kv[0], kv[1], segment_ids_BxT)
+  return x_BxSxD + y, None, (k_buf, v_buf), {}
+
+
+def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext,
+                         cms_cfg=None):
+  """Blocks -> head with the CMS learning from the next-token loss (module docstring).
+
+  Args:
+    model: a Hope or HopeAttention model (blocks with ``smt``/``smt_norm`` or
+      ``attn``/``attn_norm``, and ``cms``); its CMS states in memory_state must be
+      nl_jax.layers.cms_ntp.NTPState.
+    x_BxTxD: token embeddings.
+    memory_state: validated state ({"stream": ..., "block_i": {..., "cms": NTPState}}).
+    ctx: the SequenceContext from ``model.prepare`` (targets / loss_mask used here).
+    cms_cfg: the CMSConfig (default ``model.config.cms_config()``).
+
+  Returns:
+    (logits_BxTxV float32, new_memory_state, aux).
+  """
+  cfg = model.config
+  cms_cfg = cms_cfg if cms_cfg is not None else cfg.cms_config()
+  s = cms_cfg.segment
+  b, t, _ = x_BxTxD.shape
+  n_full, rem = divmod(t, s)
+  blocks = list(model.blocks)
+  n_blocks = len(blocks)
+  cms_params = [blk.cms.params() for blk in blocks]
+  reset_BxT = ctx.reset if ctx.reset is not None else jnp.zeros((b, t), bool)
+  segment_ids_BxT = ctx.segment_ids
+
+  block_states0 = [memory_state[f"block_{i}"] for i in range(n_blocks)]
+  kv0 = []
+  for blk in blocks:
+    if hasattr(blk, "smt"):
+      kv0.append(None)
+    else:
+      a = blk.attn
+      shape = (b, t) + tuple(a.wq[...].shape[1:])
+      kv0.append((jnp.zeros(shape, a.dtype), jnp.zeros(shape, a.dtype)))
+
+  def run_segment(carry, seg):
+    """One segment: resets, value_and_grad of its loss w.r.t. the CMS weights, the step."""
+    states, kv = carry
+    length = seg["x"].shape[1]
+    flag_B = jnp.any(seg["reset"], axis=1)
+    cms_states = [cms_ntp.reset_levels(p, st["cms"], flag_B)
+                  for p, st in zip(cms_params, states)]
+    weights = tuple(st.weights for st in cms_states)
+
+    def seg_loss(weights):
+      x = seg["x"]
+      mixer_states, new_kv, aux = [], [], {}
+      for i, blk in enumerate(blocks):
+        x, m_state, kv_i, m_aux = _mixer(blk, x, states[i], kv[i], seg, segment_ids_BxT)
+        x = cms_ntp.apply_levels(cms_cfg, cms_params[i], weights[i], x)
+        mixer_states.append(m_state)
+        new_kv.append(kv_i)
+        aux.update({f"block_{i}/{k}": v for k, v in m_aux.items()})
+      logits = model.head(x)
+      loss, count = _segment_ce(logits, seg["targets"], seg["loss_mask"])
+      return loss, (logits, mixer_states, new_kv, aux, count)
+
+    (loss, (logits, mixer_states, new_kv, aux, count)), grads = jax.value_and_grad(
+        seg_loss, has_aux=True)(weights)
+    new_states, norms = [], []
+    for i, st in enumerate(cms_states):
+      st, norm_BxK = cms_ntp.step_levels(cms_cfg, st, grads[i], length)
+      norms.append(jnp.mean(norm_BxK, axis=0))
+      new = {"cms": st}
+      if mixer_states[i] is not None:
+        new["smt"] = mixer_states[i]
+      new_states.append(new)
+    return (new_states, new_kv), (logits, aux, jnp.stack(norms), loss, count)
+
+  body = jax.checkpoint(run_segment)
+
+  def fields(lo, hi):
+    return {"x": x_BxTxD[:, lo:hi], "positions": ctx.positions[:, lo:hi],
+            "segment_ids": segment_ids_BxT[:, lo:hi], "reset": reset_BxT[:, lo:hi],
+            "targets": ctx.targets[:, lo:hi], "loss_mask": ctx.loss_mask[:, lo:hi]}
+
+  carry = (block_states0, kv0)
+  outs = []  # (logits [B, L, V], aux {k: [n]}, norms [n, blocks, k], loss [n], count [n], L)
+  if n_full:
+    full = fields(0, n_full * s)
+    xs = {k: jnp.moveaxis(v.reshape((b, n_full, s) + v.shape[2:]), 1, 0)
+          for k, v in full.items()}
+    xs["start"] = jnp.arange(n_full, dtype=jnp.int32) * s
+    carry, (logits, aux, norms, loss, count) = jax.lax.scan(body, carry, xs)
+    logits = jnp.moveaxis(logits, 0, 1).reshape((b, n_full * s) + logits.shape[3:])
+    outs.append((logits, aux, norms, loss, count, s))
+  if rem:
+    seg = fields(n_full * s, t)
+    seg["start"] = n_full * s
+    carry, (logits, aux, norms, loss, count) = body(carry, seg)
+    outs.append((logits, jax.tree.map(lambda v: v[None], aux), norms[None], loss[None],
+                 count[None], rem))
+
+  states, _ = carry
+  logits = jnp.concatenate([o[0] for o in outs], axis=1) if len(outs) > 1 else outs[0][0]
+  new_state = {f"block_{i}": states[i] for i in range(n_blocks)}
+  new_state["stream"] = advance_stream(memory_state["stream"], segment_ids_BxT)
+
+  aux = {}
+  for key in outs[0][1]:
+    if key.endswith("_min"):
+      aux[key] = jnp.min(jnp.concatenate([o[1][key] for o in outs]))
+    else:
+      total = sum(jnp.sum(o[1][key]) * o[5] for o in outs)
+      aux[key] = total / t
+  norms = sum(jnp.sum(o[2], axis=0) for o in outs)  # [blocks, k]
+  for i in range(n_blocks):
+    for lvl in range(cms_cfg.n_levels):
+      aux[f"block_{i}/cms/level_{lvl}/update_norm"] = norms[i, lvl]
+  total_loss = sum(jnp.sum(o[3]) for o in outs)
+  total_count = sum(jnp.sum(o[4]) for o in outs)
+  aux["cms/ntp_loss"] = total_loss / jnp.maximum(total_count, 1.0)
+  return logits, new_state, aux

@@ -1,0 +1,388 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The shared language-model skeleton every nl_jax model builds on.
+
+What lives here, so TransformerPP, Titans, Hope and HopeAttention share one definition:
+
+* ``LMConfig``: the frozen, ``kw_only`` base config (fields every model has: vocab_size,
+  d_model, n_layers, n_heads, head_dim, mlp_hidden, dtype, param_dtype, remat, ...), the
+  ``validate_seq_len`` / ``alignment`` hooks, and the preset convention: a subclass sets the
+  class attribute ``PRESETS = {"tiny": {...overrides...}, "small": ..., "760m": ...,
+  "1_3b": ...}``; ``registry.model_config(name, preset, **overrides)`` builds
+  ``cls(**{**cls.PRESETS[preset], **overrides})``.
+* ``SequenceContext``: what a block sees besides its input: positions (for RoPE),
+  segment_ids, reset (True at the first token of each new segment: memories go back to their
+  initial state there; None when the call has no segment_ids, i.e. one document continuing
+  the stream), index (the token's index within this call, for causal masks),
+  targets and loss_mask (for objectives that need the next token), all [B, T].
+* ``prepare_inputs``: validation of tokens / segment_ids / positions / targets / loss_mask with
+  ValueErrors that name the field and the fix, before anything is traced or compiled, and the
+  defaults (segment_ids = ones; positions = arange(T) + tokens already streamed; targets =
+  tokens shifted left with the last target masked).
+* ``check_memory_state``: a memory state must have exactly the tree, shapes and dtypes of
+  ``init_memory(B)`` (a state from another config is a ValueError, not a shape error deep in
+  XLA).
+* ``CausalLM``: embedding (`embed`) -> blocks -> final RMSNorm (`final_norm`) -> head
+  (tied, or `lm_head` [d_model, vocab]), per-block ``nnx.remat`` when ``config.remat``, and
+  aux collection: a block returns a flat dict, which appears as ``block_{i}/<key>``.
+
+A model subclasses ``CausalLM`` and implements ``make_block(index, rngs)``; a block is an
+``nnx.Module`` with::
+
+    block.init_memory(batch_size) -> pytree   # every leaf [batch_size, ...]; {} if stateless
+    block(x_BxTxD, block_state, ctx: SequenceContext) -> (x_BxTxD, new_block_state, aux dict)
+
+The model's memory state is ``{}`` when no block carries state (``stateful = False``), else
+``{"stream": {"position": [B] int32, "last_segment": [B] int32}, "block_0": ..., ...}``: the
+stream part lets a call continue the RoPE positions and detect a segment change at its first
+token. A model that needs its own forward (e.g. CMS with the next-token objective, which runs
+the model chunk by chunk) can reuse ``CausalLM.prepare`` (validation + context) and
+``CausalLM.head``, or the functions ``prepare_inputs``, ``check_memory_state``,
+``stream_context`` and ``advance_stream``, and override ``forward_embedded``.
+``__call__`` is ``prepare`` -> ``embed`` -> ``forward_embedded(x_BxTxD, memory_state, ctx)``;
+tests differentiate ``forward_embedded`` w.r.t. the embeddings to check causality.
+"""
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nl_jax.layers.embed import Embed
+from nl_jax.layers.mlp import dense_init
+from nl_jax.layers.norms import RMSNorm
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LMConfig:
+  """Fields every language model has (subclasses add theirs; see the module docstring).
+
+  Attributes:
+    vocab_size: number of token ids, ids in [0, vocab_size) (259 = nl_jax.data.ByteTokenizer).
+    d_model: residual stream width.
+    n_layers: number of blocks.
+    n_heads: heads of the sequence mixer.
+    head_dim: width of each head.
+    mlp_hidden: hidden width of the SwiGLU MLP.
+    dtype: activation dtype, "float32" or "bfloat16" (logits and memory states stay float32).
+    param_dtype: parameter storage dtype.
+    remat: rematerialise each block in the backward pass (memory ~ one block's activations).
+    tie_embeddings: the output head reuses the embedding table (else a separate `lm_head`).
+    norm_eps: RMSNorm epsilon.
+    rope_theta: RoPE base.
+  """
+  PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+  vocab_size: int = 259
+  d_model: int = 64
+  n_layers: int = 2
+  n_heads: int = 4
+  head_dim: int = 16
+  mlp_hidden: int = 192
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False
+  tie_embeddings: bool = True
+  norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+
+  def __post_init__(self):
+    name = type(self).__name__
+    for f in ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_hidden"):
+      v = getattr(self, f)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name}.{f} must be a positive int, got {v!r}")
+    for f in ("dtype", "param_dtype"):
+      if getattr(self, f) not in DTYPES:
+        raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {DTYPES}")
+    if self.head_dim % 2:
+      raise ValueError(f"{name}.head_dim must be even (RoPE pairs channels), got {self.head_dim}")
+
+  @property
+  def jnp_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def jnp_param_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def alignment(self) -> int:
+    """Chunk size that document boundaries must fall on for exact memory resets (1: any)."""
+    return 1
+
+  def validate_seq_len(self, seq_len: int) -> None:
+    """Raises ValueError if this model cannot train on sequences of seq_len tokens."""
+    if not isinstance(seq_len, int) or seq_len < 1:
+      raise ValueError(f"{type(self).__name__}: seq_len must be a positive int, got {seq_len!r}")
+
+
+class SequenceContext(NamedTuple):
+  """Per-token side inputs every block receives (all [B, T]); see the module docstring."""
+  positions: jax.Array
+  segment_ids: jax.Array
+  reset: jax.Array | None
+  index: jax.Array
+  targets: jax.Array
+  loss_mask: jax.Array
+
+
+class PreparedInputs(NamedTuple):
+  """Validated tokens and the context built from them (``CausalLM.prepare``)."""
+  tokens: jax.Array
+  context: SequenceContext
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _as_int_array(owner: str, name: str, x, shape: tuple[int, ...] | None) -> jax.Array:
+  if not hasattr(x, "shape"):
+    x = np.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(f"{owner}: {name} must have rank 2 [batch, seq_len], got shape "
+                     f"{tuple(x.shape)}; add a batch axis with x[None] for one sequence")
+  if shape is not None and tuple(x.shape) != shape:
+    raise ValueError(f"{owner}: {name} has shape {tuple(x.shape)}, expected {shape} "
+                     "(the shape of tokens)")
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    raise ValueError(f"{owner}: {name} must be an integer array, got dtype {x.dtype}")
+  return jnp.asarray(x, jnp.int32)
+
+
+def prepare_inputs(owner: str, vocab_size: int, tokens, *, segment_ids=None, positions=None,
+                   targets=None, loss_mask=None, start_position=None):
+  """Validates the call inputs and fills the defaults (see the module docstring).
+
+  Args:
+    owner: name used in error messages (the model class).
+    vocab_size: ids must lie in [0, vocab_size) (checked when tokens/targets are concrete).
+    tokens: [B, T] integer token ids.
+    segment_ids, positions, targets: optional [B, T] integer arrays.
+    loss_mask: optional [B, T] bool/number array.
+    start_position: optional [B] int32, tokens already streamed (default 0).
+
+  Returns:
+    (tokens_BxT int32, segment_ids_BxT, positions_BxT, targets_BxT, loss_mask_BxT float32).
+
+  Raises:
+    ValueError: wrong rank, dtype or shape, or ids out of range (named field and fix).
+  """
+  raw_tokens = tokens
+  tokens = _as_int_array(owner, "tokens", tokens, None)
+  shape = tuple(tokens.shape)
+  if shape[1] < 1:
+    raise ValueError(f"{owner}: tokens must have at least one position, got shape {shape}")
+
+  def check_range(name, x):
+    if _is_concrete(x):
+      # numpy, not jnp: no device op (nothing compiled), and valid inside a jit trace where
+      # jnp.min of a constant would be staged.
+      xn = np.asarray(x)
+      lo, hi = int(xn.min()), int(xn.max())
+      if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{owner}: {name} ids must lie in [0, {vocab_size}) (vocab_size), got "
+                         f"values in [{lo}, {hi}]; check the tokenizer / config.vocab_size")
+
+  check_range("tokens", raw_tokens)
+  seg = (jnp.ones(shape, jnp.int32) if segment_ids is None
+         else _as_int_array(owner, "segment_ids", segment_ids, shape))
+  if positions is None:
+    start = jnp.zeros((shape[0],), jnp.int32) if start_position is None else start_position
+    pos = start[:, None] + jnp.arange(shape[1], dtype=jnp.int32)[None, :]
+  else:
+    pos = _as_int_array(owner, "positions", positions, shape)
+  if targets is None:
+    tgt = jnp.concatenate([tokens[:, 1:], jnp.zeros((shape[0], 1), jnp.int32)], axis=1)
+    default_mask = jnp.ones(shape, jnp.float32).at[:, -1].set(0.0)
+  else:
+    tgt = _as_int_array(owner, "targets", targets, shape)
+    check_range("targets", targets)
+    default_mask = jnp.ones(shape, jnp.float32)
+  if loss_mask is None:
+    mask = default_mask
+  else:
+    if not hasattr(loss_mask, "shape"):
+      loss_mask = np.asarray(loss_mask)
+    if tuple(loss_mask.shape) != shape:
+      raise ValueError(f"{owner}: loss_mask has shape {tuple(loss_mask.shape)}, expected {shape} "
+                       "(the shape of tokens)")
+    mask = jnp.asarray(loss_mask).astype(jnp.float32)
+  return tokens, seg, pos, tgt, mask
+
+
+def check_memory_state(owner: str, memory_state, expected) -> None:
+  """Raises ValueError unless memory_state has the tree, shapes and dtypes of expected.
+
+  Args:
+    owner: name for the message.
+    memory_state: the state passed to the model.
+    expected: ``jax.eval_shape(model.init_memory, B)`` (abstract is enough).
+  """
+  got_def = jax.tree.structure(memory_state)
+  want_def = jax.tree.structure(expected)
+  if got_def != want_def:
+    raise ValueError(f"{owner}: memory_state does not come from this model's init_memory (tree "
+                     f"{got_def} != expected {want_def}); build it with model.init_memory(B) or "
+                     "pass the state the same model returned")
+  paths = jax.tree_util.tree_flatten_with_path(expected)[0]
+  for (path, want), got in zip(paths, jax.tree.leaves(memory_state), strict=True):
+    if tuple(got.shape) != tuple(want.shape) or jnp.dtype(got.dtype) != jnp.dtype(want.dtype):
+      raise ValueError(f"{owner}: memory_state leaf {jax.tree_util.keystr(path)} has "
+                       f"{got.dtype}{list(got.shape)}, expected {want.dtype}{list(want.shape)} "
+                       "(a state from another config or batch size?)")
+
+
+def stream_context(stream, tokens_BxT, segment_ids_BxT, positions_BxT, targets_BxT,
+                   loss_mask_BxT, has_segments: bool = True) -> SequenceContext:
+  """Builds the SequenceContext: reset where the segment id differs from the previous token's
+  (the previous token of the first one is the stream's last token, if any).
+
+  With has_segments=False (the caller gave no segment_ids: one document continuing the
+  stream) reset is None, which lets memory layers use kernels without reset support.
+  """
+  b, t = tokens_BxT.shape
+  index_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  if not has_segments:
+    return SequenceContext(positions_BxT, segment_ids_BxT, None, index_BxT, targets_BxT,
+                           loss_mask_BxT)
+  if stream is None:
+    prev_B = segment_ids_BxT[:, 0]  # a fresh stream starts from the initial state anyway
+  else:
+    prev_B = stream["last_segment"]
+  prev_BxT = jnp.concatenate([prev_B[:, None], segment_ids_BxT[:, :-1]], axis=1)
+  reset_BxT = segment_ids_BxT != prev_BxT
+  return SequenceContext(positions_BxT, segment_ids_BxT, reset_BxT, index_BxT, targets_BxT,
+                         loss_mask_BxT)
+
+
+def init_stream(batch_size: int) -> dict[str, jax.Array]:
+  """Stream bookkeeping: tokens seen so far and the segment id of the last one."""
+  return {"position": jnp.zeros((batch_size,), jnp.int32),
+          "last_segment": jnp.zeros((batch_size,), jnp.int32)}
+
+
+def advance_stream(stream, segment_ids_BxT) -> dict[str, jax.Array]:
+  return {"position": stream["position"] + segment_ids_BxT.shape[1],
+          "last_segment": segment_ids_BxT[:, -1]}
+
+
+class CausalLM(nnx.Module):
+  """Embedding -> blocks -> final norm -> head; see the module docstring.
+
+  Subclasses set ``stateful`` (True when blocks carry memory across calls) and implement
+  ``make_block``.
+  """
+  stateful: bool = False
+
+  def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    dt, pdt = config.jnp_dtype, config.jnp_param_dtype
+    self.embed = Embed(config.vocab_size, config.d_model, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.blocks = nnx.List([self.make_block(i, rngs) for i in range(config.n_layers)])
+    self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps, param_dtype=pdt)
+    if not config.tie_embeddings:
+      self.lm_head = nnx.Param(dense_init(rngs.params(), (config.d_model, config.vocab_size),
+                                          config.d_model, pdt))
+
+  def make_block(self, index: int, rngs: nnx.Rngs) -> nnx.Module:
+    raise NotImplementedError
+
+  def init_memory(self, batch_size: int):
+    """Initial memory state for batch_size sequences ({} for a stateless model)."""
+    if not self.stateful:
+      return {}
+    state = {"stream": init_stream(batch_size)}
+    for i, block in enumerate(self.blocks):
+      state[f"block_{i}"] = block.init_memory(batch_size)
+    return state
+
+  def head(self, x_BxTxD: jax.Array) -> jax.Array:
+    """Final norm and read-out; float32 logits."""
+    h = self.final_norm(x_BxTxD)
+    if self.config.tie_embeddings:
+      return self.embed.attend(h)
+    return h.astype(jnp.float32) @ self.lm_head[...].astype(jnp.float32)
+
+  def __call__(self, tokens, memory_state=None, *, segment_ids=None, positions=None,
+               targets=None, loss_mask=None):
+    """Runs the model; see the interface in the module docstring of nl_jax.models.registry.
+
+    Returns:
+      (logits_BxTxV float32, new_memory_state, aux flat dict of scalars).
+    """
+    memory_state, ctx = self.prepare(tokens, memory_state, segment_ids=segment_ids,
+                                     positions=positions, targets=targets, loss_mask=loss_mask)
+    return self.forward_embedded(self.embed(ctx.tokens), memory_state, ctx.context)
+
+  def prepare(self, tokens, memory_state=None, *, segment_ids=None, positions=None,
+              targets=None, loss_mask=None):
+    """Validates the inputs and builds the context.
+
+    Returns:
+      (memory_state, PreparedInputs(tokens_BxT int32, context SequenceContext)).
+    """
+    owner = type(self).__name__
+    if not hasattr(tokens, "shape"):
+      tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+      raise ValueError(f"{owner}: tokens must have rank 2 [batch, seq_len], got shape "
+                       f"{tuple(tokens.shape)}; add a batch axis with x[None] for one sequence")
+    b = tokens.shape[0]
+    if memory_state is None:
+      memory_state = self.init_memory(b)
+    else:
+      check_memory_state(owner, memory_state, jax.eval_shape(lambda: self.init_memory(b)))
+    stream = memory_state.get("stream") if self.stateful else None
+    tokens, seg, pos, tgt, mask = prepare_inputs(
+        owner, self.config.vocab_size, tokens, segment_ids=segment_ids, positions=positions,
+        targets=targets, loss_mask=loss_mask,
+        start_position=None if stream is None else stream["position"])
+    ctx = stream_context(stream, tokens, seg, pos, tgt, mask,
+                         has_segments=segment_ids is not None)
+    return memory_state, PreparedInputs(tokens, ctx)
+
+  def forward_embedded(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):
+    """Blocks -> head from embeddings (the differentiable entry used by causality tests).
+
+    Args:
+      x_BxTxD: token embeddings.
+      memory_state: a validated state (from ``prepare``).
+      ctx: the SequenceContext from ``prepare``.
+
+    Returns:
+      (logits_BxTxV float32, new_memory_state, aux).
+    """
+    new_state = {}
+    aux = {}
+    x = x_BxTxD
+    for i, block in enumerate(self.blocks):
+      block_state = memory_state.get(f"block_{i}", {}) if self.stateful else {}
+      fn = lambda blk, x, s, c: blk(x, s, c)  # noqa: E731
+      if self.config.remat:
+        fn = nnx.remat(fn)
+      x, block_state, block_aux = fn(block, x, block_state, ctx)
+      if self.stateful:
+        new_state[f"block_{i}"] = block_state
+      for k, v in block_aux.items():
+        aux[f"block_{i}/{k}"] = v
+    if self.stateful:
+      new_state["stream"] = advance_stream(memory_state["stream"], ctx.segment_ids)
+    return self.head(x), new_state, aux

@@ -1,0 +1,265 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Hope and Hope-Attention language models (paper section 8.3, eqs. 94-97; spec 7).
+
+Hope block (pre-norm residual)::
+
+    x <- x + SelfModifyingTitans(RMSNorm(x))       # small memory, expressive learning rule
+    x <- ContinuumMemorySystem(x)                   # chain of MLP levels, each x + MLP_l(norm_l(x))
+
+Hope-Attention replaces the self-modifying Titans layer by causal softmax attention (RoPE);
+its attention sees the current call only (like TransformerPP), while the CMS fast weights
+carry across calls.
+
+The memory state carried between calls holds, per block, the self-modifying memories and the
+conv cache (Hope) and the CMS fast weights, their accumulated gradients and positions; all
+leaves have the batch as leading axis. Memories reset at the first token of each new segment.
+
+CMS objective: only ``cms_objective="local"`` (nl_jax.layers.cms) is implemented; the
+paper's whole-model next-token objective is not (see the report in the lead's notes).
+"""
+
+import dataclasses
+import math
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+from nl_jax.layers.attention import Attention
+from nl_jax.layers.cms import CMSConfig, ContinuumMemorySystem
+from nl_jax.layers.norms import RMSNorm
+from nl_jax.layers.self_modifying_titans import SelfModifyingTitans, SelfModifyingTitansConfig
+from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _CMSFields(LMConfig):
+  """CMS fields shared by Hope and Hope-Attention (mlp_hidden = hidden width of each level).
+
+  Attributes:
+    cms_chunk_sizes: chunk size C_l of each CMS level (multiples of the smallest).
+    cms_learning_rates: in-context learning rate of each level (None: 1e-3 each).
+    cms_variant: "sequential" (chain, eq. 70) or "independent" (eq. 74).
+    cms_objective: "local" (see nl_jax.layers.cms).
+  """
+  cms_chunk_sizes: tuple[int, ...] = (16, 64)
+  cms_learning_rates: tuple[float, ...] | None = None
+  cms_variant: str = "sequential"
+  cms_objective: str = "local"
+
+  def __post_init__(self):
+    super().__post_init__()
+    object.__setattr__(self, "cms_chunk_sizes", tuple(self.cms_chunk_sizes))
+    if self.cms_learning_rates is not None:
+      object.__setattr__(self, "cms_learning_rates", tuple(self.cms_learning_rates))
+    self.cms_config()  # validates the CMS fields (ValueError naming the field)
+
+  def cms_config(self) -> CMSConfig:
+    try:
+      return CMSConfig(d_model=self.d_model, hidden=self.mlp_hidden,
+                       chunk_sizes=self.cms_chunk_sizes, learning_rates=self.cms_learning_rates,
+                       variant=self.cms_variant, objective=self.cms_objective,
+                       remat=self.remat, norm_eps=self.norm_eps, dtype=self.dtype)
+    except ValueError as e:
+      raise ValueError(f"{type(self).__name__}: {e} (fields cms_chunk_sizes, "
+                       "cms_learning_rates, cms_variant, cms_objective, mlp_hidden)") from e
+
+  @property
+  def alignment(self) -> int:
+    return min(self.cms_chunk_sizes)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HopeConfig(_CMSFields):
+  """Config of Hope: LMConfig fields, CMS fields and the self-modifying Titans options.
+
+  Presets (layers x width x heads; parameter counts from registry.count_params, size-matched
+  to TransformerPP/Titans at "small", within 5% of the name for 760m / 1_3b; a test checks):
+
+  * tiny: 2 x 64, 4 heads x 16, CMS 2 levels x 96 (chunks 8, 32), SMT chunks 8 (CPU).
+  * small: 6 x 512, 8 heads x 64, CMS 2 levels x 544 (chunks 64, 256), SMT chunks 64 (~19.45M).
+  * 760m: 24 x 1536, 12 heads x 128, CMS 2 levels x 1600 (chunks 64, 512), untied 32K vocab.
+  * 1_3b: 24 x 2048, 16 heads x 128, CMS 2 levels x 2240 (chunks 64, 512), tied 32K vocab.
+
+  Attributes (self-modifying Titans; see nl_jax.layers.self_modifying_titans):
+    smt_chunk_size: chunk of the output memory.
+    smt_proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
+    inner_rule: dgd | paper_l2 | gd.
+    momentum: inner momentum.
+    adaptive_q: q is a fast memory.
+    read_at: pre | post | anchor.
+    memory_hidden: hidden width of the vector memories (None: head_dim).
+    eta_max, alpha_min, mu_max: gate ranges.
+    stop_target_grad: no outer gradient through the self-generated targets.
+    conv_width: causal conv width on the q/k/v branch.
+    memory_implementation: auto | chunked | sequential.
+  """
+  PRESETS = {
+      "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
+                   mlp_hidden=96, cms_chunk_sizes=(8, 32), smt_chunk_size=8,
+                   smt_proj_chunk_size=8),
+      "small": dict(vocab_size=259, d_model=512, n_layers=6, n_heads=8, head_dim=64,
+                    mlp_hidden=544, cms_chunk_sizes=(64, 256), smt_chunk_size=64,
+                    smt_proj_chunk_size=64),
+      "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
+                   mlp_hidden=1600, cms_chunk_sizes=(64, 512), smt_chunk_size=64,
+                   smt_proj_chunk_size=64, tie_embeddings=False, remat=True,
+                   dtype="bfloat16"),
+      "1_3b": dict(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, head_dim=128,
+                   mlp_hidden=2240, cms_chunk_sizes=(64, 512), smt_chunk_size=64,
+                   smt_proj_chunk_size=64, tie_embeddings=True, remat=True,
+                   dtype="bfloat16"),
+  }
+
+  smt_chunk_size: int = 16
+  smt_proj_chunk_size: int = 16
+  inner_rule: str = "dgd"
+  momentum: bool = False
+  adaptive_q: bool = False
+  read_at: str = "pre"
+  memory_hidden: int | None = None
+  eta_max: float = 1.0
+  alpha_min: float = 0.5
+  mu_max: float = 0.9
+  stop_target_grad: bool = False
+  conv_width: int = 4
+  memory_implementation: str = "auto"
+
+  def __post_init__(self):
+    super().__post_init__()
+    self.smt_config()
+
+  def smt_config(self) -> SelfModifyingTitansConfig:
+    try:
+      return SelfModifyingTitansConfig(
+          d_model=self.d_model, n_heads=self.n_heads, head_dim=self.head_dim,
+          memory_hidden=self.memory_hidden, rule=self.inner_rule, momentum=self.momentum,
+          mu_max=self.mu_max, adaptive_q=self.adaptive_q, chunk_size=self.smt_chunk_size,
+          proj_chunk_size=self.smt_proj_chunk_size, read_at=self.read_at,
+          eta_max=self.eta_max, alpha_min=self.alpha_min,
+          stop_target_grad=self.stop_target_grad, conv_width=self.conv_width,
+          implementation=self.memory_implementation, remat=self.remat, dtype=self.dtype,
+          param_dtype=self.param_dtype)
+    except ValueError as e:
+      raise ValueError(f"{type(self).__name__}: {e} (set the matching HopeConfig field)") from e
+
+  @property
+  def alignment(self) -> int:
+    return math.lcm(self.smt_chunk_size, self.smt_proj_chunk_size, min(self.cms_chunk_sizes))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HopeAttentionConfig(_CMSFields):
+  """Config of Hope-Attention: LMConfig fields, CMS fields and the attention options.
+
+  Presets (size-matched to TransformerPP: its SwiGLU of width F becomes 2 CMS levels of F / 2):
+
+  * tiny: 2 x 64, 4 heads x 16, CMS 2 levels x 96 (chunks 8, 32).
+  * small: 6 x 512, 8 heads x 64, CMS 2 levels x 704 (chunks 64, 256) (~19.4M).
+  * 760m: 24 x 1536, 12 heads x 128, CMS 2 levels x 2048 (chunks 64, 512), untied.
+  * 1_3b: 24 x 2048, 16 heads x 128, CMS 2 levels x 2816 (chunks 64, 512), tied.
+
+  Attributes:
+    sliding_window: attention span or None (global).
+    attention_block_size: query rows per rematerialised attention block.
+  """
+  PRESETS = {
+      "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
+                   mlp_hidden=96, cms_chunk_sizes=(8, 32)),
+      "small": dict(vocab_size=259, d_model=512, n_layers=6, n_heads=8, head_dim=64,
+                    mlp_hidden=704, cms_chunk_sizes=(64, 256)),
+      "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
+                   mlp_hidden=2048, cms_chunk_sizes=(64, 512), tie_embeddings=False,
+                   remat=True, dtype="bfloat16"),
+      "1_3b": dict(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, head_dim=128,
+                   mlp_hidden=2816, cms_chunk_sizes=(64, 512), tie_embeddings=True,
+                   remat=True, dtype="bfloat16"),
+  }
+
+  sliding_window: int | None = None
+  attention_block_size: int | None = 512
+
+
+def _reset(ctx: SequenceContext) -> jax.Array:
+  """ctx.reset, or no resets when the caller gave no segment ids (ctx.reset is None)."""
+  if ctx.reset is None:
+    return jnp.zeros(ctx.segment_ids.shape, bool)
+  return ctx.reset
+
+
+def _cms_aux(stats) -> dict:
+  return {f"cms/{k}": v for k, v in stats.items()}
+
+
+class HopeBlock(nnx.Module):
+  """x + SelfModifyingTitans(RMSNorm(x)), then ContinuumMemorySystem(x)."""
+
+  def __init__(self, config: HopeConfig, *, rngs: nnx.Rngs):
+    pdt = config.jnp_param_dtype
+    self.smt_norm = RMSNorm(config.d_model, eps=config.norm_eps, param_dtype=pdt)
+    self.smt = SelfModifyingTitans(config.smt_config(), rngs=rngs)
+    self.cms = ContinuumMemorySystem(config.cms_config(), param_dtype=pdt, rngs=rngs)
+
+  def init_memory(self, batch_size: int):
+    return {"smt": self.smt.init_memory(batch_size), "cms": self.cms.init_memory(batch_size)}
+
+  def __call__(self, x_BxTxD: jax.Array, state, ctx: SequenceContext):
+    reset = _reset(ctx)
+    y, smt_state, smt_aux = self.smt(self.smt_norm(x_BxTxD), state["smt"], ctx.segment_ids,
+                                     reset)
+    x_BxTxD = x_BxTxD + y
+    x_BxTxD, cms_state, cms_aux = self.cms(x_BxTxD, state["cms"], reset)
+    aux = {f"smt/{k}": v for k, v in smt_aux.items()}
+    aux.update(_cms_aux(cms_aux))
+    return x_BxTxD, {"smt": smt_state, "cms": cms_state}, aux
+
+
+class HopeAttentionBlock(nnx.Module):
+  """x + Attention(RMSNorm(x)), then ContinuumMemorySystem(x)."""
+
+  def __init__(self, config: HopeAttentionConfig, *, rngs: nnx.Rngs):
+    dt, pdt = config.jnp_dtype, config.jnp_param_dtype
+    self.attn_norm = RMSNorm(config.d_model, eps=config.norm_eps, param_dtype=pdt)
+    self.attn = Attention(config.d_model, config.n_heads, config.head_dim,
+                          rope_theta=config.rope_theta, sliding_window=config.sliding_window,
+                          block_size=config.attention_block_size, dtype=dt, param_dtype=pdt,
+                          rngs=rngs)
+    self.cms = ContinuumMemorySystem(config.cms_config(), param_dtype=pdt, rngs=rngs)
+
+  def init_memory(self, batch_size: int):
+    return {"cms": self.cms.init_memory(batch_size)}
+
+  def __call__(self, x_BxTxD: jax.Array, state, ctx: SequenceContext):
+    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), ctx.positions, ctx.segment_ids)
+    x_BxTxD, cms_state, cms_aux = self.cms(x_BxTxD, state["cms"], _reset(ctx))
+    return x_BxTxD, {"cms": cms_state}, _cms_aux(cms_aux)
+
+
+class Hope(CausalLM):
+  """The Hope language model (see the module docstring)."""
+  stateful = True
+
+  def make_block(self, index: int, rngs: nnx.Rngs) -> nnx.Module:
+    del index
+    return HopeBlock(self.config, rngs=rngs)
+
+
+class HopeAttention(CausalLM):
+  """Hope-Attention: softmax attention -> CMS in every block (see the module docstring)."""
+  stateful = True
+
+  def make_block(self, index: int, rngs: nnx.Rngs) -> nnx.Module:
+    del index
+    return HopeAttentionBlock(self.config, rngs=rngs)

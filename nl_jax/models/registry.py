@@ -1,0 +1,183 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""One entry point for every nl_jax language model: configs, presets, construction, size.
+
+    config = model_config("hope", "tiny", d_model=128)     # frozen dataclass
+    model = build_model(config, rngs=nnx.Rngs(0))
+    state = model.init_memory(batch_size)                 # {} for TransformerPP
+    logits_BxTxV, state, aux = model(tokens_BxT, state, segment_ids=..., positions=...)
+
+Interface of every model (nl_jax.models.common has the shared skeleton):
+
+* ``init_memory(B)``: a pytree whose every leaf has leading axis B (sharded with the batch).
+* ``model(tokens, memory_state=None, *, segment_ids=None, positions=None, targets=None,
+  loss_mask=None) -> (logits float32 [B, T, V], new_state, aux)``; passing new_state back
+  continues the stream (one call == two calls). segment_ids (0 = padding) keep attention inside
+  a segment and reset memories at the first token of each new segment; positions default to
+  arange(T) + tokens already streamed; aux is a flat dict of named scalars.
+* Bad input (rank, dtype, ids out of range when concrete, a state from another config) raises
+  ValueError before compilation.
+
+Presets: each config class lists ``PRESETS = {"tiny", "small", "760m", "1_3b"}`` (the large two
+within 5% of the name, checked by a test).
+"""
+
+import dataclasses
+import importlib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import flax.nnx as nnx
+import jax
+import numpy as np
+
+MODEL_NAMES = ("hope", "hope_attention", "titans", "transformer_pp")
+PRESET_NAMES = ("tiny", "small", "760m", "1_3b")
+
+# name -> (module, config class, model class). Imported lazily: nl_jax.models.hope may not exist
+# in every checkout, and importing one model must not import the others.
+_ENTRIES = {
+    "hope": ("nl_jax.models.hope", "HopeConfig", "Hope"),
+    "hope_attention": ("nl_jax.models.hope", "HopeAttentionConfig", "HopeAttention"),
+    "titans": ("nl_jax.models.titans", "TitansConfig", "Titans"),
+    "transformer_pp": ("nl_jax.models.transformer_pp", "TransformerPPConfig", "TransformerPP"),
+}
+
+
+def _load(name: str):
+  if name not in _ENTRIES:
+    raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
+  module_name, config_name, model_name = _ENTRIES[name]
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name != module_name:
+      raise
+    raise ValueError(f"model {name!r} is not available: module {module_name} is missing") from e
+  return getattr(module, config_name), getattr(module, model_name)
+
+
+def config_class(name: str) -> type:
+  """The config dataclass of a model name."""
+  return _load(name)[0]
+
+
+def presets(name: str) -> dict[str, dict[str, Any]]:
+  """Preset overrides of a model: {preset: {field: value}}."""
+  return dict(getattr(config_class(name), "PRESETS", {}))
+
+
+def model_config(name: str, preset: str = "tiny", **overrides):
+  """Frozen config of model `name` from `preset` with field overrides.
+
+  Raises:
+    ValueError: unknown name, preset or override key (listing the valid choices), or an
+      invalid value (from the config's own validation).
+  """
+  cls = config_class(name)
+  table = presets(name)
+  if preset not in table:
+    raise ValueError(f"unknown preset {preset!r} for model {name!r}; expected one of "
+                     f"{tuple(table)}")
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"unknown config field(s) {unknown} for model {name!r}; valid fields: "
+                     f"{sorted(fields)}")
+  return cls(**{**table[preset], **overrides})
+
+
+def _coerce(owner: str, field: str, value, tp):
+  """value converted to type tp, or ValueError naming the field."""
+  origin = typing.get_origin(tp)
+  if origin in (typing.Union, types.UnionType):
+    for arm in typing.get_args(tp):
+      try:
+        return _coerce(owner, field, value, arm)
+      except ValueError:
+        pass
+    raise ValueError(f"{owner}.{field}: {value!r} is not a {tp}")
+  if tp is type(None):
+    if value is None:
+      return None
+    raise ValueError(f"{owner}.{field}: expected None, got {value!r}")
+  if tp is bool:
+    if isinstance(value, (bool, np.bool_)):
+      return bool(value)
+    raise ValueError(f"{owner}.{field}: expected bool, got {type(value).__name__} {value!r}")
+  if tp is int:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+      return int(value)
+    raise ValueError(f"{owner}.{field}: expected int, got {type(value).__name__} {value!r}")
+  if tp is float:
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+      return float(value)
+    raise ValueError(f"{owner}.{field}: expected float, got {type(value).__name__} {value!r}")
+  if tp is str:
+    if isinstance(value, str):
+      return value
+    raise ValueError(f"{owner}.{field}: expected str, got {type(value).__name__} {value!r}")
+  if origin is tuple:
+    if not isinstance(value, (list, tuple)):
+      raise ValueError(f"{owner}.{field}: expected a tuple, got {type(value).__name__}")
+    args = typing.get_args(tp)
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_coerce(owner, field, v, args[0]) for v in value)
+    if args and len(args) != len(value):
+      raise ValueError(f"{owner}.{field}: expected {len(args)} items, got {len(value)}")
+    return tuple(_coerce(owner, field, v, a) for v, a in zip(value, args or [Any] * len(value), strict=True))
+  return value
+
+
+def config_from_dict(name: str, d: Mapping):
+  """Config of model `name` from a plain mapping (e.g. ``ConfigDict.to_dict()``).
+
+  Every field not in `d` takes the dataclass default. Raises ValueError for unknown keys or
+  values of the wrong type, naming the field.
+  """
+  cls = config_class(name)
+  hints = typing.get_type_hints(cls)
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - fields)
+  if unknown:
+    raise ValueError(f"unknown config field(s) {unknown} for model {name!r}; valid fields: "
+                     f"{sorted(fields)}")
+  kwargs = {k: _coerce(cls.__name__, k, v, hints.get(k, Any)) for k, v in d.items()}
+  return cls(**kwargs)
+
+
+def model_name_of(config) -> str:
+  """The registry name of a config object."""
+  for name in MODEL_NAMES:
+    try:
+      cls = config_class(name)
+    except ValueError:
+      continue
+    if type(config) is cls:
+      return name
+  raise ValueError(f"{type(config).__name__} is not the config of a registered model "
+                   f"{MODEL_NAMES}")
+
+
+def build_model(config, *, rngs: nnx.Rngs) -> nnx.Module:
+  """Instantiates the model a config object belongs to."""
+  return _load(model_name_of(config))[1](config, rngs=rngs)
+
+
+def count_params(config) -> int:
+  """Number of parameters of the model, from shapes only (nnx.eval_shape: nothing allocated)."""
+  abstract = nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0)))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))))

@@ -1,0 +1,399 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+One step (`make_train_step`) is a ``jax.jit`` function with explicit in/out shardings and
+the train state donated: forward with fresh per-sequence memory (``model.init_memory(B)``,
+sharded with the batch), masked next-token cross-entropy, gradients, optimizer update,
+and an in-step finiteness guard: when any metric (loss, gradient norm, update norm, the
+model's ``aux`` internals) is NaN/Inf, the parameters and optimizer state stay unchanged
+and the step is flagged. The host then applies ``train.nan_policy``: ``raise`` stops with
+`NonFiniteError` naming the step and the metric(s); ``skip`` continues, up to
+``train.nan_skip_budget`` skipped steps in total.
+
+Resumption: on start the newest committed checkpoint in ``<workdir>/checkpoints`` is
+restored (params, optimizer state, step, RNG, data iterator), so a restarted run continues
+bitwise exactly. A SIGTERM (preemption) makes the loop save at the next step boundary and
+return with ``result["preempted"] = True``; multi-process runs use the JAX distributed
+runtime's preemption sync point so all processes save the same step.
+"""
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from nl_jax import data as data_lib
+from nl_jax.train import checkpoint as ckpt_lib
+from nl_jax.train import config as config_lib
+from nl_jax.train import mesh as mesh_lib
+from nl_jax.train import metrics as metrics_lib
+from nl_jax.train import optimizers
+
+
+class NonFiniteError(FloatingPointError):
+  """A train step produced a NaN/Inf metric (nan_policy="raise" or the skip budget ran out)."""
+
+
+def _registry():
+  from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
+
+  return registry
+
+
+def masked_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+                         loss_mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sum of masked token losses, number of masked-in tokens), in float32."""
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  mask_BxT = loss_mask_BxT.astype(jnp.float32)
+  return jnp.sum(losses_BxT * mask_BxT), jnp.sum(mask_BxT)
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from a validated config (shared by the loop, tests and compile_only)."""
+
+  config: Any
+  resolved: config_lib.Resolved
+  mesh: jax.sharding.Mesh
+  graphdef: Any
+  rest: Any
+  abstract_params: Any
+  param_sh: Any
+  abstract_train_state: Any
+  train_state_sh: Any
+  memory_sh: Any
+  batch_sh: Any
+  tx: optax.GradientTransformation
+  schedule: Any
+  num_params: int
+
+
+def _with_sharding(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def build_setup(config: Any, *, devices=None) -> Setup:
+  """Validates ``config`` and builds mesh, abstract state and shardings (no allocation)."""
+  devices = jax.devices() if devices is None else list(devices)
+  resolved = config_lib.validate(config, num_devices=len(devices))
+  registry = _registry()
+  model_cfg = resolved.model_config
+  mesh = mesh_lib.make_mesh(resolved.mesh_shape, devices)
+  abstract_model = nnx.eval_shape(lambda: registry.build_model(model_cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params_state, rest = nnx.split(abstract_model, nnx.Param, ...)
+  abstract_params = nnx.to_pure_dict(abstract_params_state)
+  param_sh = mesh_lib.param_shardings(abstract_params, mesh, config.sharding)
+  tx, schedule = optimizers.make_optimizer(config.optimizer, config.train.steps)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_sh = mesh_lib.mirror_shardings(abstract_opt, abstract_params, param_sh, mesh)
+  repl = mesh_lib.replicated(mesh)
+  abstract_train_state = {
+      "opt_state": abstract_opt,
+      "step": jax.ShapeDtypeStruct((), jnp.int32),
+      "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+      "nan_skips": jax.ShapeDtypeStruct((), jnp.int32),
+  }
+  train_state_sh = {"opt_state": opt_sh, "step": repl, "rng": repl, "nan_skips": repl}
+  local_batch = resolved.data_config.batch_size
+  abstract_memory = jax.eval_shape(
+      lambda p: nnx.merge(graphdef, p, rest).init_memory(local_batch), abstract_params)
+  memory_sh = mesh_lib.memory_shardings(abstract_memory, mesh, config.sharding)
+  num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_params)))
+  return Setup(config=config, resolved=resolved, mesh=mesh, graphdef=graphdef, rest=rest,
+               abstract_params=_with_sharding(abstract_params, param_sh), param_sh=param_sh,
+               abstract_train_state=_with_sharding(abstract_train_state, train_state_sh),
+               train_state_sh=train_state_sh, memory_sh=memory_sh,
+               batch_sh=mesh_lib.batch_sharding(mesh), tx=tx, schedule=schedule,
+               num_params=num_params)
+
+
+def _model_kwargs(batch):
+  return dict(segment_ids=batch["segment_ids"], positions=batch["positions"],
+              targets=batch["targets"], loss_mask=batch["loss_mask"])
+
+
+def make_train_step(setup: Setup):
+  """The jitted ``(params, train_state, batch, rest) -> (params, train_state, metrics)``."""
+  graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
+  memory_sh = setup.memory_sh
+  use_layer_inputs = optimizers.needs_layer_inputs(setup.config.optimizer)
+
+  def forward(params, rest, batch):
+    model = nnx.merge(graphdef, params, rest)
+    memory = model.init_memory(batch["inputs"].shape[0])
+    memory = jax.lax.with_sharding_constraint(memory, memory_sh)
+    logits, _, aux = model(batch["inputs"], memory, **_model_kwargs(batch))
+    total, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+    return total / jnp.maximum(count, 1.0), (aux, count)
+
+  def step_fn(params, train_state, batch, rest):
+    (loss, (aux, count)), grads = jax.value_and_grad(forward, has_aux=True)(
+        params, rest, batch)
+    extra = {}
+    if use_layer_inputs:
+      from nl_jax import optim  # pylint: disable=g-import-not-at-top
+
+      model = nnx.merge(graphdef, params, rest)
+      _, layer_inputs = optim.capture_linear_inputs(model, batch["inputs"],
+                                                    **_model_kwargs(batch))
+      extra["layer_inputs"] = layer_inputs
+    updates, new_opt = tx.update(grads, train_state["opt_state"], params, **extra)
+    new_params = optax.apply_updates(params, updates)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "update_norm": optax.tree.norm(updates),
+        "param_norm": optax.tree.norm(new_params),
+        "lr": jnp.asarray(schedule(train_state["step"]), jnp.float32),
+        "target_tokens": count,
+    }
+    metrics.update({f"aux/{k}": jnp.asarray(v, jnp.float32) for k, v in aux.items()})
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+    keep_new = lambda new, old: jnp.where(finite, new, old)
+    new_params = jax.tree.map(keep_new, new_params, params)
+    new_opt = jax.tree.map(keep_new, new_opt, train_state["opt_state"])
+    rng = jax.random.key_data(jax.random.fold_in(
+        jax.random.wrap_key_data(train_state["rng"]), train_state["step"]))
+    new_state = {
+        "opt_state": new_opt,
+        "step": train_state["step"] + 1,
+        "rng": rng,
+        "nan_skips": train_state["nan_skips"] + (1 - finite.astype(jnp.int32)),
+    }
+    metrics["finite"] = finite.astype(jnp.float32)
+    return new_params, new_state, metrics
+
+  batch_sh = {k: setup.batch_sh for k in data_lib.BATCH_KEYS}
+  rest_sh = jax.tree.map(lambda _: mesh_lib.replicated(setup.mesh), setup.rest)
+  return jax.jit(
+      step_fn,
+      in_shardings=(setup.param_sh, setup.train_state_sh, batch_sh, rest_sh),
+      out_shardings=(setup.param_sh, setup.train_state_sh, mesh_lib.replicated(setup.mesh)),
+      donate_argnums=(0, 1))
+
+
+def make_eval_step(setup: Setup):
+  """The jitted ``(params, batch, rest) -> (loss sum, token count)``."""
+  graphdef, memory_sh = setup.graphdef, setup.memory_sh
+
+  def eval_fn(params, batch, rest):
+    model = nnx.merge(graphdef, params, rest)
+    memory = model.init_memory(batch["inputs"].shape[0])
+    memory = jax.lax.with_sharding_constraint(memory, memory_sh)
+    logits, _, _ = model(batch["inputs"], memory, **_model_kwargs(batch))
+    return masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+
+  batch_sh = {k: setup.batch_sh for k in data_lib.BATCH_KEYS}
+  rest_sh = jax.tree.map(lambda _: mesh_lib.replicated(setup.mesh), setup.rest)
+  return jax.jit(eval_fn, in_shardings=(setup.param_sh, batch_sh, rest_sh),
+                 out_shardings=mesh_lib.replicated(setup.mesh))
+
+
+def init_state(setup: Setup, seed: int):
+  """Fresh ``(params, train_state, rest)``, created directly in their shardings."""
+  registry = _registry()
+  model_cfg = setup.resolved.model_config
+
+  def init_params(key):
+    model = registry.build_model(model_cfg, rngs=nnx.Rngs(key))
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+  key = jax.random.key(seed)
+  params = jax.jit(init_params, out_shardings=setup.param_sh)(key)
+  opt_state = jax.jit(setup.tx.init, out_shardings=setup.train_state_sh["opt_state"])(params)
+  repl = mesh_lib.replicated(setup.mesh)
+  train_state = {
+      "opt_state": opt_state,
+      "step": jax.device_put(jnp.zeros((), jnp.int32), repl),
+      "rng": jax.device_put(jax.random.key_data(jax.random.fold_in(key, 1)), repl),
+      "nan_skips": jax.device_put(jnp.zeros((), jnp.int32), repl),
+  }
+  return params, train_state, make_rest(setup, seed)
+
+
+def make_rest(setup: Setup, seed: int):
+  """Non-parameter model variables (e.g. RNG streams; usually none), replicated."""
+  if not jax.tree.leaves(setup.rest):
+    return setup.rest
+  model = _registry().build_model(setup.resolved.model_config, rngs=nnx.Rngs(seed))
+  _, _, rest = nnx.split(model, nnx.Param, ...)
+  return jax.device_put(rest, mesh_lib.replicated(setup.mesh))
+
+
+def global_batch(setup: Setup, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays sharded over ``data`` x ``fsdp``."""
+  return {k: jax.make_array_from_process_local_data(setup.batch_sh, np.asarray(local_batch[k]))
+          for k in data_lib.BATCH_KEYS}
+
+
+def evaluate(setup: Setup, eval_step, params, rest) -> tuple[float, float]:
+  """Held-out loss (token-weighted mean) over ``train.eval_batches`` batches."""
+  data_cfg = setup.resolved.data_config
+  it = data_lib.make_process_iterator(
+      data_cfg, jax.process_index(), jax.process_count(), split="validation",
+      num_batches=setup.config.train.eval_batches)
+  total = count = 0.0
+  for local in it:
+    s, c = eval_step(params, global_batch(setup, local), rest)
+    total += float(s)
+    count += float(c)
+  return total / max(count, 1.0), count
+
+
+class _Preemption:
+  """SIGTERM -> flag (single process; multi-process runs use JAX's preemption notifier)."""
+
+  def __init__(self, install: bool):
+    self.flag = False
+    self._old = None
+    if install:
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
+    self.flag = True
+
+  def restore(self):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _host_metrics(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train_and_evaluate(config: Any, workdir: str, *, devices=None) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir``, resuming from its newest checkpoint.
+
+  Args:
+    config: a training ConfigDict (`nl_jax.train.config.default_config`, experiment files).
+    workdir: run directory: ``config.json``, ``checkpoints/``, ``metrics.jsonl``,
+      ``tensorboard/``.
+    devices: the devices of the mesh (default: all; a subset runs e.g. 4 of 8 simulated
+      CPU devices).
+
+  Returns:
+    ``{"step": last step, "preempted": bool, "train_loss": last train loss,
+    "eval_loss": last held-out loss or None, "nan_skips": skipped steps, "resumed_from":
+    restored step or None, "params": the final parameters (pure dict of global arrays),
+    "train_state": optimizer state, step, RNG, skip count}``.
+
+  Raises:
+    ConfigError: invalid config (before any compilation).
+    NonFiniteError: a non-finite metric under ``nan_policy="raise"`` or past the skip budget.
+  """
+  workdir = os.path.abspath(workdir)
+  setup = build_setup(config, devices=devices)
+  tcfg = config.train
+  data_cfg = setup.resolved.data_config
+  pindex, pcount = jax.process_index(), jax.process_count()
+  logging.info("model %s: %s parameters; mesh %s over %d devices (%d processes)",
+               config.model_name, f"{setup.num_params:,}", dict(setup.mesh.shape),
+               setup.mesh.size, pcount)
+  logging.info("parameter shardings:\n%s", mesh_lib.describe(setup.abstract_params,
+                                                             setup.param_sh))
+  ckpt_lib.write_config(workdir, config)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
+                                       async_save=tcfg.async_checkpointing)
+  train_iter = data_lib.make_process_iterator(data_cfg, pindex, pcount, split="train")
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    params, train_state = checkpointer.restore(
+        latest, setup.abstract_params, setup.abstract_train_state, train_iter)
+    rest = make_rest(setup, tcfg.seed)
+    logging.info("resumed from step %d", latest)
+  else:
+    params, train_state, rest = init_state(setup, tcfg.seed)
+  step = int(jax.device_get(train_state["step"]))
+  train_step = make_train_step(setup)
+  eval_step = make_eval_step(setup)
+  model_cfg = setup.resolved.model_config
+  embed_params = int(model_cfg.vocab_size * model_cfg.d_model)
+  flops = metrics_lib.model_flops_per_token(setup.num_params, embed_params, model_cfg.n_layers,
+                                            model_cfg.d_model, data_cfg.seq_len)
+  peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, tcfg.peak_flops_per_device,
+                                config_lib.PEAK_FLOPS) * setup.mesh.size
+  logger = metrics_lib.MetricsLogger(
+      workdir, total_steps=tcfg.steps, tokens_per_step=data_cfg.batch_size * data_cfg.seq_len,
+      flops_per_token=flops, peak_flops_total=peak, tensorboard=tcfg.tensorboard,
+      enabled=pindex == 0)
+  preemption = _Preemption(install=pcount == 1)
+  result = {"step": step, "preempted": False, "train_loss": None, "eval_loss": None,
+            "nan_skips": int(jax.device_get(train_state["nan_skips"])),
+            "resumed_from": latest}
+  last_saved = latest
+  try:
+    start_time = time.perf_counter()
+    while step < tcfg.steps:
+      batch = global_batch(setup, next(train_iter))
+      params, train_state, metrics = train_step(params, train_state, batch, rest)
+      step += 1
+      host = _host_metrics(metrics)
+      if step == (latest or 0) + 1:
+        logging.info("first step (with compilation) took %.1fs", time.perf_counter() - start_time)
+        logger.start(step)
+      if not host.pop("finite"):
+        bad = sorted(k for k, v in host.items() if not math.isfinite(v))
+        result["nan_skips"] += 1
+        msg = (f"non-finite metric(s) {bad} at step {step} (values "
+               f"{ {k: host[k] for k in bad} }); the update of this step was dropped")
+        if tcfg.nan_policy == "raise":
+          raise NonFiniteError(msg + "; nan_policy='raise' (set --config.train.nan_policy="
+                               "skip to continue)")
+        if result["nan_skips"] > tcfg.nan_skip_budget:
+          raise NonFiniteError(msg + f"; {result['nan_skips']} skipped steps exceed "
+                               f"train.nan_skip_budget={tcfg.nan_skip_budget}")
+        logging.warning("%s; skipping (%d of budget %d)", msg, result["nan_skips"],
+                        tcfg.nan_skip_budget)
+      result["train_loss"] = host["loss"]
+      if step % tcfg.log_every == 0 or step == tcfg.steps:
+        logger.train(step, host)
+      if tcfg.eval_batches and (
+          (tcfg.eval_every and step % tcfg.eval_every == 0) or step == tcfg.steps):
+        loss, count = evaluate(setup, eval_step, params, rest)
+        logger.eval(step, loss, count)
+        result["eval_loss"] = loss
+      preempted = preemption.flag or (pcount > 1 and checkpointer.reached_preemption(step))
+      if (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or (
+          step == tcfg.steps) or preempted:
+        checkpointer.save(step, params, train_state, train_iter)
+        last_saved = step
+      if preempted:
+        logging.warning("preempted: checkpoint of step %d saved; exiting", step)
+        result["preempted"] = True
+        break
+    if last_saved != step:
+      checkpointer.save(step, params, train_state, train_iter)
+  finally:
+    checkpointer.close()
+    logger.close()
+    preemption.restore()
+    if hasattr(train_iter, "close"):
+      train_iter.close()
+  result["step"] = step
+  result["params"] = params
+  result["train_state"] = train_state
+  return result

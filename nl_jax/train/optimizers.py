@@ -1,0 +1,130 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Optimizer and learning-rate schedule from ``config.optimizer``.
+
+Any of `nl_jax.train.config.OPTIMIZERS`: optax's ``adamw``/``adam``/``sgd``/``lion``/
+``adafactor``/``muon`` (``optax.contrib.muon``) and nl_jax's ``m3``, ``dgd``,
+``delta_momentum``, ``deep_momentum``. Common fields (``b1``, ``b2``, ``eps``, ``momentum``,
+``weight_decay``) are passed where the optimizer has them; ``optimizer.kwargs`` adds any
+other keyword argument of the optimizer function. Weight decay applies to parameters of rank
+>= 2 only (not to norms' scales, biases or 1-D initial states). Gradients are clipped by
+global norm first when ``grad_clip > 0``.
+
+DGD needs the inputs of the linear layers (``layer_inputs``); `needs_layer_inputs` tells the
+train step to capture them with `nl_jax.optim.capture_linear_inputs`.
+"""
+
+import inspect
+from typing import Any
+
+import jax
+import optax
+
+from nl_jax import optim
+
+
+def make_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
+  """The learning-rate schedule (``optimizer.schedule``) as a function of the step."""
+  lr = float(opt_cfg.learning_rate)
+  warmup = int(opt_cfg.warmup_steps)
+  decay = int(opt_cfg.decay_steps) or int(total_steps)
+  end = lr * float(opt_cfg.end_lr_fraction)
+  name = opt_cfg.schedule
+  if name == "constant":
+    return optax.constant_schedule(lr)
+  if name == "warmup_constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [warmup])
+  if name == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(decay, warmup + 1), end)
+  if name == "warmup_linear":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, max(warmup, 1)),
+         optax.linear_schedule(lr, end, max(decay - warmup, 1))], [warmup])
+  if name == "warmup_rsqrt":
+    def rsqrt(step):
+      step = jax.numpy.maximum(step, 1)
+      return lr * jax.numpy.minimum(step / max(warmup, 1), (max(warmup, 1) / step) ** 0.5)
+    return rsqrt
+  raise ValueError(f"optimizer.schedule: unknown schedule {name!r}")
+
+
+def _decay_mask(params):
+  return jax.tree.map(lambda p: getattr(p, "ndim", 0) >= 2, params)
+
+
+_FUNCTIONS = {
+    "adamw": lambda: optax.adamw,
+    "adam": lambda: optax.adam,
+    "sgd": lambda: optax.sgd,
+    "lion": lambda: optax.lion,
+    "adafactor": lambda: optax.adafactor,
+    "muon": lambda: optax.contrib.muon,
+    "m3": lambda: optim.m3,
+    "dgd": lambda: optim.dgd,
+    "delta_momentum": lambda: optim.delta_momentum,
+    "deep_momentum": lambda: optim.deep_momentum,
+}
+
+# config field -> the optimizer argument names it feeds (first one the signature has).
+_COMMON = {
+    "b1": ("b1",),
+    "b2": ("b2",),
+    "eps": ("eps",),
+    "momentum": ("momentum",),
+}
+
+
+def needs_layer_inputs(opt_cfg: Any) -> bool:
+  return opt_cfg.name == "dgd"
+
+
+def make_optimizer(opt_cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                            optax.Schedule]:
+  """``(optimizer, schedule)`` from ``config.optimizer``.
+
+  Raises:
+    ValueError: unknown optimizer, or a ``kwargs`` key the optimizer does not accept.
+  """
+  if opt_cfg.name not in _FUNCTIONS:
+    raise ValueError(f"optimizer.name: unknown optimizer {opt_cfg.name!r}; choose one of "
+                     f"{sorted(_FUNCTIONS)}")
+  fn = _FUNCTIONS[opt_cfg.name]()
+  schedule = make_schedule(opt_cfg, total_steps)
+  params = inspect.signature(fn).parameters
+  kwargs: dict[str, Any] = {"learning_rate": schedule}
+  for field, names in _COMMON.items():
+    for n in names:
+      if n in params:
+        kwargs[n] = opt_cfg[field]
+        break
+  wd = float(opt_cfg.weight_decay)
+  if "weight_decay" in params:
+    kwargs["weight_decay"] = wd
+    mask_name = "mask" if "mask" in params else "weight_decay_mask"
+    if mask_name in params:
+      kwargs[mask_name] = _decay_mask
+  elif "weight_decay_rate" in params and wd:
+    kwargs["weight_decay_rate"] = wd
+    kwargs["weight_decay_mask"] = _decay_mask
+  extra = opt_cfg.kwargs.to_dict() if hasattr(opt_cfg.kwargs, "to_dict") else dict(opt_cfg.kwargs)
+  unknown = sorted(set(extra) - set(params))
+  if unknown:
+    raise ValueError(f"optimizer.kwargs: {unknown} are not arguments of {opt_cfg.name}; "
+                     f"valid: {sorted(params)}")
+  kwargs.update(extra)
+  tx = fn(**kwargs)
+  if opt_cfg.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(float(opt_cfg.grad_clip)), tx)
+  return tx, schedule

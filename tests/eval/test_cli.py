@@ -1,0 +1,73 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""`python -m nl_jax.eval` on a checkpoint written by the real trainer."""
+
+import json
+import os
+
+import pytest
+
+from nl_jax.eval import runner, suite
+from nl_jax.eval import __main__ as cli
+from nl_jax.eval.examples import score
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  from nl_jax import train
+
+  c = train.default_config(
+      "transformer_pp", "tiny", model_overrides=dict(n_layers=1, d_model=32, n_heads=2,
+                                                     head_dim=16, mlp_hidden=64),
+      seq_len=32, batch_size=8, eval_batch_size=8)
+  c.train.steps = 2
+  c.optimizer.warmup_steps = 0
+  c.train.eval_every = 0
+  c.train.eval_batches = 1
+  c.train.checkpoint_every = 0
+  c.train.tensorboard = False
+  c.train.async_checkpointing = False
+  path = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(c, path)
+  return path
+
+
+def test_cli_table_json_and_agreement(workdir, capsys):
+  assert cli.main(["--task", "mqar,niah", "--checkpoint", workdir, "--lengths", "400",
+                   "--num-examples", "2", "--batch-size", "2"]) == 0
+  printed = capsys.readouterr().out
+  assert "| mqar | accuracy |" in printed and "| s_niah_3 | accuracy |" in printed
+  with open(os.path.join(workdir, "eval", "niah.json")) as f:
+    out = json.load(f)
+  assert out["model"] == "transformer_pp" and out["lengths"] == [400]
+  assert [r["subtask"] for r in out["rows"]] == ["s_niah_1", "s_niah_2", "s_niah_3",
+                                                  "mk_niah_1"]
+  assert all(0.0 <= r["value"] <= 1.0 and r["n"] == 2 for r in out["rows"])
+  # The numbers are those of scoring the restored model directly.
+  from nl_jax.train import load_for_eval
+
+  model, _ = load_for_eval(workdir)
+  with open(os.path.join(workdir, "eval", "mqar.json")) as f:
+    mqar_rows = json.load(f)["rows"]
+  exs = suite.examples_for("mqar", 400, 2, 0)["mqar"]
+  direct = score(runner.make_logits_fn(model), exs, batch_size=2)
+  assert mqar_rows[0]["n"] == 72
+  assert mqar_rows[0]["value"] == pytest.approx(direct["accuracy"])
+
+
+def test_cli_bad_arguments(workdir):
+  with pytest.raises(SystemExit, match="unknown"):
+    cli.main(["--task", "nope", "--checkpoint", workdir])
+  with pytest.raises(ValueError, match="cannot parse"):
+    cli.main(["--task", "mqar", "--checkpoint", workdir, "--lengths", "4q"])

@@ -1,0 +1,94 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The experiment scripts' --shrunk settings run end to end and write their outputs."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _script(name, file="run.py"):
+  path = os.path.join(ROOT, "experiments", name, file)
+  spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _outputs(path, pngs):
+  with open(os.path.join(path, "results.json")) as f:
+    results = json.load(f)
+  with open(os.path.join(path, "results.md")) as f:
+    table = f.read()
+  for png in pngs:
+    assert os.path.getsize(os.path.join(path, png)) > 1000, png
+  assert results["settings"]["shrunk"] is True and "machine" in results
+  return results, table
+
+
+def test_formal_languages_shrunk(tmp_path):
+  out = _script("formal_languages").main(["--shrunk", "--out", str(tmp_path)])
+  r = out["transformer_pp/parity"]
+  assert 0.0 <= r["bin0"] <= 1.0 and 0.0 <= r["bin1"] <= 1.0 and len(r["losses"]) == 3
+  # Bins hold the lengths they promise: 1..6 and 7..12.
+  assert set(r["bin0_by_length"]) <= set(range(1, 7))
+  assert set(r["bin1_by_length"]) <= set(range(7, 13))
+  _, table = _outputs(str(tmp_path), ["accuracy_by_length_parity.png"])
+  assert "| parity |" in table and "100.0/100.0" in table
+
+
+def test_paper_scale_plan_shrunk(tmp_path):
+  recs = _script("paper_scale", "plan.py").main(["--shrunk", "--out", str(tmp_path)])
+  (rec,) = recs
+  assert rec["run"] == "transformer_760m"
+  assert abs(rec["params"] - 760e6) / 760e6 < 0.05
+  assert rec["tokens"] <= 30e9 and rec["tokens"] > 0.99 * 30e9
+  assert rec["state_gib_per_chip"][64] == pytest.approx(rec["params"] * 16 / 64 / 2**30)
+  _outputs(str(tmp_path), [])
+
+
+@pytest.mark.slow
+def test_niah_small_shrunk(tmp_path):
+  out = _script("niah_small").main(["--shrunk", "--out", str(tmp_path)])
+  assert set(out["transformer_pp"]["accuracy"]) == {"s_niah_1@1x", "s_niah_1@2x"}
+  _outputs(str(tmp_path), ["niah_vs_length.png"])
+
+
+@pytest.mark.slow
+def test_continual_shrunk(tmp_path):
+  out = _script("continual").main(["--shrunk", "--out", str(tmp_path)])
+  for mode in ("full", "segmented"):
+    m = out["transformer_pp"][mode]["matrix"]
+    assert len(m) == 2 and m[0][1] != m[0][1]  # NaN above the diagonal
+  _outputs(str(tmp_path), ["task0_accuracy_full.png", "task0_accuracy_segmented.png"])
+
+
+@pytest.mark.slow
+def test_ablations_shrunk(tmp_path):
+  out = _script("ablations").main(["--shrunk", "--out", str(tmp_path)])
+  assert out["w/o CMS"]["overrides"]["cms_learning_rates"] == (0.0,)
+  assert out["hope"]["overrides"]["momentum"] is True
+  _, table = _outputs(str(tmp_path), ["train_loss.png"])
+  assert "not testable here" in table and "| w/o DGD | not run |" in table
+
+
+@pytest.mark.slow
+def test_optimizers_shrunk(tmp_path):
+  out = _script("optimizers").main(["--shrunk", "--out", str(tmp_path)])
+  assert set(out) == {"adamw@0.003", "m3@0.01"}
+  _outputs(str(tmp_path), ["eval_loss.png", "train_loss.png"])

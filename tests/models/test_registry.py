@@ -1,0 +1,104 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Registry: names, presets, parameter counts (shapes only), config round trips, errors."""
+
+import dataclasses
+import functools
+
+import flax.nnx as nnx
+import jax
+import pytest
+
+from nl_jax.models import registry
+
+BASELINES = ("titans", "transformer_pp")
+NOMINAL = {"760m": 760e6, "1_3b": 1.3e9}
+
+
+@functools.cache
+def _count(name, preset):
+  return registry.count_params(registry.model_config(name, preset))
+
+
+def _available():
+  names = []
+  for name in registry.MODEL_NAMES:
+    try:
+      registry.config_class(name)
+      names.append(name)
+    except ValueError:  # nl_jax.models.hope not in this checkout
+      pass
+  return names
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_preset_builds_abstractly_with_the_stated_size(name):
+  assert set(registry.presets(name)) == set(registry.PRESET_NAMES)
+  counts = {p: _count(name, p) for p in registry.PRESET_NAMES}
+  for preset, nominal in NOMINAL.items():
+    assert abs(counts[preset] / nominal - 1) < 0.05, (preset, counts[preset])
+  assert 10e6 <= counts["small"] <= 20e6 * 1.05, counts["small"]
+  assert counts["tiny"] < 1e6
+
+
+@pytest.mark.parametrize("preset", [
+    "small",  # the benchmark's equal-size comparison
+    pytest.param("760m", marks=pytest.mark.slow),  # Hope's large presets take ~30 s to trace
+    pytest.param("1_3b", marks=pytest.mark.slow),
+])
+def test_presets_are_size_matched_across_models(preset):
+  names = _available()
+  counts = {n: _count(n, preset) for n in names}
+  ref = counts["transformer_pp"]
+  for c in counts.values():
+    assert abs(c / ref - 1) < 0.05, (preset, counts)
+
+
+def test_count_params_matches_the_built_model():
+  config = registry.model_config("transformer_pp", "tiny", n_layers=1, tie_embeddings=False)
+  model = registry.build_model(config, rngs=nnx.Rngs(0))
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert registry.count_params(config) == n
+  assert type(model).__name__ == "TransformerPP"
+  d, v, f = config.d_model, config.vocab_size, config.mlp_hidden
+  assert n == 2 * v * d + d + 4 * d * d + 3 * d * f + 2 * d  # the formula behind the presets
+
+
+def test_errors_name_the_problem():
+  with pytest.raises(ValueError, match="unknown model 'gpt'.*transformer_pp"):
+    registry.model_config("gpt")
+  with pytest.raises(ValueError, match="unknown preset 'huge'.*tiny"):
+    registry.model_config("transformer_pp", "huge")
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['d'\]"):
+    registry.model_config("transformer_pp", "tiny", d=3)
+  with pytest.raises(ValueError, match="dtype"):
+    registry.model_config("transformer_pp", "tiny", dtype="float16")
+  with pytest.raises(ValueError, match="not the config of a registered model"):
+    registry.build_model(object(), rngs=nnx.Rngs(0))
+
+
+def test_config_from_dict_round_trip_and_type_errors():
+  for name in BASELINES:
+    config = registry.model_config(name, "small", remat=True)
+    assert registry.config_from_dict(name, dataclasses.asdict(config)) == config
+  config = registry.config_from_dict("transformer_pp", {"sliding_window": 8, "norm_eps": 1})
+  assert config.sliding_window == 8 and config.norm_eps == 1.0
+  with pytest.raises(ValueError, match="TransformerPPConfig.d_model: expected int"):
+    registry.config_from_dict("transformer_pp", {"d_model": "64"})
+  with pytest.raises(ValueError, match="TitansConfig.momentum: expected bool"):
+    registry.config_from_dict("titans", {"momentum": 1})
+  with pytest.raises(ValueError, match="sliding_window"):
+    registry.config_from_dict("transformer_pp", {"sliding_window": 2.5})
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['foo'\]"):
+    registry.config_from_dict("titans", {"foo": 1})

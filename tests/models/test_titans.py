@@ -1,0 +1,142 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Titans layer and LM: causality, chunked == sequential, streaming, resets, independence."""
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nl_jax.layers.titans import TitansLayer
+from nl_jax.models import registry
+from tests.models import helpers
+
+SMALL = dict(n_layers=1, d_model=32, n_heads=2, head_dim=16, mlp_hidden=64, chunk_size=4)
+
+
+def _model(**overrides):
+  config = registry.model_config("titans", "tiny", **{**SMALL, **overrides})
+  return registry.build_model(config, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),  # depth-2 MLP memory, anchored chunks, momentum
+    pytest.param(dict(memory_depth=1, inner_rule="dgd"), marks=pytest.mark.slow),
+    pytest.param(dict(momentum=False, inner_rule="paper_l2"), marks=pytest.mark.slow),
+    pytest.param(dict(memory_semantics="exact", memory_implementation="sequential"),
+                 marks=pytest.mark.slow),
+])
+def test_causality_by_gradient(overrides):
+  # T = 10 with chunk 4: later tokens of the same chunk must not leak into earlier reads.
+  tokens = jax.random.randint(jax.random.key(0), (2, 10), 0, 259)
+  helpers.assert_causal(helpers.causal_gradients(_model(**overrides), tokens))
+
+
+def _layer(impl, depth, dtype):
+  return TitansLayer(16, 2, 8, memory_depth=depth, chunk_size=4, memory_implementation=impl,
+                     memory_kernel="xla", dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(3))
+
+
+@pytest.mark.parametrize("depth", [2, pytest.param(1, marks=pytest.mark.slow)])
+def test_layer_chunked_equals_sequential_float64(depth):
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(1), (2, 11, 16), jnp.float64)  # ragged: 11 = 2*4 + 3
+    seg = jnp.array([[1] * 8 + [2] * 3, [1] * 4 + [5] * 7])  # resets on chunk starts only
+    reset = seg != jnp.concatenate([seg[:, :1], seg[:, :-1]], axis=1)
+
+    def run(impl):
+      layer = _layer(impl, depth, jnp.float64)
+      graphdef, params = nnx.split(layer)
+
+      @jax.jit
+      def loss(params):
+        lay = nnx.merge(graphdef, params)
+        y, state, _ = lay(x, lay.init_memory(2), reset, seg)
+        return jnp.sum(y * jnp.cos(y)), (y, state)
+
+      return jax.grad(loss, has_aux=True)(params)
+
+    g_chunk, (y_chunk, s_chunk) = run("chunked")
+    g_seq, (y_seq, s_seq) = run("sequential")
+    np.testing.assert_allclose(y_chunk, y_seq, rtol=1e-10, atol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11),
+                 s_chunk, s_seq)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11),
+                 g_chunk, g_seq)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g_seq)) > 0
+
+
+def test_streaming_independence_and_resets():
+  model = _model()
+  fwd = helpers.jitted_forward(model)
+  tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, 259)
+  logits, state, aux = fwd(tokens)
+  assert {"block_0/titans/inner_loss", "block_0/titans/eta_mean",
+          "block_0/titans/alpha_mean", "block_0/titans/momentum_mean"} <= set(aux)
+  # One call == two calls with the carried state (split inside a chunk).
+  l1, s1, _ = fwd(tokens[:, :5])
+  l2, s2, _ = fwd(tokens[:, 5:], s1)
+  np.testing.assert_allclose(jnp.concatenate([l1, l2], 1), logits, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), s2, state)
+  # Per-sequence memory: rewriting sequence 1 leaves sequence 0 untouched.
+  other, other_state, _ = fwd(tokens.at[1].set(7))
+  np.testing.assert_array_equal(other[0], logits[0])
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[0], b[0]), other_state, state)
+  assert not np.allclose(other[1], logits[1])
+  # A new segment starts from the initial memory: packed == alone (boundary on a chunk start).
+  seg = jnp.array([[1] * 4 + [2] * 8, [3] * 12])
+  packed, _, _ = fwd(tokens, None, seg)
+  alone, _, _ = fwd(tokens[:, 4:], None, seg[:, 4:])
+  np.testing.assert_allclose(packed[0, 4:], alone[0], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(packed[0, 4:], logits[0, 4:], atol=1e-4)  # the reset did something
+
+
+def test_kernel_dispatch_matches_xla_for_matrix_memory():
+  x = jax.random.normal(jax.random.key(4), (2, 9, 16))
+  seg = jnp.ones((2, 9), jnp.int32)
+  outs = []
+  for kernel in ("auto", "xla"):
+    layer = TitansLayer(16, 2, 8, memory_depth=1, chunk_size=4, memory_kernel=kernel,
+                        rngs=nnx.Rngs(5))
+    call = nnx.jit(lambda m, x: m(x, m.init_memory(2), None, seg))
+    outs.append(call(layer, x))
+  np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               outs[0][1], outs[1][1])
+
+
+def test_bad_inputs_and_configs():
+  # Abstract states (eval_shape): the checks need shapes only, nothing runs.
+  model = _model()
+  tokens = np.zeros((2, 8), np.int32)
+  foreign = nnx.eval_shape(lambda: _model(memory_depth=1).init_memory(2))
+  with pytest.raises(ValueError, match="memory_state"):
+    model(tokens, foreign)  # another config's state
+  with pytest.raises(ValueError, match="memory_state leaf"):
+    model(tokens, jax.eval_shape(lambda: model.init_memory(3)))  # another batch size
+  tokens[1, 1] = 300
+  with pytest.raises(ValueError, match="tokens ids must lie"):
+    model(tokens)
+  config = registry.model_config("titans", "tiny")
+  config.validate_seq_len(64)
+  with pytest.raises(ValueError, match="chunk_size"):
+    config.validate_seq_len(30)
+  assert config.alignment == config.chunk_size
+  with pytest.raises(ValueError, match="memory_depth"):
+    registry.model_config("titans", "tiny", memory_depth=3)
+  with pytest.raises(ValueError, match="memory_kernel"):
+    registry.model_config("titans", "tiny", memory_kernel="triton")
+  with pytest.raises(ValueError, match="needs memory_depth=1"):
+    nnx.eval_shape(lambda: TitansLayer(16, 2, 8, memory_kernel="pallas", rngs=nnx.Rngs(0)))

@@ -1,0 +1,274 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Config validation (every bad case, before compilation), experiment configs, optimizers,
+sharding rules and the TensorBoard writer. No training here: everything is milliseconds."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from nl_jax.train import config as config_lib
+from nl_jax.train import loop
+from nl_jax.train import mesh as mesh_lib
+from nl_jax.train import metrics as metrics_lib
+from nl_jax.train import optimizers
+from tests.train.conftest import ROOT, tiny_config
+
+CONFIG_DIR = ROOT / "experiments" / "configs"
+CONFIG_FILES = sorted(p.name for p in CONFIG_DIR.glob("*.py")
+                      if p.name not in ("__init__.py", "common.py"))
+
+
+def _load_config_file(name: str, arg=None):
+  spec = importlib.util.spec_from_file_location(f"cfg_{name[:-3]}", CONFIG_DIR / name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module, module.get_config(arg)
+
+
+def test_all_experiment_configs_are_there():
+  expected = {f"{m}_{p}.py" for m in ("hope", "titans", "transformer", "hope_attention")
+              for p in ("tiny", "760m", "1_3b")}
+  assert expected <= set(CONFIG_FILES)
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_experiment_config_loads_and_validates(name):
+  module, config = _load_config_file(name)
+  assert f"--config=experiments/configs/{name}" in module.__doc__  # the launch command
+  resolved = config_lib.validate(config, num_devices=8, process_count=1)
+  assert resolved.mesh_shape["data"] * resolved.mesh_shape["fsdp"] * (
+      resolved.mesh_shape["tensor"]) == 8
+  assert resolved.data_config.alignment % resolved.model_config.alignment == 0
+  if "tiny" in name:
+    _, smoke = _load_config_file(name, "smoke")
+    config_lib.validate(smoke, num_devices=8, process_count=1)
+  else:
+    assert config.model_preset == ("1_3b" if "1_3b" in name else "760m")
+    assert config.model.dtype == "bfloat16" and config.model.remat
+
+
+def test_files_arg_reads_data_paths_from_environment(tmp_path, monkeypatch):
+  (tmp_path / "a.parquet").write_bytes(b"")
+  monkeypatch.setenv("NL_JAX_TRAIN_FILES", str(tmp_path / "*.parquet"))
+  monkeypatch.setenv("NL_JAX_EVAL_FILES", str(tmp_path / "a.parquet"))
+  _, config = _load_config_file("transformer_760m.py", "files")
+  assert config.data.name == "parquet" and config.data.paths == (str(tmp_path / "*.parquet"),)
+  monkeypatch.delenv("NL_JAX_TRAIN_FILES")
+  with pytest.raises(ValueError, match="NL_JAX_TRAIN_FILES"):
+    _load_config_file("transformer_760m.py", "files")
+
+
+def _bad(config, *, devices=8, processes=1):
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(config, num_devices=devices, process_count=processes)
+  return str(info.value)
+
+
+def _from_dict(config, edit):
+  d = config.to_dict()
+  edit(d)
+  return ml_collections.ConfigDict(d)
+
+
+def test_bad_config_unknown_and_missing_keys():
+  c = tiny_config()
+  msg = _bad(_from_dict(c, lambda d: d.update(foo=1)))
+  assert "field 'foo'" in msg and "unknown top-level key" in msg
+  msg = _bad(_from_dict(c, lambda d: d["train"].update(stepz=3)))
+  assert "'train.stepz'" in msg and "valid keys" in msg
+  msg = _bad(_from_dict(c, lambda d: d["optimizer"].pop("learning_rate")))
+  assert "'optimizer.learning_rate'" in msg and "missing" in msg
+  msg = _bad(_from_dict(c, lambda d: d["model"].update(d_modle=64)))
+  assert "'model'" in msg and "d_modle" in msg
+  msg = _bad(_from_dict(c, lambda d: d["data"].update(seq_lenn=64)))
+  assert "seq_lenn" in msg
+
+
+def test_bad_config_wrong_types():
+  c = tiny_config()
+  msg = _bad(_from_dict(c, lambda d: d["train"].update(steps="abc")))
+  assert "'train.steps'" in msg and "expected int" in msg
+  msg = _bad(_from_dict(c, lambda d: d["optimizer"].update(learning_rate="fast")))
+  assert "'optimizer.learning_rate'" in msg and "expected float" in msg
+  msg = _bad(_from_dict(c, lambda d: d["mesh"].update(data=True)))
+  assert "'mesh.data'" in msg
+
+
+def test_bad_config_values_name_field_and_fix():
+  c = tiny_config()
+  cases = [
+      (lambda d: d.update(model_name="gpt"), "'model_name'", "choose one of"),
+      (lambda d: d["optimizer"].update(name="adamz"), "'optimizer.name'", "choose one of"),
+      (lambda d: d["optimizer"].update(schedule="cosine"), "'optimizer.schedule'",
+       "warmup_cosine"),
+      (lambda d: d["optimizer"].update(warmup_steps=99), "'optimizer.warmup_steps'",
+       "train.steps"),
+      (lambda d: d["train"].update(nan_policy="ignore"), "'train.nan_policy'", "skip"),
+      (lambda d: d["model"].update(vocab_size=100), "'model.vocab_size'",
+       "--config.model.vocab_size=259"),
+      (lambda d: d["sharding"].update(param_rules=(("(", ("embed",)),)),
+       "'sharding.param_rules[0]'", "bad regex"),
+      (lambda d: d["sharding"].update(param_rules=((".*", ("embd",)),)),
+       "'sharding.param_rules[0]'", "add them there"),
+  ]
+  for edit, field, fix in cases:
+    msg = _bad(_from_dict(c, edit))
+    assert field in msg and fix in msg, msg
+
+
+def test_bad_config_mesh_vs_devices():
+  c = tiny_config()
+  c.mesh.update(data=3, fsdp=1, tensor=1)
+  msg = _bad(c)
+  assert "'mesh'" in msg and "8 devices" in msg and "-1" in msg
+  c.mesh.update(data=-1, fsdp=-1)
+  assert "at most one" in _bad(c)
+  c.mesh.update(data=-1, fsdp=3)
+  msg = _bad(c)
+  assert "'mesh.data'" in msg and "divide" in msg
+
+
+def test_bad_config_batch_not_divisible_by_data_parallelism():
+  c = tiny_config(batch_size=12)
+  msg = _bad(c)
+  assert "'data.batch_size'" in msg and "mesh.data*mesh.fsdp = 8" in msg
+  # ... nor by the processes reading it.
+  c = tiny_config(batch_size=9)
+  c.mesh.update(data=1, tensor=-1)
+  msg = _bad(c, processes=2)
+  assert "'data.batch_size'" in msg and "processes" in msg
+
+
+def test_bad_config_seq_len_vs_chunk_size_and_alignment():
+  c = config_lib.default_config("titans", "tiny", seq_len=40, batch_size=8)
+  msg = _bad(c)
+  assert "'data.seq_len'" in msg and "chunk_size=16" in msg
+  c = config_lib.default_config("titans", "tiny", seq_len=64, batch_size=8)
+  c.data.alignment = 4
+  msg = _bad(c)
+  assert "'data.alignment'" in msg and "alignment=0" in msg
+  c.data.alignment = 0
+  resolved = config_lib.validate(c, num_devices=8, process_count=1)
+  assert resolved.data_config.alignment == resolved.model_config.alignment == 16
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+  c = tiny_config(batch_size=12)
+  with pytest.raises(config_lib.ConfigError, match="data.batch_size"):
+    loop.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", config_lib.OPTIMIZERS)
+def test_every_optimizer_builds_and_steps(name):
+  c = tiny_config()
+  c.optimizer.name = name
+  c.optimizer.schedule = "constant"
+  tx, _ = optimizers.make_optimizer(c.optimizer, total_steps=10)
+  params = {"w": jnp.linspace(-1.0, 1.0, 32).reshape(8, 4), "scale": jnp.ones((4,))}
+
+  @jax.jit
+  def step(params):
+    grads = jax.tree.map(lambda p: 0.1 * jnp.sin(3.0 * p) + 0.05, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return optax.apply_updates(params, updates)
+
+  new = step(params)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new))
+  assert float(jnp.abs(new["w"] - params["w"]).max()) > 0
+
+
+def test_schedules():
+  c = tiny_config().optimizer
+  for name in config_lib.SCHEDULES:
+    c.schedule = name
+    schedule = optimizers.make_schedule(c, total_steps=100)
+    peak = float(schedule(2))  # warmup_steps = 2
+    assert peak == pytest.approx(3e-3), name
+    if name.startswith("warmup"):
+      assert float(schedule(0)) == 0.0 if name != "warmup_rsqrt" else float(schedule(0)) > 0
+    if name in ("warmup_cosine", "warmup_linear"):
+      assert float(schedule(100)) == pytest.approx(3e-4)  # end_lr_fraction 0.1 of decay 100
+
+
+def test_optimizer_kwargs_are_checked():
+  c = tiny_config()
+  c.optimizer.kwargs = ml_collections.ConfigDict({"nesterovv": True})
+  with pytest.raises(ValueError, match="nesterovv"):
+    optimizers.make_optimizer(c.optimizer, total_steps=10)
+
+
+def test_sharding_rules_map_paths_to_mesh_axes():
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sds = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  params = {"embed": {"embedding": sds(259, 64)},
+            "blocks": {"0": {"attn": {"wq": sds(64, 4, 16), "wo": sds(4, 16, 64)},
+                             "mlp": {"w_up": sds(64, 192), "w_down": sds(192, 64)},
+                             "norm": {"scale": sds(64)}}}}
+  sh = mesh_lib.param_shardings(params, mesh, config_lib.default_config(
+      "transformer_pp").sharding)
+  blk = sh["blocks"]["0"]
+  P = jax.sharding.PartitionSpec
+  assert sh["embed"]["embedding"].spec == P(None, "fsdp")  # 259 is not divisible by 2
+  assert blk["attn"]["wq"].spec == P("fsdp", "tensor", None)
+  assert blk["attn"]["wo"].spec == P("tensor", None, "fsdp")
+  assert blk["mlp"]["w_up"].spec == P("fsdp", "tensor")
+  assert blk["mlp"]["w_down"].spec == P("tensor", "fsdp")
+  assert blk["norm"]["scale"].spec == P()
+  # Optimizer state mirrors the parameters; scalars are replicated.
+  opt = jax.eval_shape(optax.adamw(1e-3).init, params)
+  opt_sh = mesh_lib.mirror_shardings(opt, params, sh, mesh)
+  assert opt_sh[0].mu["blocks"]["0"]["attn"]["wq"].spec == P("fsdp", "tensor", None)
+  assert opt_sh[0].count.spec == P()
+  # Memory state follows the batch.
+  mem = {"m": sds(8, 4, 16)}
+  mem_sh = mesh_lib.memory_shardings(mem, mesh, config_lib.default_config(
+      "transformer_pp").sharding)
+  assert mem_sh["m"].spec == P(("data", "fsdp"), None, None)
+
+
+def test_tensorboard_event_file_round_trip(tmp_path):
+  assert metrics_lib.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+  writer = metrics_lib.TensorBoardWriter(str(tmp_path))
+  writer.scalars(7, {"train/loss": 2.5, "train/lr": 1e-3})
+  writer.close()
+  events = metrics_lib.read_event_scalars(writer.path)
+  assert events[0] == (0, {})
+  assert events[1][0] == 7
+  assert events[1][1] == pytest.approx({"train/loss": 2.5, "train/lr": 1e-3})
+  # A flipped byte is detected.
+  data = bytearray(Path(writer.path).read_bytes())
+  data[-6] ^= 1
+  Path(writer.path).write_bytes(bytes(data))
+  with pytest.raises(ValueError, match="CRC"):
+    metrics_lib.read_event_scalars(writer.path)
+
+
+def test_mfu_and_flops_estimate():
+  flops = metrics_lib.model_flops_per_token(1000, 200, n_layers=2, d_model=8, seq_len=16)
+  assert flops == 6 * 800 + 6 * 2 * 16 * 8
+  assert metrics_lib.peak_flops("TPU v5p", 0.0, config_lib.PEAK_FLOPS) == 459e12
+  assert metrics_lib.peak_flops("cpu", 0.0, config_lib.PEAK_FLOPS) == 0.0
+  assert metrics_lib.peak_flops("cpu", 1e12, config_lib.PEAK_FLOPS) == 1e12
+  np.testing.assert_allclose(
+      float(loop.masked_cross_entropy(jnp.zeros((1, 2, 4)), jnp.zeros((1, 2), jnp.int32),
+                                      jnp.array([[1.0, 0.0]]))[0]), np.log(4), rtol=1e-6)
