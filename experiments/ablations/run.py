@@ -115,6 +115,7 @@ def run_row(row, args):
                                 perplexity.windows(seq_len, args.eval_windows, args.seed + 1))
   return {"overrides": {k: v for k, v in overrides.items()}, "params": experiment.num_params(
       model), "train_seconds": log["seconds"], "losses": log["losses"],
+          "diverged_at": log["diverged_at"],
           "heldout_nll": float(nll.mean()), "heldout_ppl": float(np.exp(nll.mean())),
           "buckets": perplexity.bucket(nll)}
 

@@ -11,12 +11,15 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Hope (self-modifying Titans + CMS, the paper's main model), tiny preset, on the embedded Shakespeare corpus (THE default of the README).
+"""Hope (self-modifying Titans + CMS), tiny preset, on the embedded Shakespeare corpus.
 
-Trains on a laptop CPU in a few minutes (300 steps of 16 x 128 byte tokens) with a visibly
-falling loss and held-out perplexity every 100 steps::
+The default model of the README.
 
-  python launch/train.py --config=experiments/configs/hope_tiny.py --workdir=/tmp/hope_tiny
+Trains on a laptop CPU in a few minutes (300 steps of 32 x 64 byte tokens) with a
+visibly falling loss and held-out perplexity every 100 steps::
+
+  python launch/train.py --config=experiments/configs/hope_tiny.py \\
+      --workdir=/tmp/hope_tiny
 
 Quick check (6 steps): ``--config=experiments/configs/hope_tiny.py:smoke``.
 """

@@ -11,21 +11,22 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Titans (MAG: sliding-window attention gated with a deep neural memory), 760M parameters, paper-scale pretraining (30e9 tokens).
+"""Titans (a deep neural long-term memory), 760M parameters, pretraining on 30e9 tokens.
 
-bf16 activations, rematerialization, FSDP over every device, AdamW (peak lr 4e-4, cosine),
-4096-token rows, 128 rows (0.5M tokens) per step. Real data comes from the environment
-(``files`` arg, see experiments/configs/common.py); without it the embedded corpus is used
-(for a dry run / `launch/compile_only.py`). On every worker of a TPU VM slice::
+bf16 activations, rematerialization, FSDP over every device, AdamW (peak lr 4e-4,
+cosine), 4096-token rows, 128 rows (0.5M tokens) per step. Real data comes from the
+environment (``files`` arg, see experiments/configs/common.py); without it the embedded
+corpus is used (a dry run, or `launch/compile_only.py`). On every host::
 
   NL_JAX_TRAIN_FILES='gs://bucket/fineweb-edu/train/*.parquet' \\
   NL_JAX_EVAL_FILES='gs://bucket/fineweb-edu/val/*.parquet' \\
   NL_JAX_TOKENIZER=spm:/path/to/tokenizer.model \\
-  python launch/train.py --config=experiments/configs/titans_760m.py:files --workdir=gs://bucket/runs/titans_760m
+  python launch/train.py --config=experiments/configs/titans_760m.py:files \\
+      --workdir=gs://bucket/runs/titans_760m
 
-(``launch/tpu_vm.sh`` / ``launch/gpu_multihost.sh`` run that command on all hosts.) Check
-memory first: ``python launch/compile_only.py --config=experiments/configs/titans_760m.py
---topology=v5p-128``.
+(``launch/tpu_vm.sh`` / ``launch/gpu_multihost.sh`` run it on all hosts.) Check memory
+first: ``python launch/compile_only.py --config=experiments/configs/titans_760m.py
+--topology=v5p:4x4x4``.
 """
 
 from experiments.configs import common

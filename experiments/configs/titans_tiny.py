@@ -11,12 +11,13 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Titans (MAG: sliding-window attention gated with a deep neural memory), tiny preset, on the embedded Shakespeare corpus.
+"""Titans (a deep neural long-term memory), tiny preset, on the embedded Shakespeare corpus.
 
-Trains on a laptop CPU in a few minutes (300 steps of 16 x 128 byte tokens) with a visibly
-falling loss and held-out perplexity every 100 steps::
+Trains on a laptop CPU in a few minutes (300 steps of 32 x 64 byte tokens) with a
+visibly falling loss and held-out perplexity every 100 steps::
 
-  python launch/train.py --config=experiments/configs/titans_tiny.py --workdir=/tmp/titans_tiny
+  python launch/train.py --config=experiments/configs/titans_tiny.py \\
+      --workdir=/tmp/titans_tiny
 
 Quick check (6 steps): ``--config=experiments/configs/titans_tiny.py:smoke``.
 """

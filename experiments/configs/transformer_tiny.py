@@ -13,10 +13,11 @@
 # limitations under the License.
 """Transformer++ (Llama-style baseline), tiny preset, on the embedded Shakespeare corpus.
 
-Trains on a laptop CPU in a few minutes (300 steps of 16 x 128 byte tokens) with a visibly
-falling loss and held-out perplexity every 100 steps::
+Trains on a laptop CPU in a few minutes (300 steps of 32 x 64 byte tokens) with a
+visibly falling loss and held-out perplexity every 100 steps::
 
-  python launch/train.py --config=experiments/configs/transformer_tiny.py --workdir=/tmp/transformer_tiny
+  python launch/train.py --config=experiments/configs/transformer_tiny.py \\
+      --workdir=/tmp/transformer_tiny
 
 Quick check (6 steps): ``--config=experiments/configs/transformer_tiny.py:smoke``.
 """

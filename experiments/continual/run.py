@@ -104,6 +104,7 @@ def run_one(model_name, overrides, args, cfg):
                   log_every=max(args.steps // 10, 1))
   test = continual.make_streams(cfg, args.eval_streams, args.seed + 1000)
   out = {"params": experiment.num_params(model), "train_seconds": log["seconds"],
+         "diverged_at": log["diverged_at"],
          "losses": log["losses"]}
   for mode, seg in (("full", None), ("segmented", args.segment_len)):
     res = ex_lib.score(runner.make_logits_fn(model, segment_len=seg), test, batch_size=8,

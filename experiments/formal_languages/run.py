@@ -84,7 +84,8 @@ def run_one(model_name, language, args):
   log = fit.train(model, experiment.mixture([(1.0, source)], args.seed), args.steps, tx,
                   log_every=max(args.steps // 5, 1))
   logits_fn = runner.make_logits_fn(model)
-  out = {"train_seconds": log["seconds"], "final_loss": float(np.mean(log["losses"][-20:])),
+  out = {"train_seconds": log["seconds"], "diverged_at": log["diverged_at"],
+         "final_loss": float(np.mean(log["losses"][-20:])),
          "params": experiment.num_params(model), "losses": log["losses"]}
   for name, (lo, hi) in bins.items():
     cfg = formal.FormalConfig(language=language, min_len=lo, max_len=hi)
@@ -118,7 +119,10 @@ def main(argv=None):
     row = [lang]
     for m in models:
       r = results[f"{m}/{lang}"]
-      row.append(f"{100 * r['bin0']:.1f}/{100 * r['bin1']:.1f}")
+      cell = f"{100 * r['bin0']:.1f}/{100 * r['bin1']:.1f}"
+      if r["diverged_at"] is not None:
+        cell += f" (diverged at step {r['diverged_at']})"
+      row.append(cell)
     row += ["%.1f/%.1f" % PAPER["Hope"][lang], "%.1f/%.1f" % PAPER["Transformer"][lang]]
     rows.append(row)
   table = experiment.markdown_table(header, rows)

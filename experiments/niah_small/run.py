@@ -95,6 +95,7 @@ def run_one(model_name, args):
                   log_every=max(args.steps // 10, 1))
   logits_fn = runner.make_logits_fn(model, segment_len=args.segment_len)
   out = {"params": experiment.num_params(model), "train_seconds": log["seconds"],
+         "diverged_at": log["diverged_at"],
          "losses": log["losses"], "accuracy": {}}
   for mult in [int(m) for m in args.multiples.split(",")]:
     for sub in subtasks:

@@ -631,7 +631,7 @@ class MultiShardIterator:
     if len(state) != len(self._iterators):
       raise ValueError(f"iterator state holds {len(state)} shards, this iterator reads "
                        f"{len(self._iterators)}; restore with the same data.shard_count")
-    for it, s in zip(self._iterators, state):
+    for it, s in zip(self._iterators, state, strict=True):
       it.set_state(s)
 
   def start_prefetch(self) -> None:

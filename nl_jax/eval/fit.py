@@ -79,15 +79,18 @@ def train(model, batches: Iterator[dict], num_steps: int,
     callback: ``callback(step, loss)`` after every step (e.g. a live plot).
 
   Returns:
-    ``{"losses": [...], "seconds": wall time}``.
+    ``{"losses": [...], "seconds": wall time, "diverged_at": None or the first step whose
+    loss was not finite}``. Training stops at a non-finite loss and keeps the parameters that
+    last gave a finite loss, so a diverged run is reported instead of silently scored.
   """
   import flax.nnx as nnx  # noqa: PLC0415
 
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")
   if tx is None:
+    warmup = max(num_steps // 20, 1)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, 3e-3, max(num_steps // 20, 1), num_steps,
+        optax.warmup_cosine_decay_schedule(0.0, 3e-3, warmup, max(num_steps, warmup + 1),
                                            3e-4), weight_decay=0.01))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   opt_state = tx.init(params)
@@ -102,19 +105,26 @@ def train(model, batches: Iterator[dict], num_steps: int,
     return optax.apply_updates(params, updates), opt_state, loss
 
   align = model_alignment(model)
-  losses, t0 = [], time.time()
+  losses, t0, diverged_at, last_good = [], time.time(), None, params
   for i in range(num_steps):
     batch = next(batches)
     if batch["tokens"].shape[1] % align:
       raise ValueError(f"batch length {batch['tokens'].shape[1]} is not a multiple of the "
                        f"model's alignment {align}; pad with make_batch(pad_to_multiple=...)")
-    params, opt_state, loss = step(params, opt_state, rest,
-                                   {k: jnp.asarray(v) for k, v in batch.items()})
+    new_params, new_opt_state, loss = step(params, opt_state, rest,
+                                           {k: jnp.asarray(v) for k, v in batch.items()})
     loss = float(loss)
     losses.append(loss)
+    if not np.isfinite(loss):
+      diverged_at = i
+      params = last_good  # the parameters of the last step whose loss was finite
+      print(f"step {i:5d}  loss {loss} - not finite, training stopped", flush=True)
+      break
+    last_good = params
+    params, opt_state = new_params, new_opt_state
     if callback is not None:
       callback(i, loss)
     if log_every and (i % log_every == 0 or i == num_steps - 1):
       print(f"step {i:5d}  loss {loss:.4f}  ({time.time() - t0:.1f}s)", flush=True)
   nnx.update(model, params)
-  return {"losses": losses, "seconds": time.time() - t0}
+  return {"losses": losses, "seconds": time.time() - t0, "diverged_at": diverged_at}

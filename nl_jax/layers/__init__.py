@@ -14,18 +14,26 @@
 """Flax NNX layers that own the slow parameters and call the pure memories of nl_jax.memory."""
 
 from nl_jax.layers.attention import Attention, causal_attention, rope
+from nl_jax.layers.cms import CMSConfig, ContinuumMemorySystem
 from nl_jax.layers.conv import CausalConv, ConvState, causal_conv
 from nl_jax.layers.embed import Embed
 from nl_jax.layers.mlp import SwiGLU
 from nl_jax.layers.norms import RMSNorm, rms_norm
+from nl_jax.layers.self_modifying_titans import SelfModifyingTitans, SelfModifyingTitansConfig
+from nl_jax.layers.titans import TitansLayer
 
 __all__ = [
     "Attention",
+    "CMSConfig",
+    "ContinuumMemorySystem",
     "CausalConv",
     "ConvState",
     "Embed",
     "RMSNorm",
+    "SelfModifyingTitans",
+    "SelfModifyingTitansConfig",
     "SwiGLU",
+    "TitansLayer",
     "causal_attention",
     "causal_conv",
     "rms_norm",

@@ -40,7 +40,8 @@ counted only when t-1 and t belong to the same packed document (no pair across a
 previous token's h is carried in the state so a stream split across calls gives the same pairs.
 It is causal (t-1 and t are both seen at t) and cheap (one extra MLP forward and backward per
 level on the tokens of the call). The paper's objective (the next-token loss of the whole
-model) needs the model to run segment by segment; it is not implemented (see the report).
+model) needs the model to run segment by segment: see nl_jax.layers.cms_ntp and
+nl_jax.models.cms_ntp.
 
 Chunk-parallel path: the call is cut into segments of S = min_l C_l tokens aligned to global
 positions (every C_l must be a multiple of S): inside a segment no level changes, so the whole
@@ -56,6 +57,7 @@ pretrained SwiGLU (spec 6.3): ``ContinuumMemorySystem.load_pretrained``.
 """
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -235,10 +237,18 @@ def _reset(cfg, params, st: CMSState, flag_B) -> CMSState:
   def sel(new, old):
     return jnp.where(flag_B.reshape((-1,) + (1,) * (old.ndim - 1)), new.astype(old.dtype), old)
   weights = tuple(jax.tree.map(lambda i, w: sel(jnp.broadcast_to(i, w.shape), w), init, w)
-                  for init, w in zip(params.init, st.weights))
+                  for init, w in zip(params.init, st.weights, strict=True))
   acc = tuple(jax.tree.map(lambda a: sel(jnp.zeros_like(a), a), a) for a in st.acc)
   return st._replace(weights=weights, acc=acc, prev_valid=sel(jnp.zeros_like(st.prev_valid),
                                                               st.prev_valid))
+
+
+def _rows(flag_B, like):
+  return flag_B.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _maybe_step(step_B, lr, w, g):
+  return jnp.where(_rows(step_B, w), w - lr * g, w)
 
 
 def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B):
@@ -247,10 +257,9 @@ def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B):
   for lvl, c in enumerate(cfg.chunk_sizes):
     a = jax.tree.map(jnp.add, st.acc[lvl], grads[lvl])
     step = complete_B & (end_pos_B % c == 0) & (n_valid_B > 0)
-    f = lambda z, step=step: step.reshape((-1,) + (1,) * (z.ndim - 1))  # noqa: E731
-    lr = cfg.lrs[lvl]
-    weights.append(jax.tree.map(lambda w, g: jnp.where(f(w), w - lr * g, w), st.weights[lvl], a))
-    acc.append(jax.tree.map(lambda g: jnp.where(f(g), 0.0, g), a))
+    weights.append(jax.tree.map(functools.partial(_maybe_step, step, cfg.lrs[lvl]),
+                                st.weights[lvl], a))
+    acc.append(jax.tree.map(lambda g, step=step: jnp.where(_rows(step, g), 0.0, g), a))
   return tuple(weights), tuple(acc)
 
 
@@ -287,8 +296,9 @@ def cms_scan(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT
     weights, acc = _step_levels(cfg, st, grads, n_valid, end_pos, complete)
     # Diagnostics only: no gradient (sqrt has an infinite derivative at an unchanged level).
     upd_k = jax.lax.stop_gradient(jnp.stack([
-        jnp.sum(jnp.sqrt(sum(jnp.sum((a - w) ** 2, axis=(1, 2)) for a, w in zip(nw, ow))))
-        for nw, ow in zip(weights, st.weights)]))
+        jnp.sum(jnp.sqrt(sum(jnp.sum((a - w) ** 2, axis=(1, 2))
+                             for a, w in zip(nw, ow, strict=True))))
+        for nw, ow in zip(weights, st.weights, strict=True)]))
     st = CMSState(weights, acc, prev_h, prev_valid, st.position)
     return st, (y, upd_k)
 

@@ -688,5 +688,6 @@ class SelfModifyingTitans(nnx.Module):
 
 def _update_norm(before: MLPWeights, after: MLPWeights) -> jax.Array:
   """RMS over sequences and heads of the Frobenius change of the output memory in this call."""
-  sq = sum(jnp.sum((a - b) ** 2, axis=(-2, -1)) for a, b in zip(after, before))
+  sq = sum(jnp.sum((a - b) ** 2, axis=(-2, -1))
+           for a, b in zip(after, before, strict=True))
   return jax.lax.stop_gradient(jnp.sqrt(jnp.mean(sq)))  # diagnostic only

@@ -38,6 +38,10 @@ memory goes back to its initial state at every token where ``reset`` is True (a 
 in the chunked paths this is exact when resets fall on multiples of ``chunk_size`` (the
 model's ``alignment``).
 
+aux (scalars, no gradient): ``inner_loss`` = mean over this call's tokens of
+0.5 ||M_end(k_t) - v_t||^2 at the call's final memory (how well the memory holds what it was
+written), ``eta_mean``, ``alpha_mean`` and ``momentum_mean`` (gate statistics).
+
 ``memory_kernel`` (memory_depth=1 only): "xla" uses ``MatrixMemory.scan``; "auto" calls
 ``pallas_kernels.memory_scan.memory_scan`` with its own dispatch (the Pallas kernel on TPU/GPU
 where it applies, its XLA reference elsewhere); "pallas" forces the kernel (TPU/GPU only).

@@ -13,13 +13,15 @@
 # limitations under the License.
 """Decoding and memorising with the carried memory state.
 
-* Memory models (Titans, Hope, HopeAttention): the prompt is processed in one call, then each
+* Memory models without attention (Titans, Hope): the prompt is processed in one call, then each
   new token is fed back one at a time with the carried state (one jitted per-token step,
   compiled once), so the memories keep learning from the text as it is produced.
-* Stateless models (TransformerPP, ``init_memory(B) == {}``): there is no KV cache; every step
-  re-runs the model on a fixed buffer of prompt + num_steps tokens (compiled once; causal
-  masking makes the not-yet-written tail irrelevant) and reads the logits at the current
-  position. Cost grows as (P + N)^2 per step: fine for tests and demos, not for serving.
+* Models with softmax attention (TransformerPP, HopeAttention): attention keeps no KV cache
+  and sees only the current call, so every step re-runs the model on a fixed buffer of
+  prompt + num_steps tokens from the starting memory state (compiled once; causality makes
+  the not-yet-written tail irrelevant) and reads the logits at the current position; at the
+  end, memories (HopeAttention's CMS) absorb the finished text once. Cost grows as
+  (P + N)^2 per step: fine for tests and demos, not for serving.
 
 The returned memory state covers the prompt and every generated token, so passing it to the
 next call continues the stream after the last generated token.
@@ -114,7 +116,7 @@ def generate(model: nnx.Module, prompt_BxT, num_steps: int, memory_state=None, *
   graphdef, params = nnx.split(model)
   keys = (jax.random.split(rng, num_steps) if rng is not None else [None] * num_steps)
   out = []
-  if jax.tree.leaves(memory_state):
+  if jax.tree.leaves(memory_state) and not _has_attention(model):
     logits, state = _forward_jit(graphdef, params, prompt, memory_state)
     token_B = _sample(logits[:, -1], temperature, keys[0])
     out.append(token_B)
@@ -132,4 +134,13 @@ def generate(model: nnx.Module, prompt_BxT, num_steps: int, memory_state=None, *
     token_B = _sample(logits[:, p + i - 1], temperature, keys[i])
     buffer_BxL = buffer_BxL.at[:, p + i].set(token_B)
     out.append(token_B)
+  if jax.tree.leaves(memory_state):
+    # Memories (e.g. HopeAttention's CMS) absorb the finished text once, from the start state.
+    _, memory_state = _forward_jit(graphdef, params, buffer_BxL, memory_state)
   return jnp.stack(out, axis=1), memory_state
+
+
+def _has_attention(model) -> bool:
+  """Softmax attention here keeps no KV cache: such a model must re-run its context."""
+  from nl_jax.layers.attention import Attention  # pylint: disable=g-import-not-at-top
+  return any(isinstance(node, Attention) for _, node in nnx.iter_graph(model))

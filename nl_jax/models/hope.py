@@ -26,8 +26,9 @@ The memory state carried between calls holds, per block, the self-modifying memo
 conv cache (Hope) and the CMS fast weights, their accumulated gradients and positions; all
 leaves have the batch as leading axis. Memories reset at the first token of each new segment.
 
-CMS objective: only ``cms_objective="local"`` (nl_jax.layers.cms) is implemented; the
-paper's whole-model next-token objective is not (see the report in the lead's notes).
+CMS objective: ``cms_objective="local"`` (nl_jax.layers.cms). The paper's whole-model
+next-token objective needs the model to run segment by segment; its driver lives in
+nl_jax.models.cms_ntp (not wired into these classes yet).
 """
 
 import dataclasses

@@ -35,10 +35,13 @@ class TransformerPPConfig(LMConfig):
 
   Presets (parameter counts from ``registry.count_params``, checked by a test):
 
-  * tiny: 2 layers, d=64, 4 heads x 16, SwiGLU 192, byte vocab 259, tied (~0.12M; CPU, seconds).
-  * small: 6 layers, d=512, 8 heads x 64, SwiGLU 1408, byte vocab 259, tied (~19.4M).
-  * 760m: 24 layers, d=1536, 12 heads x 128, SwiGLU 4096, vocab 32000, untied (~778M, +2.4%).
-  * 1_3b: 24 layers, d=2048, 16 heads x 128, SwiGLU 5632, vocab 32000, tied (~1.30B, -0.0%).
+  * tiny: 2 layers, d=64, 4 heads x 16, SwiGLU 192, byte vocab 259, tied (0.12M; CPU, seconds).
+  * small: 6 layers, d=512, 8 heads x 64, SwiGLU 1408, byte vocab 259, tied (19.41M).
+  * 760m: 24 layers, d=1536, 12 heads x 128, SwiGLU 4096, vocab 32000, untied (777.9M, +2.4%).
+  * 1_3b: 24 layers, d=2048, 16 heads x 128, SwiGLU 5632, vocab 32000, tied (1298.8M, -0.1%).
+
+  (spec 7.3's suggested 24 x 1536 and 24 x 2048 with a 32K vocabulary; the large presets use
+  bfloat16 activations and per-block remat.)
 
   Attributes:
     sliding_window: attend to at most this many most recent tokens, or None (global).

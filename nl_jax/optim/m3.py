@@ -165,7 +165,8 @@ def scale_by_m3(
     weight_dimension_numbers: a `DimensionNumbers`, a tree of them (or a callable returning one)
       describing the matrix axes of each leaf; None = the last two axes.
     mu_dtype: dtype of the momentum buffers (default: the parameter dtype).
-    implementation: Newton-Schulz implementation (``"xla"``/``"auto"``/None).
+    implementation: Newton-Schulz implementation (``"xla"``/``"auto"``/``"pallas"``/None; see
+      `orthogonalize`).
 
   Returns:
     An `optax.GradientTransformation`.

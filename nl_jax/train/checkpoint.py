@@ -173,7 +173,7 @@ def load_for_eval(workdir_or_checkpoint_dir: str, *, step: int | None = None):
   with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
   model_cfg = registry.config_from_dict(
-      config.model_name, config_lib._to_plain(config.model.to_dict()))  # pylint: disable=protected-access
+      config.model_name, config_lib.to_plain(config.model.to_dict()))
   model = nnx.eval_shape(lambda: registry.build_model(model_cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_params, rest = nnx.split(model, nnx.Param, ...)
   abstract_pure = nnx.to_pure_dict(abstract_params)

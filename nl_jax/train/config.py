@@ -31,6 +31,7 @@ anything is compiled, and raises `ConfigError` naming each bad field and its fix
 
 import dataclasses
 import re
+import typing
 from typing import Any
 
 import ml_collections
@@ -85,15 +86,31 @@ def model_defaults(model_name: str, preset: str = "tiny", **overrides) -> dict[s
   from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
 
   model_cfg = registry.model_config(model_name, preset, **overrides)
-  return _to_plain(dataclasses.asdict(model_cfg))
+  return to_plain(dataclasses.asdict(model_cfg))
 
 
-def _to_plain(value):
+def to_plain(value):
+  """JSON-loaded values back to config values (lists -> tuples, recursively)."""
   if isinstance(value, dict):
-    return {k: _to_plain(v) for k, v in value.items()}
+    return {k: to_plain(v) for k, v in value.items()}
   if isinstance(value, list):
-    return tuple(_to_plain(v) for v in value)
+    return tuple(to_plain(v) for v in value)
   return value
+
+
+def _typed_none_fields(model_name: str, fields: dict) -> ml_collections.ConfigDict:
+  """Model fields that default to None become typed references (CLI-overridable)."""
+  from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
+
+  hints = typing.get_type_hints(registry.config_class(model_name))
+  out = dict(fields)
+  for name, value in fields.items():
+    if value is None:
+      options = [a for a in typing.get_args(hints.get(name)) if a is not type(None)]
+      base = typing.get_origin(options[0]) or options[0] if options else object
+      if base in (int, float, str, bool, tuple):
+        out[name] = ml_collections.FieldReference(None, field_type=base)
+  return ml_collections.ConfigDict(out)
 
 
 def default_config(model_name: str = "hope", preset: str = "tiny", *,
@@ -112,8 +129,8 @@ def default_config(model_name: str = "hope", preset: str = "tiny", *,
   c = ml_collections.ConfigDict()
   c.model_name = model_name
   c.model_preset = preset
-  c.model = ml_collections.ConfigDict(model_defaults(model_name, preset,
-                                                     **(model_overrides or {})))
+  c.model = _typed_none_fields(model_name, model_defaults(model_name, preset,
+                                                          **(model_overrides or {})))
   data_fields = {"seq_len": 128, "batch_size": 8, "eval_batch_size": 8, "alignment": 0,
                  "num_threads": 1}
   data_fields.update(data_overrides)
@@ -213,7 +230,7 @@ def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
     raise ConfigError(f"invalid config:\n  field 'mesh': axes {free} are all -1; at most one "
                       "axis may be -1, set the others to explicit sizes")
   fixed = 1
-  for a, v in sizes.items():
+  for v in sizes.values():
     if v != -1:
       fixed *= v
   if free:

@@ -33,6 +33,7 @@ import dataclasses
 import math
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -172,7 +173,10 @@ def make_train_step(setup: Setup):
     }
     metrics.update({f"aux/{k}": jnp.asarray(v, jnp.float32) for k, v in aux.items()})
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
-    keep_new = lambda new, old: jnp.where(finite, new, old)
+
+    def keep_new(new, old):
+      return jnp.where(finite, new, old)
+
     new_params = jax.tree.map(keep_new, new_params, params)
     new_opt = jax.tree.map(keep_new, new_opt, train_state["opt_state"])
     rng = jax.random.key_data(jax.random.fold_in(
@@ -269,7 +273,8 @@ class _Preemption:
   def __init__(self, install: bool):
     self.flag = False
     self._old = None
-    if install:
+    # Python signal handlers can only be set from the main thread.
+    if install and threading.current_thread() is threading.main_thread():
       self._old = signal.signal(signal.SIGTERM, self._handler)
 
   def _handler(self, signum, frame):  # pylint: disable=unused-argument

@@ -47,7 +47,7 @@ def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence[Any] | None = Non
   shape = tuple(int(mesh_shape[a]) for a in config_lib.MESH_AXES)
   devices = jax.devices() if devices is None else list(devices)
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh shape {dict(zip(config_lib.MESH_AXES, shape))} needs "
+    raise ValueError(f"mesh shape {dict(zip(config_lib.MESH_AXES, shape, strict=True))} needs "
                      f"{int(np.prod(shape))} devices, got {len(devices)}")
   return jax.make_mesh(shape, config_lib.MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                        devices=devices)
@@ -75,7 +75,7 @@ def spec_for(shape: Sequence[int], logical: Sequence[str | None], logical_axes: 
   """PartitionSpec for one array from its logical axes (non-dividing dims replicated)."""
   used = set() if used is None else used
   entries = []
-  for dim, name in zip(shape, logical):
+  for dim, name in zip(shape, logical, strict=True):
     axes = tuple(a for a in (logical_axes.get(name, ()) if name else ())
                  if a not in used and mesh.shape[a] > 1)
     if axes and dim % _mesh_axes_size(mesh, axes) == 0:
@@ -141,7 +141,7 @@ def mirror_shardings(tree: Any, params: Any, param_sh: Any, mesh: Mesh) -> Any:
   """
   by_path = {}
   for (path, leaf), sh in zip(jax.tree_util.tree_leaves_with_path(params),
-                              jax.tree.leaves(param_sh)):
+                              jax.tree.leaves(param_sh), strict=True):
     by_path[path_str(path)] = (tuple(leaf.shape), sh)
   replicated = NamedSharding(mesh, P())
 
@@ -170,7 +170,7 @@ def describe(tree: Any, shardings: Any, limit: int = 12) -> str:
   """A short table "path shape spec" for logging (first ``limit`` leaves)."""
   rows = []
   for (path, leaf), sh in zip(jax.tree_util.tree_leaves_with_path(tree),
-                              jax.tree.leaves(shardings)):
+                              jax.tree.leaves(shardings), strict=True):
     rows.append(f"  {path_str(path)} {tuple(leaf.shape)} {sh.spec}")
   more = len(rows) - limit
   return "\n".join(rows[:limit] + ([f"  ... {more} more"] if more > 0 else []))

@@ -224,8 +224,8 @@ class MetricsLogger:
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a",  # pylint: disable=consider-using-with
-                         encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      self._jsonl = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
       if tensorboard:
         self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"))
     self._last_time = None

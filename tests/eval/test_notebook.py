@@ -31,12 +31,12 @@ def test_notebook_is_stripped_and_colab_guarded():
   nb = _read()
   code = [c for c in nb.cells if c.cell_type == "code"]
   assert all(not c.outputs and c.execution_count is None for c in code)
-  install = next(c for c in code if "pip install" in c.source)
+  install = next(c for c in code if "!pip install" in c.source)
   # Every shell install line sits under the in-Colab check.
   assert "if IN_COLAB:" in install.source
-  for line in install.source.splitlines():
-    if "pip install" in line:
-      assert line.startswith("  ")
+  shell = [ln for ln in install.source.splitlines() if ln.strip().startswith("!")]
+  assert shell and all(ln.startswith("  !") for ln in shell)
+  assert not any("!pip" in c.source for c in code if c is not install)
   assert any("parameters" in c.metadata.get("tags", []) for c in code)
   assert any("optim.m3" in c.source for c in code)
 

@@ -72,3 +72,27 @@ def test_token_nll():
   logits = np.log(np.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]]]))
   nll = runner.token_nll(logits, np.array([[0, 1, 2]]))
   np.testing.assert_allclose(nll, -np.log([[0.25, 0.1]]), rtol=1e-12)
+
+
+def test_fit_trains_and_stops_at_a_non_finite_loss():
+  import optax
+
+  from nl_jax.eval import fit
+
+  def batches():
+    tokens = np.array([[1, 2, 3, 4, 5, 6, 0, 0]], np.int32)
+    while True:
+      yield {"tokens": tokens, "targets": np.roll(tokens, -1, axis=1),
+             "segment_ids": (tokens > 0).astype(np.int32),
+             "loss_mask": (tokens > 0).astype(np.float32)}
+
+  model = _RunningCount(vocab=7)
+  log = fit.train(model, batches(), 3, optax.sgd(0.1))
+  assert log["diverged_at"] is None and len(log["losses"]) == 3
+  assert log["losses"][-1] != log["losses"][0] and float(model.scale[...]) != 1.0
+  model = _RunningCount(vocab=7)
+  log = fit.train(model, batches(), 5, optax.scale(float("nan")))
+  assert log["diverged_at"] == 1 and np.isnan(log["losses"][1])
+  assert float(model.scale[...]) == 1.0  # the parameters that gave the last finite loss
+  with pytest.raises(ValueError, match="alignment"):
+    fit.train(model, iter([{k: v[:, :6] for k, v in next(batches()).items()}]), 1)

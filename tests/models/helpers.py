@@ -61,3 +61,20 @@ def assert_causal(g_TxBxTxD):
     assert np.all(future == 0.0), f"logits at {i} depend on later tokens (max |g| "\
         f"{np.abs(future).max():.3g})"
     assert np.abs(g_TxBxTxD[i][:, i]).max() > 0, f"logits at {i} ignore their own token"
+
+
+def tiny_loss_and_grads(model, tokens):
+  """Jitted next-token cross-entropy and its gradient w.r.t. every parameter."""
+  import optax  # pylint: disable=g-import-not-at-top
+  graphdef, params = nnx.split(model)
+
+  @jax.jit
+  def loss_and_grad(params):
+    def loss(params):
+      logits, state, _ = nnx.merge(graphdef, params)(tokens)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
+      return ce.mean(), state
+    return jax.value_and_grad(loss, has_aux=True)(params)
+
+  (value, state), grads = loss_and_grad(params)
+  return float(value), state, grads

@@ -38,7 +38,7 @@ def _setup(variant, dtype=jnp.float64, b=2, t=11):
 
 
 def _tree_close(a, b, **kw):
-  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(v, np.float64), **kw)
 
 

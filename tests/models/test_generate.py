@@ -26,10 +26,18 @@ from nl_jax.models.generate import generate, memorize
 SMALL = dict(n_layers=1, d_model=32, n_heads=2, head_dim=16, mlp_hidden=64)
 
 
-@pytest.mark.parametrize("name,extra", [("transformer_pp", {}), ("titans", dict(chunk_size=4))])
+@pytest.mark.parametrize("name,extra", [
+    ("transformer_pp", dict(**SMALL)),
+    ("titans", dict(**SMALL, chunk_size=4)),
+    pytest.param("hope_attention", {}, marks=pytest.mark.slow),  # re-runs its context window
+    pytest.param("hope", {}, marks=pytest.mark.slow),             # token by token
+])
 def test_greedy_generate_matches_forward_and_memorize(name, extra):
-  model = registry.build_model(registry.model_config(name, "tiny", **SMALL, **extra),
-                               rngs=nnx.Rngs(0))
+  try:
+    config = registry.model_config(name, "tiny", **extra)
+  except ValueError as e:  # nl_jax.models.hope absent from this checkout
+    pytest.skip(str(e))
+  model = registry.build_model(config, rngs=nnx.Rngs(0))
   prompt = jax.random.randint(jax.random.key(0), (2, 6), 0, 259)
   tokens, state = generate(model, prompt, 4)
   assert tokens.shape == (2, 4) and tokens.dtype == jnp.int32
@@ -41,11 +49,14 @@ def test_greedy_generate_matches_forward_and_memorize(name, extra):
   # Greedy: every generated token is the argmax after everything before it.
   np.testing.assert_array_equal(jnp.argmax(logits[:, 5:-1], -1), tokens)
   # The returned state covers prompt + generated tokens, like memorize of the whole text.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-               state, full_state)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-               memorize(model, full), full_state)
-  if name == "titans":
+  # Token-by-token decoding takes the memories' sequential path, the one-call forward their
+  # chunk-parallel path: equal in exact arithmetic (float64 tests of each memory pin that), here
+  # float32 with another summation order, hence 1e-4 (Hope's deep memories reach ~1.4e-5).
+  close = lambda a, b: np.testing.assert_allclose(  # noqa: E731
+      np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-4)
+  jax.tree.map(close, state, full_state)
+  jax.tree.map(close, memorize(model, full), full_state)
+  if name != "transformer_pp":
     assert jax.tree.leaves(state)
     # Sampling uses the rng and stays in range.
     sampled, _ = generate(model, prompt, 3, rng=jax.random.key(1), temperature=1.0)

@@ -59,7 +59,7 @@ def _reference_attention(q, k, v, seg, window):
   return out
 
 
-@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("window", [pytest.param(None, marks=pytest.mark.slow), 3])
 def test_attention_matches_masked_reference_blocked_and_unblocked(window):
   ks = jax.random.split(jax.random.key(2), 3)
   b, t, h, d = 2, 11, 2, 4

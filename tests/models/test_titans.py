@@ -44,6 +44,18 @@ def test_causality_by_gradient(overrides):
   helpers.assert_causal(helpers.causal_gradients(_model(**overrides), tokens))
 
 
+def test_tiny_forward_backward_under_jit_reaches_every_parameter():
+  model = registry.build_model(registry.model_config("titans", "tiny"), rngs=nnx.Rngs(1))
+  tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 259)  # 2 chunks of 16
+  value, state, grads = helpers.tiny_loss_and_grads(model, tokens)
+  assert np.isfinite(value) and abs(value - np.log(259)) < 1.0  # ~uniform at init
+  assert set(state) == {"stream", "block_0", "block_1"}
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  for path, g in flat:  # memory initial weights, gates, conv, projections all learn
+    assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0, \
+        jax.tree_util.keystr(path)
+
+
 def _layer(impl, depth, dtype):
   return TitansLayer(16, 2, 8, memory_depth=depth, chunk_size=4, memory_implementation=impl,
                      memory_kernel="xla", dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(3))
@@ -81,26 +93,30 @@ def test_layer_chunked_equals_sequential_float64(depth):
 def test_streaming_independence_and_resets():
   model = _model()
   fwd = helpers.jitted_forward(model)
+  init = model.init_memory(2)  # explicit, so every call below shares one state tree
   tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, 259)
-  logits, state, aux = fwd(tokens)
+  logits, state, aux = fwd(tokens, init)
   assert {"block_0/titans/inner_loss", "block_0/titans/eta_mean",
           "block_0/titans/alpha_mean", "block_0/titans/momentum_mean"} <= set(aux)
-  # One call == two calls with the carried state (split inside a chunk).
-  l1, s1, _ = fwd(tokens[:, :5])
-  l2, s2, _ = fwd(tokens[:, 5:], s1)
+  # One call == two calls with the carried state (split at 6: inside the chunk [4, 8)).
+  l1, s1, _ = fwd(tokens[:, :6], init)
+  l2, s2, _ = fwd(tokens[:, 6:], s1)
   np.testing.assert_allclose(jnp.concatenate([l1, l2], 1), logits, rtol=1e-5, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), s2, state)
   # Per-sequence memory: rewriting sequence 1 leaves sequence 0 untouched.
-  other, other_state, _ = fwd(tokens.at[1].set(7))
+  other, other_state, _ = fwd(tokens.at[1].set(7), init)
   np.testing.assert_array_equal(other[0], logits[0])
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[0], b[0]), other_state, state)
   assert not np.allclose(other[1], logits[1])
-  # A new segment starts from the initial memory: packed == alone (boundary on a chunk start).
+  # A new segment starts from the initial memory (boundary on a chunk start): rewriting the
+  # first document changes nothing in the second one, although memory alone would carry it.
   seg = jnp.array([[1] * 4 + [2] * 8, [3] * 12])
-  packed, _, _ = fwd(tokens, None, seg)
-  alone, _, _ = fwd(tokens[:, 4:], None, seg[:, 4:])
-  np.testing.assert_allclose(packed[0, 4:], alone[0], rtol=1e-5, atol=1e-5)
-  assert not np.allclose(packed[0, 4:], logits[0, 4:], atol=1e-4)  # the reset did something
+  packed, _, _ = fwd(tokens, init, seg)
+  rewritten, _, _ = fwd(tokens.at[0, :4].set(11), init, seg)
+  np.testing.assert_array_equal(rewritten[0, 4:], packed[0, 4:])
+  np.testing.assert_allclose(packed[1], logits[1], rtol=1e-5, atol=1e-5)  # one segment: no-op
+  unsegmented, _, _ = fwd(tokens.at[0, :4].set(11), init)
+  assert not np.allclose(unsegmented[0, 4:], logits[0, 4:], atol=1e-4)
 
 
 def test_kernel_dispatch_matches_xla_for_matrix_memory():
@@ -138,5 +154,7 @@ def test_bad_inputs_and_configs():
     registry.model_config("titans", "tiny", memory_depth=3)
   with pytest.raises(ValueError, match="memory_kernel"):
     registry.model_config("titans", "tiny", memory_kernel="triton")
+  with pytest.raises(ValueError, match="needs memory_depth=1"):
+    registry.model_config("titans", "tiny", memory_kernel="pallas")
   with pytest.raises(ValueError, match="needs memory_depth=1"):
     nnx.eval_shape(lambda: TitansLayer(16, 2, 8, memory_kernel="pallas", rngs=nnx.Rngs(0)))

@@ -17,7 +17,6 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from nl_jax.models import registry
@@ -31,7 +30,7 @@ def _model(**overrides):
 
 
 @pytest.mark.parametrize("overrides,segments", [
-    (dict(), False),
+    pytest.param(dict(), False, marks=pytest.mark.slow),  # the second case covers it and more
     (dict(sliding_window=3, attention_block_size=4, tie_embeddings=False), True),
 ])
 def test_causality_by_gradient(overrides, segments):
@@ -51,17 +50,7 @@ def test_tiny_forward_backward_under_jit_and_state_is_empty():
                                rngs=nnx.Rngs(1))
   assert model.init_memory(3) == {}
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 259)
-  graphdef, params = nnx.split(model)
-
-  @jax.jit
-  def loss_and_grad(params):
-    def loss(params):
-      logits, state, _ = nnx.merge(graphdef, params)(tokens)
-      return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1],
-                                                             tokens[:, 1:]).mean(), state
-    return jax.value_and_grad(loss, has_aux=True)(params)
-
-  (value, state), grads = loss_and_grad(params)
+  value, state, grads = helpers.tiny_loss_and_grads(model, tokens)
   assert state == {}
   assert np.isfinite(value) and abs(float(value) - np.log(259)) < 1.0  # ~uniform at init
   norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]

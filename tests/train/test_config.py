@@ -26,10 +26,9 @@ import optax
 import pytest
 
 from nl_jax.train import config as config_lib
-from nl_jax.train import loop
+from nl_jax.train import loop, optimizers
 from nl_jax.train import mesh as mesh_lib
 from nl_jax.train import metrics as metrics_lib
-from nl_jax.train import optimizers
 from tests.train.conftest import ROOT, tiny_config
 
 CONFIG_DIR = ROOT / "experiments" / "configs"
@@ -219,7 +218,10 @@ def test_optimizer_kwargs_are_checked():
 
 def test_sharding_rules_map_paths_to_mesh_axes():
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  sds = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+
+  def sds(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
   params = {"embed": {"embedding": sds(259, 64)},
             "blocks": {"0": {"attn": {"wq": sds(64, 4, 16), "wo": sds(4, 16, 64)},
                              "mlp": {"w_up": sds(64, 192), "w_down": sds(192, 64)},

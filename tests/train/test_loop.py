@@ -32,7 +32,7 @@ def _train_losses(workdir):
 def _assert_trees_equal(a, b):
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(la, lb):
+  for x, y in zip(la, lb, strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -115,7 +115,7 @@ def test_8_devices_match_1_device_and_restore_onto_4(tmp_path, compile_cache):
   l8, l1 = _train_losses(tmp_path / "w8"), _train_losses(tmp_path / "w1")
   np.testing.assert_allclose([l8[s] for s in (1, 2, 3)], [l1[s] for s in (1, 2, 3)],
                              rtol=2e-6)
-  for x, y in zip(jax.tree.leaves(r8["params"]), jax.tree.leaves(r1["params"])):
+  for x, y in zip(jax.tree.leaves(r8["params"]), jax.tree.leaves(r1["params"]), strict=True):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
   # Some parameter really was split over fsdp and tensor on the 8-device mesh.
   specs = {str(x.sharding.spec) for x in jax.tree.leaves(r8["params"])}

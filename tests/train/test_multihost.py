@@ -59,7 +59,7 @@ def test_two_processes_agree_with_one(tmp_path, compile_cache):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for p, err in zip(procs, outputs):
+  for p, err in zip(procs, outputs, strict=True):
     assert p.returncode == 0, err[-4000:]
   assert "process 1 of 2; 2 local / 4 global devices" in outputs[1]
   # grain wrote one iterator file per process next to the arrays.
@@ -77,5 +77,5 @@ def test_two_processes_agree_with_one(tmp_path, compile_cache):
 
   pm = nnx.to_pure_dict(nnx.state(ckpt_lib.load_for_eval(str(multi))[0], nnx.Param))
   ps = nnx.to_pure_dict(nnx.state(ckpt_lib.load_for_eval(str(single))[0], nnx.Param))
-  for a, b in zip(jax.tree.leaves(pm), jax.tree.leaves(ps)):
+  for a, b in zip(jax.tree.leaves(pm), jax.tree.leaves(ps), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
