@@ -29,7 +29,7 @@ variant:
 * ``independent`` (eq. 74, head-wise): y = x + sum_l a_l MLP_l(rmsnorm(x)) with learned
   aggregation weights ``agg`` [k] (init 1 / k).
 
-objective="local" (the one implemented here; documented exactly): level l is an associative
+objective="local" (implemented in this module; documented exactly): level l is an associative
 memory that predicts, from the input of its MLP at the previous token, the input of its MLP at
 the current token::
 
@@ -39,9 +39,13 @@ the current token::
 counted only when t-1 and t belong to the same packed document (no pair across a reset). The
 previous token's h is carried in the state so a stream split across calls gives the same pairs.
 It is causal (t-1 and t are both seen at t) and cheap (one extra MLP forward and backward per
-level on the tokens of the call). The paper's objective (the next-token loss of the whole
-model) needs the model to run segment by segment: see nl_jax.layers.cms_ntp and
-nl_jax.models.cms_ntp.
+level on the tokens of the call).
+
+objective="ntp" (the paper's: the next-token loss of the whole model, eq. 71): the gradient
+needs the whole model, so the model runs the call segment by segment and drives the levels
+(nl_jax.models.cms_ntp, with the pure level functions and the state ``NTPState`` in
+nl_jax.layers.cms_ntp); the layer's ``init_memory`` returns that state and calling the layer
+itself raises a ValueError.
 
 Chunk-parallel path: the call is cut into segments of S = min_l C_l tokens aligned to global
 positions (every C_l must be a multiple of S): inside a segment no level changes, so the whole
@@ -70,7 +74,7 @@ from nl_jax.layers.norms import rms_norm
 from nl_jax.memory.types import state_dtype
 
 VARIANTS = ("sequential", "independent")
-OBJECTIVES = ("local",)
+OBJECTIVES = ("local", "ntp")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,7 +87,9 @@ class CMSConfig:
     chunk_sizes: C_l per level (each a multiple of the smallest).
     learning_rates: lr_l per level (>= 0; 0 keeps a level at its initial weights).
     variant: sequential | independent.
-    objective: local.
+    max_step_norm: per sequence and level, the norm of an in-context step lr_l * acc_l is
+      clipped to this (None: no clip; see _step_scale).
+    objective: local | ntp (see the module docstring).
     remat: jax.checkpoint each segment.
     norm_eps: RMSNorm epsilon.
     dtype: activation dtype (fast weights and their gradients stay float32).
@@ -94,6 +100,7 @@ class CMSConfig:
   learning_rates: tuple[float, ...] | None = None
   variant: str = "sequential"
   objective: str = "local"
+  max_step_norm: float | None = 1.0
   remat: bool = True
   norm_eps: float = 1e-6
   dtype: str = "float32"
@@ -247,8 +254,22 @@ def _rows(flag_B, like):
   return flag_B.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def _maybe_step(step_B, lr, w, g):
-  return jnp.where(_rows(step_B, w), w - lr * g, w)
+def _maybe_step(step_B, scale_B, w, g):
+  return jnp.where(_rows(step_B, w), w - _rows(scale_B, g) * g, w)
+
+
+def _step_scale(cfg, lr, acc):
+  """lr, shrunk per sequence so that the step lr * acc has norm <= cfg.max_step_norm.
+
+  The accumulated gradient of a chunk grows with C_l and with repeated inputs (a run of one
+  token gives C_l identical gradients), and a raw step of that size makes the fast MLP diverge
+  within a few chunks; the clip keeps each in-context step bounded whatever the data.
+  """
+  sq = sum(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim))) for x in jax.tree.leaves(acc))
+  norm = lr * jnp.sqrt(sq)
+  if cfg.max_step_norm is None:
+    return jnp.full_like(norm, lr)
+  return lr * jnp.minimum(1.0, cfg.max_step_norm / jnp.maximum(norm, 1e-30))
 
 
 def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B):
@@ -257,7 +278,8 @@ def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B):
   for lvl, c in enumerate(cfg.chunk_sizes):
     a = jax.tree.map(jnp.add, st.acc[lvl], grads[lvl])
     step = complete_B & (end_pos_B % c == 0) & (n_valid_B > 0)
-    weights.append(jax.tree.map(functools.partial(_maybe_step, step, cfg.lrs[lvl]),
+    scale = _step_scale(cfg, cfg.lrs[lvl], a)
+    weights.append(jax.tree.map(functools.partial(_maybe_step, step, scale),
                                 st.weights[lvl], a))
     acc.append(jax.tree.map(lambda g, step=step: jnp.where(_rows(step, g), 0.0, g), a))
   return tuple(weights), tuple(acc)
@@ -377,11 +399,20 @@ class ContinuumMemorySystem(nnx.Module):
                          f"{tuple(w.shape)}, expected {tuple(old.shape)}")
       old[...] = jnp.asarray(w, old[...].dtype)
 
-  def init_memory(self, batch_size: int) -> CMSState:
+  def init_memory(self, batch_size: int):
+    """CMSState (objective="local") or nl_jax.layers.cms_ntp.NTPState (objective="ntp")."""
+    if self.cfg.objective == "ntp":
+      from nl_jax.layers import cms_ntp  # pylint: disable=g-import-not-at-top  (it imports us)
+      return cms_ntp.init_ntp_state(self.cfg, self.params(), batch_size)
     return init_state(self.cfg, self.params(), batch_size)
 
   def __call__(self, x_BxTxD, state: CMSState, reset_BxT, implementation: str = "chunked"):
     """Returns (y [B, T, D], new state, aux)."""
+    if self.cfg.objective == "ntp":
+      raise ValueError("ContinuumMemorySystem: objective='ntp' learns from the whole model's "
+                       "next-token loss, so the model drives it segment by segment "
+                       "(nl_jax.models.cms_ntp, used by Hope / HopeAttention with "
+                       "cms_objective='ntp'); call the layer itself only with objective='local'")
     if implementation == "sequential":
       y, st = sequential_reference(self.cfg, self.params(), state, x_BxTxD, reset_BxT)
       return y, st, {}

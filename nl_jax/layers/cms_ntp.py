@@ -98,7 +98,7 @@ def reset_levels(params: CMSParams, st: NTPState, flag_B: jax.Array) -> NTPState
   """Rows with flag_B True go back to the initial weights with empty accumulators."""
   weights = tuple(
       jax.tree.map(lambda i, w: _where_B(flag_B, jnp.broadcast_to(i.astype(w.dtype), w.shape), w),
-                   init, w) for init, w in zip(params.init, st.weights))
+                   init, w) for init, w in zip(params.init, st.weights, strict=True))
   acc = tuple(jax.tree.map(lambda a: _where_B(flag_B, jnp.zeros_like(a), a), a) for a in st.acc)
   return st._replace(weights=weights, acc=acc)
 
@@ -123,9 +123,10 @@ def step_levels(cfg: CMSConfig, st: NTPState, grads: tuple[SwiGLUWeights, ...],
     a = jax.tree.map(lambda x, g: x + g.astype(x.dtype), st.acc[lvl], grads[lvl])
     crossed_B = (end_B // c) > (start_B // c)
     lr = cfg.lrs[lvl]
-    w_new = jax.tree.map(lambda w, g: _where_B(crossed_B, w - lr * g, w), st.weights[lvl], a)
-    acc.append(jax.tree.map(lambda g: _where_B(crossed_B, jnp.zeros_like(g), g), a))
+    w_new = jax.tree.map(lambda w, g, f=crossed_B, lr=lr: _where_B(f, w - lr * g, w),
+                         st.weights[lvl], a)
+    acc.append(jax.tree.map(lambda g, f=crossed_B: _where_B(f, jnp.zeros_like(g), g), a))
     weights.append(w_new)
     norms.append(jnp.sqrt(sum(jnp.sum((n - o) ** 2, axis=tuple(range(1, n.ndim)))
-                              for n, o in zip(w_new, st.weights[lvl]))))
+                              for n, o in zip(w_new, st.weights[lvl], strict=True))))
   return NTPState(tuple(weights), tuple(acc), end_B), jnp.stack(norms, axis=1)

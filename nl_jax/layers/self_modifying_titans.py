@@ -471,8 +471,13 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs):
 # Sequential reference (token by token, eq. 88 written literally)
 # ----------------------------------------------------------------------------------------
 
-def _token_write(cfg, residual, w, s, anchor, k, vhat, eta, alpha, mu):
-  """One token of eq. 88 for one memory (no batch / head axes): decay + anchored gradient."""
+def _token_write(cfg, residual, chunk, w, s, anchor, k, vhat, eta, alpha, mu):
+  """One token of eq. 88 for one memory (no batch / head axes): decay + anchored gradient.
+
+  The steps follow MLPMemory (anchored_step='mean'): both are divided by the memory's chunk
+  size, and under dgd the output-side weight's step is normalised by its own input,
+  eta / (1 + eta ||h||^2) with h = act(w2 k) at the anchor.
+  """
   act = ACTIVATIONS[cfg.activation]
   coef = rule_coefficients(cfg.rule, eta, jnp.sum(k * k))
 
@@ -480,11 +485,14 @@ def _token_write(cfg, residual, w, s, anchor, k, vhat, eta, alpha, mu):
     return 0.5 * jnp.sum((_apply(wts, k[None], act, residual)[0] - vhat) ** 2)
 
   grads = jax.grad(inner_loss)(anchor)
+  hidden = act(anchor.w2 @ k)
+  lr1 = eta / (1.0 + eta * jnp.sum(hidden * hidden)) if cfg.rule == "dgd" else coef.lr
+  step = MLPWeights(w1=lr1 / chunk * grads.w1, w2=coef.lr / chunk * grads.w2)
   decay = MLPWeights(w1=alpha * w.w1, w2=alpha * w.w2 - coef.erase * jnp.outer(w.w2 @ k, k))
   if cfg.momentum:
-    s = jax.tree.map(lambda sv, gv: mu * sv - coef.lr * gv, s, grads)
+    s = jax.tree.map(lambda sv, gv: mu * sv - gv, s, step)
     return jax.tree.map(jnp.add, decay, s), s
-  return jax.tree.map(lambda dv, gv: dv - coef.lr * gv, decay, grads), None
+  return jax.tree.map(jnp.subtract, decay, step), None
 
 
 def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
@@ -516,17 +524,17 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
       vhat_p, vhat_g = vhat_p[:, :, 0], vhat_g[:, :, 0]  # [P, H, d], [2, H, 1]
       mu_h = jnp.ones_like(eta) if mu_t is None else mu_t
 
-      def write_group(w, s, a, vhat, residual):
+      def write_group(w, s, a, vhat, residual, chunk):
         fn = lambda w_, s_, a_, k_, vh_, e_, al_, m_: _token_write(  # noqa: E731
-            cfg, residual, w_, s_, a_, k_, vh_, e_, al_, m_)
+            cfg, residual, chunk, w_, s_, a_, k_, vh_, e_, al_, m_)
         per_head = jax.vmap(fn, in_axes=(0, 0 if s is not None else None, 0, 0, 0, 0, 0, 0))
         per_group = jax.vmap(per_head,
                              in_axes=(0, 0 if s is not None else None, 0, None, 0, None, None,
                                       None))
         return per_group(w, s, a, k, vhat, eta, alpha, mu_h)
 
-      pw, ps = write_group(pw, ps, pa, vhat_p, True)
-      gw, gs = write_group(gw, gs, ga, vhat_g, False)
+      pw, ps = write_group(pw, ps, pa, vhat_p, True, cp)
+      gw, gs = write_group(gw, gs, ga, vhat_g, False, cp)
       o_pre = _apply(ow, q[:, None], act, True)[:, 0]
       o_anchor = _apply(oa, q[:, None], act, True)[:, 0]
       vhat_o = _apply(oa, v[:, None], act, True)[:, 0]
@@ -536,7 +544,7 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
       loss = 0.5 * jnp.sum(err * err)
       (ow, os_) = write_group(jax.tree.map(lambda z: z[None], ow),
                               None if os_ is None else jax.tree.map(lambda z: z[None], os_),
-                              jax.tree.map(lambda z: z[None], oa), vhat_o[None], True)
+                              jax.tree.map(lambda z: z[None], oa), vhat_o[None], True, co)
       ow = jax.tree.map(lambda z: z[0], ow)
       os_ = None if os_ is None else jax.tree.map(lambda z: z[0], os_)
       o_post = _apply(ow, q[:, None], act, True)[:, 0]

@@ -224,7 +224,7 @@ class FastLevel:
     alpha = jnp.ones_like(eta) if inputs.alpha is None else cast(inputs.alpha)
     coef = rule_coefficients(self.rule, eta, jnp.sum(k * k, axis=-1))
     tok = dict(k=k, v=v, lr=coef.lr, erase=coef.erase,
-               g=jnp.full_like(eta, coef.grad_state), alpha=alpha)
+               g=jnp.full_like(eta, coef.grad_state), alpha=alpha, eta=eta)
     if q is not None:
       tok["q"] = q
     if self.momentum:

@@ -17,7 +17,13 @@ M(x) = x + W1 act(W2 x) (residual=True; needs d_in == d_out), trained in context
 the inner loss 0.5 ||M(k) - v||^2. Per token, with G1, G2 the inner gradients::
 
     W2 <- W2 (alpha I - erase k k^T) - lr G2     # DGD's rank-1 decay on the input-side weight
-    W1 <- alpha W1 - lr G1                       # (spec 9.4, first option)
+    W1 <- alpha W1 - lr1 G1                      # (spec 9.4, first option)
+
+with lr1 = eta / (1 + eta ||h||^2), h = act(W2 k) for dgd (w1's own input normalises its step,
+see ``_hidden_lr``) and lr1 = lr for paper_l2 and gd. In anchored semantics both steps are
+divided by C by default (anchored_step='mean': a chunk's gradients, all taken at its anchor,
+are averaged as in TTT / Titans mini-batches; 'sum' adds them, which overshoots by up to C and
+diverges on repeated tokens); the per-token erase is not scaled.
 
 (momentum: S <- mu S - lr G, W <- decay(W) + S). Rules: dgd uses
 c = eta / (1 + eta ||k||^2) for both the erase and the step, so the key-direction factor of
@@ -68,6 +74,7 @@ class MLPMemory(FastLevel):
   out_dim: int | None = None
   activation: str = "silu"
   residual: bool = True
+  anchored_step: str = "mean"
 
   def __post_init__(self):
     super().__post_init__()
@@ -75,6 +82,9 @@ class MLPMemory(FastLevel):
       raise ValueError("MLPMemory: rule='hebbian' is defined for MatrixMemory only")
     if self.retention_order != "after":
       raise ValueError("MLPMemory: retention_order='before' is defined for MatrixMemory only")
+    if self.anchored_step not in ("mean", "sum"):
+      raise ValueError(f"MLPMemory: anchored_step={self.anchored_step!r} is not one of "
+                       "('mean', 'sum')")
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"MLPMemory: activation={self.activation!r} is not one of "
                        f"{tuple(ACTIVATIONS)}")
@@ -127,6 +137,29 @@ class MLPMemory(FastLevel):
   def _read_weights(self, w, queries_TxK):
     return self._apply(w, queries_TxK)
 
+  def _hidden_lr(self, eta, lr, h):
+    """Step of the output-side weight w1, whose input is the hidden h = act(w2 k).
+
+    dgd normalises it by w1's own input, c1 = eta / (1 + eta ||h||^2) (DGD applied per layer
+    with each layer's input, spec 9.4): along h the factor alpha - c1 ||h||^2 stays in
+    (alpha - 1, alpha], so the memory cannot blow up however large h grows (a raw step
+    eta ||h||^2 > 2 diverges, which repeated inputs trigger within a few dozen tokens).
+    paper_l2 and gd keep the literal step eta.
+    """
+    if self.rule == "dgd":
+      lr = eta / (1.0 + eta * jnp.sum(h * h, axis=-1))
+    return lr * self._step_scale
+
+  @property
+  def _step_scale(self) -> float:
+    """1 / C for anchored_step='mean' (the gradient steps of a chunk, all taken at the same
+    anchor, are averaged like a TTT / Titans mini-batch: C identical tokens then move the
+    weights as far as one exact step, where summing them overshoots by C and diverges),
+    else 1."""
+    if self.semantics == "anchored" and self.anchored_step == "mean":
+      return 1.0 / self.chunk_size
+    return 1.0
+
   def _inner_loss(self, w: MLPWeights, k_K, v_V):
     return 0.5 * jnp.sum((self._apply(w, k_K[None, :])[0] - v_V) ** 2)
 
@@ -140,14 +173,16 @@ class MLPMemory(FastLevel):
     k, v, lr, erase, a = x["k"], x["v"], x["lr"], x["erase"], x["alpha"]
     base = anchor_in if self.semantics == "anchored" else w_in
     grads = jax.grad(self._inner_loss)(base, k, v)
+    lr1 = self._hidden_lr(x["eta"], lr, self._act(base.w2 @ k))
     decay = MLPWeights(w1=a * w_in.w1,
                        w2=a * w_in.w2 - erase * jnp.outer(w_in.w2 @ k, k))
+    step = MLPWeights(w1=lr1 * grads.w1, w2=lr * self._step_scale * grads.w2)
     if self.momentum:
-      s_new = jax.tree.map(lambda sv, gv: x["mu"] * sv - lr * gv, s_in, grads)
+      s_new = jax.tree.map(lambda sv, gv: x["mu"] * sv - gv, s_in, step)
       w_new = jax.tree.map(jnp.add, decay, s_new)
     else:
       s_new = None
-      w_new = jax.tree.map(lambda dv, gv: dv - lr * gv, decay, grads)
+      w_new = jax.tree.map(jnp.subtract, decay, step)
     if fo:
       w_new = straight_through(w_new, w)
       s_new = None if s is None else straight_through(s_new, s)
@@ -176,8 +211,10 @@ class MLPMemory(FastLevel):
     s1 = None if s0c is None else s0c.w1
     s2 = None if s0c is None else s0c.w2
     beta = None if self.rule == "gd" else ch["erase"]
-    sol2 = chunk_ops.solve_chunk(kern, w0c.w2, s2, k, beta, writes_CxV=-lr[:, None] * dz_CxH)
-    sol1 = chunk_ops.solve_chunk(kern, w0c.w1, s1, h_CxH, None, writes_CxV=-lr[:, None] * err_CxV)
+    sol2 = chunk_ops.solve_chunk(kern, w0c.w2, s2, k, beta,
+                                 writes_CxV=-(lr * self._step_scale)[:, None] * dz_CxH)
+    lr1 = self._hidden_lr(ch["eta"], lr, h_CxH)
+    sol1 = chunk_ops.solve_chunk(kern, w0c.w1, s1, h_CxH, None, writes_CxV=-lr1[:, None] * err_CxV)
     out = None
     if "q" in ch:
       q = ch["q"]

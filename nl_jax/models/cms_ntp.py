@@ -20,7 +20,8 @@ therefore runs a call segment by segment, S = min_l C_l tokens at a time (no lev
 inside a segment), carrying every fast state::
 
     for each segment k (full segments in a jax.lax.scan, then a shorter remainder if S does
-    not divide T; the body is jax.checkpoint'ed):
+    not divide T; the body is jax.checkpoint'ed when the CMS config's remat is set, i.e. the
+    models' ``chunk_remat``, default True):
       CMS levels of rows whose segment holds a document start -> initial weights (resets)
       loss_k(theta) = sum_{t in k} loss_mask_t * CE(logits_t(theta), targets_t)
         where logits_t runs all blocks on segment k with the carried mixer states (Hope: the
@@ -134,7 +135,7 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
     length = seg["x"].shape[1]
     flag_B = jnp.any(seg["reset"], axis=1)
     cms_states = [cms_ntp.reset_levels(p, st["cms"], flag_B)
-                  for p, st in zip(cms_params, states)]
+                  for p, st in zip(cms_params, states, strict=True)]
     weights = tuple(st.weights for st in cms_states)
 
     def seg_loss(weights):
@@ -162,7 +163,7 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
       new_states.append(new)
     return (new_states, new_kv), (logits, aux, jnp.stack(norms), loss, count)
 
-  body = jax.checkpoint(run_segment)
+  body = jax.checkpoint(run_segment) if cms_cfg.remat else run_segment
 
   def fields(lo, hi):
     return {"x": x_BxTxD[:, lo:hi], "positions": ctx.positions[:, lo:hi],

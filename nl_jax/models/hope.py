@@ -26,9 +26,14 @@ The memory state carried between calls holds, per block, the self-modifying memo
 conv cache (Hope) and the CMS fast weights, their accumulated gradients and positions; all
 leaves have the batch as leading axis. Memories reset at the first token of each new segment.
 
-CMS objective: ``cms_objective="local"`` (nl_jax.layers.cms). The paper's whole-model
-next-token objective needs the model to run segment by segment; its driver lives in
-nl_jax.models.cms_ntp (not wired into these classes yet).
+CMS objective: ``cms_objective="local"`` (default; each level learns from a per-block
+associative loss, nl_jax.layers.cms) or ``"ntp"`` (the paper's: each level learns from the
+whole model's next-token loss). With "ntp" both models override ``forward_embedded`` with
+nl_jax.models.cms_ntp.ntp_forward_embedded: the call runs segment by segment (S = the smallest
+CMS chunk) with every fast state carried; Hope-Attention's queries then see the keys/values
+of the call's earlier segments through a key/value buffer (Attention.attend_with_buffer), so
+its attention still covers the whole call. Pass ``targets`` / ``loss_mask`` for the last
+token of a call to count (the trainer does).
 """
 
 import dataclasses
@@ -42,6 +47,7 @@ from nl_jax.layers.attention import Attention
 from nl_jax.layers.cms import CMSConfig, ContinuumMemorySystem
 from nl_jax.layers.norms import RMSNorm
 from nl_jax.layers.self_modifying_titans import SelfModifyingTitans, SelfModifyingTitansConfig
+from nl_jax.models.cms_ntp import ntp_forward_embedded
 from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
 
 
@@ -53,12 +59,18 @@ class _CMSFields(LMConfig):
     cms_chunk_sizes: chunk size C_l of each CMS level (multiples of the smallest).
     cms_learning_rates: in-context learning rate of each level (None: 1e-3 each).
     cms_variant: "sequential" (chain, eq. 70) or "independent" (eq. 74).
-    cms_objective: "local" (see nl_jax.layers.cms).
+    cms_objective: "local" (see nl_jax.layers.cms) or "ntp" (the whole model's next-token
+      loss; see nl_jax.models.cms_ntp: ~3-4x the compute of "local").
+    chunk_remat: jax.checkpoint every memory chunk / CMS segment (independent of `remat`,
+      which rematerialises whole blocks). Without it the backward keeps every segment's
+      per-sequence CMS weights and intermediates (Hope small at T=512, B=16 asked XLA for
+      48 GB on CPU).
   """
   cms_chunk_sizes: tuple[int, ...] = (16, 64)
   cms_learning_rates: tuple[float, ...] | None = None
   cms_variant: str = "sequential"
   cms_objective: str = "local"
+  chunk_remat: bool = True
 
   def __post_init__(self):
     super().__post_init__()
@@ -72,7 +84,7 @@ class _CMSFields(LMConfig):
       return CMSConfig(d_model=self.d_model, hidden=self.mlp_hidden,
                        chunk_sizes=self.cms_chunk_sizes, learning_rates=self.cms_learning_rates,
                        variant=self.cms_variant, objective=self.cms_objective,
-                       remat=self.remat, norm_eps=self.norm_eps, dtype=self.dtype)
+                       remat=self.chunk_remat, norm_eps=self.norm_eps, dtype=self.dtype)
     except ValueError as e:
       raise ValueError(f"{type(self).__name__}: {e} (fields cms_chunk_sizes, "
                        "cms_learning_rates, cms_variant, cms_objective, mlp_hidden)") from e
@@ -90,7 +102,7 @@ class HopeConfig(_CMSFields):
   to TransformerPP/Titans at "small", within 5% of the name for 760m / 1_3b; a test checks):
 
   * tiny: 2 x 64, 4 heads x 16, CMS 2 levels x 96 (chunks 8, 32), SMT chunks 8 (CPU).
-  * small: 6 x 512, 8 heads x 64, CMS 2 levels x 544 (chunks 64, 256), SMT chunks 64 (~19.45M).
+  * small: 6 x 512, 8 heads x 64, CMS 2 levels x 544 (chunks 128, 512), SMT chunks 64 (~19.45M).
   * 760m: 24 x 1536, 12 heads x 128, CMS 2 levels x 1600 (chunks 64, 512), untied 32K vocab.
   * 1_3b: 24 x 2048, 16 heads x 128, CMS 2 levels x 2240 (chunks 64, 512), tied 32K vocab.
 
@@ -112,7 +124,7 @@ class HopeConfig(_CMSFields):
                    mlp_hidden=96, cms_chunk_sizes=(8, 32), smt_chunk_size=8,
                    smt_proj_chunk_size=8),
       "small": dict(vocab_size=259, d_model=512, n_layers=6, n_heads=8, head_dim=64,
-                    mlp_hidden=544, cms_chunk_sizes=(64, 256), smt_chunk_size=64,
+                    mlp_hidden=544, cms_chunk_sizes=(128, 512), smt_chunk_size=64,
                     smt_proj_chunk_size=64),
       "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
                    mlp_hidden=1600, cms_chunk_sizes=(64, 512), smt_chunk_size=64,
@@ -151,7 +163,7 @@ class HopeConfig(_CMSFields):
           proj_chunk_size=self.smt_proj_chunk_size, read_at=self.read_at,
           eta_max=self.eta_max, alpha_min=self.alpha_min,
           stop_target_grad=self.stop_target_grad, conv_width=self.conv_width,
-          implementation=self.memory_implementation, remat=self.remat, dtype=self.dtype,
+          implementation=self.memory_implementation, remat=self.chunk_remat, dtype=self.dtype,
           param_dtype=self.param_dtype)
     except ValueError as e:
       raise ValueError(f"{type(self).__name__}: {e} (set the matching HopeConfig field)") from e
@@ -168,7 +180,7 @@ class HopeAttentionConfig(_CMSFields):
   Presets (size-matched to TransformerPP: its SwiGLU of width F becomes 2 CMS levels of F / 2):
 
   * tiny: 2 x 64, 4 heads x 16, CMS 2 levels x 96 (chunks 8, 32).
-  * small: 6 x 512, 8 heads x 64, CMS 2 levels x 704 (chunks 64, 256) (~19.4M).
+  * small: 6 x 512, 8 heads x 64, CMS 2 levels x 704 (chunks 128, 512) (~19.4M).
   * 760m: 24 x 1536, 12 heads x 128, CMS 2 levels x 2048 (chunks 64, 512), untied.
   * 1_3b: 24 x 2048, 16 heads x 128, CMS 2 levels x 2816 (chunks 64, 512), tied.
 
@@ -180,7 +192,7 @@ class HopeAttentionConfig(_CMSFields):
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
                    mlp_hidden=96, cms_chunk_sizes=(8, 32)),
       "small": dict(vocab_size=259, d_model=512, n_layers=6, n_heads=8, head_dim=64,
-                    mlp_hidden=704, cms_chunk_sizes=(64, 256)),
+                    mlp_hidden=704, cms_chunk_sizes=(128, 512)),
       "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
                    mlp_hidden=2048, cms_chunk_sizes=(64, 512), tie_embeddings=False,
                    remat=True, dtype="bfloat16"),
@@ -256,6 +268,12 @@ class Hope(CausalLM):
     del index
     return HopeBlock(self.config, rngs=rngs)
 
+  def forward_embedded(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):
+    """CausalLM.forward_embedded, or the segment driver when cms_objective == "ntp"."""
+    if self.config.cms_objective == "ntp":
+      return ntp_forward_embedded(self, x_BxTxD, memory_state, ctx)
+    return super().forward_embedded(x_BxTxD, memory_state, ctx)
+
 
 class HopeAttention(CausalLM):
   """Hope-Attention: softmax attention -> CMS in every block (see the module docstring)."""
@@ -264,3 +282,9 @@ class HopeAttention(CausalLM):
   def make_block(self, index: int, rngs: nnx.Rngs) -> nnx.Module:
     del index
     return HopeAttentionBlock(self.config, rngs=rngs)
+
+  def forward_embedded(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):
+    """CausalLM.forward_embedded, or the segment driver when cms_objective == "ntp"."""
+    if self.config.cms_objective == "ntp":
+      return ntp_forward_embedded(self, x_BxTxD, memory_state, ctx)
+    return super().forward_embedded(x_BxTxD, memory_state, ctx)

@@ -117,7 +117,7 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match="rule"):
     registry.model_config("hope", "tiny", inner_rule="hebbian")
   with pytest.raises(ValueError, match="cms_objective"):
-    registry.model_config("hope_attention", "tiny", cms_objective="ntp")
+    registry.model_config("hope_attention", "tiny", cms_objective="next_token")
 
 
 @pytest.mark.slow

@@ -45,11 +45,13 @@ def test_causality_by_gradient(overrides):
 
 
 def test_tiny_forward_backward_under_jit_reaches_every_parameter():
-  model = registry.build_model(registry.model_config("titans", "tiny"), rngs=nnx.Rngs(1))
+  # The tiny preset with one block (a second identical block only doubles the compile time).
+  model = registry.build_model(registry.model_config("titans", "tiny", n_layers=1),
+                               rngs=nnx.Rngs(1))
   tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 259)  # 2 chunks of 16
   value, state, grads = helpers.tiny_loss_and_grads(model, tokens)
   assert np.isfinite(value) and abs(value - np.log(259)) < 1.0  # ~uniform at init
-  assert set(state) == {"stream", "block_0", "block_1"}
+  assert set(state) == {"stream", "block_0"}
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   for path, g in flat:  # memory initial weights, gates, conv, projections all learn
     assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0, \
