@@ -266,10 +266,16 @@ def _step_scale(cfg, lr, acc):
   within a few chunks; the clip keeps each in-context step bounded whatever the data.
   """
   sq = sum(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim))) for x in jax.tree.leaves(acc))
-  norm = lr * jnp.sqrt(sq)
+  # sqrt has an infinite derivative at 0 (an empty accumulator, e.g. right after a reset):
+  # 0 * inf would put NaN into the outer gradient even where the step is not taken.
+  nonzero = sq > 0
+  norm = jnp.where(nonzero, lr * jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
   if cfg.max_step_norm is None:
     return jnp.full_like(norm, lr)
-  return lr * jnp.minimum(1.0, cfg.max_step_norm / jnp.maximum(norm, 1e-30))
+  # Double where: max / norm only where it is used, so a tiny or zero norm (lr 0, an empty
+  # accumulator) puts no inf derivative into the second-order gradient of objective="ntp".
+  clip = norm > cfg.max_step_norm
+  return lr * jnp.where(clip, cfg.max_step_norm / jnp.where(clip, norm, 1.0), 1.0)
 
 
 def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B):

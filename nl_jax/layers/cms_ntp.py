@@ -31,7 +31,9 @@ segment and, per segment, calls the functions here:
 
        acc_l <- acc_l + grad_{theta_l} sum_{t in segment} mask_t CE(logits_t, target_t)
        if the segment contains the last token of a chunk of C_l stream tokens:
-         theta_l <- theta_l - lr_l * acc_l ;  acc_l <- 0
+         theta_l <- theta_l - s_l * acc_l ;  acc_l <- 0
+       s_l = lr_l * min(1, max_step_norm / ||lr_l * acc_l||)   (per sequence; the local
+                                                              objective's clip, cms._step_scale)
 
    Boundaries are global stream positions (``NTPState.position``), so a stream split across
    calls at multiples of the segment gives the same steps as one call. A segment that is not
@@ -46,7 +48,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nl_jax.layers.cms import CMSConfig, CMSParams, SwiGLUWeights, _mlp
+from nl_jax.layers.cms import CMSConfig, CMSParams, SwiGLUWeights, _mlp, _step_scale
 from nl_jax.layers.norms import rms_norm
 from nl_jax.memory.types import state_dtype
 
@@ -122,9 +124,10 @@ def step_levels(cfg: CMSConfig, st: NTPState, grads: tuple[SwiGLUWeights, ...],
   for lvl, c in enumerate(cfg.chunk_sizes):
     a = jax.tree.map(lambda x, g: x + g.astype(x.dtype), st.acc[lvl], grads[lvl])
     crossed_B = (end_B // c) > (start_B // c)
-    lr = cfg.lrs[lvl]
-    w_new = jax.tree.map(lambda w, g, f=crossed_B, lr=lr: _where_B(f, w - lr * g, w),
-                         st.weights[lvl], a)
+    scale_B = _step_scale(cfg, cfg.lrs[lvl], a)
+    w_new = jax.tree.map(
+        lambda w, g, f=crossed_B, s=scale_B: _where_B(f, w - s.reshape((-1,) + (1,) * (g.ndim - 1))
+                                                      * g, w), st.weights[lvl], a)
     acc.append(jax.tree.map(lambda g, f=crossed_B: _where_B(f, jnp.zeros_like(g), g), a))
     weights.append(w_new)
     norms.append(jnp.sqrt(sum(jnp.sum((n - o) ** 2, axis=tuple(range(1, n.ndim)))

@@ -53,7 +53,16 @@ def _check_chunked_against_sequential(rule, semantics, cases):
       assert_trees_close(g1, g2, 1e-9, f"grads {what}")
 
 
-@pytest.mark.parametrize("rule,semantics", list(itertools.product(RULES, SEMANTICS)))
+# Three representative pairs run by default; the rest are slow (CI time), all are exercised by -m slow.
+_DEFAULT_PAIRS = {("dgd", "exact"), ("paper_l2", "anchored"), ("hebbian", "exact")}
+
+
+def _maybe_slow(*args, default):
+  return pytest.param(*args, marks=() if default else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("rule,semantics", [
+    _maybe_slow(r, s, default=(r, s) in _DEFAULT_PAIRS) for r, s in itertools.product(RULES, SEMANTICS)])
 def test_chunked_equals_sequential_f64(rule, semantics):
   # C = 64 > T / 2 leaves a ragged, padded last chunk; C = 1 runs in the slow sweep below.
   _check_chunked_against_sequential(rule, semantics, [(4, True), (64, True), (16, False)])
@@ -66,10 +75,15 @@ def test_chunked_equals_sequential_f64_every_chunk_size(rule, semantics, momentu
   _check_chunked_against_sequential(rule, semantics, [(c, momentum) for c in (1, 4, 16, 64)])
 
 
-@pytest.mark.parametrize("read_at,order,first_order", [
-    ("pre", "after", False), ("post", "before", False), ("anchor", "after", False),
-    ("anchor", "before", True), ("post", "after", True), ("pre", "before", True)])
-@pytest.mark.parametrize("semantics", SEMANTICS)
+_DEFAULT_OPTIONS = {("pre", "after", False, "exact"), ("post", "before", False, "anchored"),
+                    ("anchor", "before", True, "anchored")}
+
+
+@pytest.mark.parametrize("read_at,order,first_order,semantics", [
+    _maybe_slow(*o, sem, default=(*o, sem) in _DEFAULT_OPTIONS) for o, sem in itertools.product(
+        [("pre", "after", False), ("post", "before", False), ("anchor", "after", False),
+         ("anchor", "before", True), ("post", "after", True), ("pre", "before", True)],
+        SEMANTICS)])
 def test_options_chunked_equals_sequential_f64(read_at, order, first_order, semantics):
   if read_at == "anchor" and semantics == "exact":
     pytest.skip("anchor reads exist only in anchored semantics")
@@ -85,7 +99,7 @@ def test_options_chunked_equals_sequential_f64(read_at, order, first_order, sema
       assert_trees_close(g1, g2, 1e-9, f"grads {rule}")
 
 
-@pytest.mark.parametrize("c", (16, 64))
+@pytest.mark.parametrize("c", (pytest.param(16, marks=pytest.mark.slow), 64))
 def test_chunked_equals_sequential_f32(c):
   mem, params, inputs = _setup(jnp.float32, 7, rule="dgd", semantics="exact", momentum=True,
                                chunk_size=c)
@@ -128,9 +142,11 @@ def test_dgd_is_delta_rule_and_gd_is_gated_delta_rule(implementation):
     assert rel_err(out, out_ref) < 1e-12 and rel_err(st.memory, s_ref) < 1e-12
 
 
-@pytest.mark.parametrize("semantics,momentum", [("exact", True), ("anchored", True),
-                                                ("anchored", False)])
-@pytest.mark.parametrize("split", (5, 40))
+@pytest.mark.parametrize("semantics,momentum,split", [
+    _maybe_slow(sem, mom, split, default=(sem, mom, split) in {("exact", True, 40),
+                                                               ("anchored", True, 5)})
+    for (sem, mom), split in itertools.product(
+        [("exact", True), ("anchored", True), ("anchored", False)], (5, 40))])
 def test_streaming_split_equals_one_call(semantics, momentum, split):
   """x[:, :T1] then x[:, T1:] with the carried state == x at once (chunks straddle the split)."""
   with jax.enable_x64(True):

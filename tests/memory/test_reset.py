@@ -63,8 +63,10 @@ def _run(mem, params, inputs, implementation):
   return out, state, grads
 
 
-CASES = [("matrix", dict(rule="dgd")), ("matrix", dict(rule="gd", momentum=True)),
-         ("matrix", dict(rule="dgd", semantics="anchored")), ("mlp", dict(rule="dgd", momentum=True))]
+CASES = [("matrix", dict(rule="dgd")),
+         pytest.param("matrix", dict(rule="gd", momentum=True), marks=pytest.mark.slow),
+         pytest.param("matrix", dict(rule="dgd", semantics="anchored"), marks=pytest.mark.slow),
+         ("mlp", dict(rule="dgd", momentum=True))]
 
 
 @pytest.mark.parametrize("kind,cfg", CASES)

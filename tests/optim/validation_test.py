@@ -29,7 +29,7 @@ CASES = [
     (lambda: optim.m3(0.1, denominator_guard="max"), "denominator_guard"),
     (lambda: optim.m3(0.1, alpha=-1.0), "alpha"),
     (lambda: optim.m3(0.1, ns_coeffs="nope"), "ns_coeffs"),
-    (lambda: optim.m3(0.1, implementation="pallas"), "implementation"),
+    (lambda: optim.m3(0.1, implementation="cuda"), "implementation"),
     (lambda: optim.m3(0.1, weight_decay=-1.0), "weight_decay"),
     (lambda: optim.scale_by_m3(f=2.5), "f"),
     (lambda: optim.m3(0.1, accumulator="sum", nesterov=True), "nesterov"),
