@@ -94,7 +94,7 @@ def run_one(model_name, language, args):
                        length=2 * args.max_len + 3)
     out[name] = res["accuracy"]
     by_len = collections.defaultdict(list)
-    for e, flags in zip(exs, res["per_example"]):
+    for e, flags in zip(exs, res["per_example"], strict=False):
       by_len[e.meta["length"]].append(flags[0])
     out[f"{name}_by_length"] = {int(k): float(np.mean(v)) for k, v in sorted(by_len.items())}
   return out

@@ -119,11 +119,11 @@ def main(argv=None):
        "", "seconds"], rows)
   experiment.plot_lines(
       os.path.join(path, "eval_loss.png"),
-      {f"{n} lr={b['lr']:g}": tuple(zip(*b["curves"]["eval"])) for n, b in best.items()},
+      {f"{n} lr={b['lr']:g}": tuple(zip(*b["curves"]["eval"], strict=False)) for n, b in best.items()},
       "step", "held-out loss (nats/byte)", f"{args.model} {args.preset}: best lr per optimizer")
   experiment.plot_lines(
       os.path.join(path, "train_loss.png"),
-      {f"{n} lr={b['lr']:g}": tuple(zip(*b["curves"]["train"])) for n, b in best.items()},
+      {f"{n} lr={b['lr']:g}": tuple(zip(*b["curves"]["train"], strict=False)) for n, b in best.items()},
       "step", "train loss (nats/byte)", f"{args.model} {args.preset}: best lr per optimizer")
   settings = {k: v for k, v in vars(args).items() if k != "out"}
   experiment.write(path, {"settings": settings, "runs": runs,

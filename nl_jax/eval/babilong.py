@@ -124,7 +124,7 @@ def make_example(config: BabilongConfig, rng: np.random.Generator) -> Example:
   if not hay.endswith(" "):
     cuts = cuts[:-1]  # the window may end mid-word; never glue a fact onto a word
   offsets = np.sort(rng.choice(cuts, size=len(facts), replace=True))
-  body, starts = text_lib.insert_at(hay, list(zip(offsets.tolist(), facts)))
+  body, starts = text_lib.insert_at(hay, list(zip(offsets.tolist(), facts, strict=False)))
   prompt = body + q_text
   ids = np.concatenate([encode(prompt), encode(" " + answer)]).astype(np.int32)
   meta = {"task": config.task, "facts": facts, "fact_starts": starts, "question": question,

@@ -91,9 +91,9 @@ def make_stream(config: ContinualConfig, rng: np.random.Generator) -> list[Examp
       code = "".join(_LETTERS[i] for i in rng.integers(0, 26, size=3))
       if code not in codes:
         codes.append(code)
-    dicts.append(dict(zip(words, codes)))
+    dicts.append(dict(zip(words, codes, strict=False)))
   stages = []
-  for lang, d in zip(langs, dicts):
+  for lang, d in zip(langs, dicts, strict=False):
     parts = []
     for _ in range(config.repeats):
       parts.extend(f"In {lang}, {w} is {d[w]}. " for w in rng.permutation(words))

@@ -178,7 +178,7 @@ def _negative(language, rng, lo, hi):
       d = int(rng.integers(1, n + 1))
       counts[i] += d
       counts[j] -= d
-      return "".join(ch * int(c) for ch, c in zip("abc", counts))
+      return "".join(ch * int(c) for ch, c in zip("abc", counts, strict=False))
     return _swap(rng, pos)
   if language == "shuffle_2":
     if kind == 0:

@@ -67,8 +67,8 @@ class MqarConfig:
 def make_example(config: MqarConfig, rng: np.random.Generator) -> Example:
   keys = rng.choice(len(KEY_TOKENS), size=config.num_pairs, replace=False)
   vals = rng.integers(0, len(VALUE_TOKENS), size=config.num_pairs)
-  mapping = {KEY_TOKENS[k]: VALUE_TOKENS[v] for k, v in zip(keys, vals)}
-  context = "".join(KEY_TOKENS[k] + VALUE_TOKENS[v] for k, v in zip(keys, vals))
+  mapping = {KEY_TOKENS[k]: VALUE_TOKENS[v] for k, v in zip(keys, vals, strict=False)}
+  context = "".join(KEY_TOKENS[k] + VALUE_TOKENS[v] for k, v in zip(keys, vals, strict=False))
   query_keys = [KEY_TOKENS[k] for k in rng.permutation(keys)[:config.num_queries]]
   queries = "".join(q + mapping[q] for q in query_keys)
   text = context + "." * config.gap + queries

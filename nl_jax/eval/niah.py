@@ -92,7 +92,7 @@ def make_example(config: NiahConfig, rng: np.random.Generator) -> Example:
   keys = [text_lib.KEY_WORDS[i] for i in key_ids]
   values = [_value(rng, kind) for _ in range(n)]
   query = int(rng.integers(0, n))
-  needles = [f"The special magic {kind} for {k} is {v}. " for k, v in zip(keys, values)]
+  needles = [f"The special magic {kind} for {k} is {v}. " for k, v in zip(keys, values, strict=False)]
   head = f"Remember the special magic {kind}s hidden in this text. "
   question = f" Question: what is the special magic {kind} for {keys[query]}? Answer:"
   answer = f" {values[query]}"
@@ -108,7 +108,7 @@ def make_example(config: NiahConfig, rng: np.random.Generator) -> Example:
   else:
     depths = rng.uniform(0.0, 1.0, size=n)
   offsets = [text_lib.snap_to_space(hay, int(round(d * hay_len))) for d in depths]
-  body, starts = text_lib.insert_at(hay, list(zip(offsets, needles)))
+  body, starts = text_lib.insert_at(hay, list(zip(offsets, needles, strict=False)))
   prompt = head + body + question
   ids = np.concatenate([encode(prompt), encode(answer)]).astype(np.int32)
   meta = {

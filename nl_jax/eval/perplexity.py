@@ -62,7 +62,7 @@ def bucket(nll_T: np.ndarray, first: int = 16) -> list[dict]:
     edges.append(edges[-1] * 2)
   edges[-1] = len(nll_T)
   rows = []
-  for lo, hi in zip(edges[:-1], edges[1:]):
+  for lo, hi in zip(edges[:-1], edges[1:], strict=False):
     if hi > lo:
       m = float(nll_T[lo:hi].mean())
       rows.append({"start": lo, "end": hi, "nll": m, "ppl": float(np.exp(m))})

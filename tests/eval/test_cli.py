@@ -18,8 +18,8 @@ import os
 
 import pytest
 
-from nl_jax.eval import runner, suite
 from nl_jax.eval import __main__ as cli
+from nl_jax.eval import runner, suite
 from nl_jax.eval.examples import score
 
 

@@ -34,7 +34,7 @@ def _decode(ids):
 
 def _same(a, b):
   assert len(a) == len(b)
-  for x, y in zip(a, b):
+  for x, y in zip(a, b, strict=False):
     np.testing.assert_array_equal(x.tokens, y.tokens)
     assert x.spans == y.spans
     assert x.meta == y.meta
@@ -50,7 +50,7 @@ def test_niah_lengths_needles_and_answer(task):
     assert len(ex.prompt) == 700
     text = _decode(ex.tokens)
     for start, needle, depth in zip(ex.meta["needle_starts"], ex.meta["needles"],
-                                    ex.meta["depths"]):
+                                    ex.meta["depths"], strict=False):
       assert text[start:start + len(needle)] == needle
       # Placed at its depth of the haystack, moved back at most to the previous word start.
       assert start <= 60 + depth * 700 + sum(len(n) for n in ex.meta["needles"])
@@ -85,7 +85,7 @@ def test_mqar_answers_follow_their_keys():
     text = _decode(ex.tokens)
     assert len(text) == cfg.length
     context = text[:2 * cfg.num_pairs]
-    pairs = dict(zip(context[0::2], context[1::2]))
+    pairs = dict(zip(context[0::2], context[1::2], strict=False))
     assert len(ex.spans) == 6
     for span in ex.spans:
       assert pairs[text[span.start - 1]] == text[span.start]
@@ -141,7 +141,7 @@ def test_babilong_facts_in_text_and_answer_recoverable(task):
     text = _decode(ex.tokens)
     starts = ex.meta["fact_starts"]
     assert starts == sorted(starts)
-    for fact, start in zip(ex.meta["facts"], starts):
+    for fact, start in zip(ex.meta["facts"], starts, strict=False):
       assert text[start:start + len(fact)] == fact
     # Replaying the facts in order answers the question (one or two supporting facts).
     where, holder, place = {}, {}, {}
@@ -170,7 +170,7 @@ def test_continual_stream_and_forgetting():
     text = _decode(ex.tokens)
     d = ex.meta["dictionary"]
     assert len(ex.spans) == 3
-    for span, word in zip(ex.spans, ex.meta["asked"]):
+    for span, word in zip(ex.spans, ex.meta["asked"], strict=False):
       assert text[span.start:span.end] == " " + d[word]
       assert f"In {ex.meta['language']}, {word} is {d[word]}. " in text[:ex.spans[0].start]
       assert span.group == f"s{ex.meta['stage']}/t{ex.meta['task']}"

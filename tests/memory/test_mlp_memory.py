@@ -103,7 +103,7 @@ def test_inner_gradient_matches_autodiff_of_the_inner_loss():
       g = jax.grad(inner)(w0)
       scale = 1.0 if step_mode == "sum" else 1.0 / c
       if rule == "gd":
-        want = jax.tree.map(lambda w, gv: w - scale * eta * gv, w0, g)
+        want = jax.tree.map(lambda w, gv, s=scale: w - s * eta * gv, w0, g)
       else:
         h = jax.nn.silu(w0.w2 @ k)
         c2 = eta / (1 + eta * k @ k)

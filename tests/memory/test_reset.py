@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nl_jax.memory import MatrixMemory, MemoryInputs, MLPMemory
+from nl_jax.memory import MatrixMemory, MLPMemory
 from tests.memory.helpers import assert_trees_close, random_inputs
 
 B, T, C = 2, 24, 4
