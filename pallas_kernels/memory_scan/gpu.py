@@ -30,8 +30,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
-from pallas_kernels.memory_scan import chunk_math, reference
-from pallas_kernels.memory_scan.config import MemoryScanConfig
+from pallas_kernels.memory_scan import chunk_math, reference, vjp
 
 S = reference.NUM_SCALARS
 
@@ -195,29 +194,8 @@ def _backward(k, v, q, sc, saved_states, dy, dm, ds, config):
       grid=(n, nv), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
       compiler_params=_params(config), interpret=config.interpret,
       name="memory_scan_bwd")(*args)
-  dk_p, dv_, dq_p, dsc_p, dm0 = outs[:5]
-  ds0 = outs[5] if momentum else None
-  return (jnp.sum(dk_p, axis=1)[:, :t].astype(k.dtype), dv_[:, :t].astype(v.dtype),
-          jnp.sum(dq_p, axis=1)[:, :t].astype(q.dtype),
-          jnp.sum(dsc_p, axis=1)[:, :t].astype(sc.dtype), dm0, ds0)
+  return vjp.reduce_backward_outputs(outs, momentum, t, k, v, q, sc)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def scan_core(k_NxTxK, v_NxTxV, q_NxTxK, sc_NxTxS, m0_NxVxK, s0_NxVxK, config: MemoryScanConfig):
-  """Kernel version of `reference.reference_core` (same arguments, config last)."""
-  out, _ = _forward(k_NxTxK, v_NxTxV, q_NxTxK, sc_NxTxS, m0_NxVxK, s0_NxVxK, config, False)
-  return out
-
-
-def _scan_fwd(k, v, q, sc, m0, s0, config):
-  out, saved = _forward(k, v, q, sc, m0, s0, config, True)
-  return out, (k, v, q, sc, saved)
-
-
-def _scan_bwd(config, res, cts):
-  k, v, q, sc, saved = res
-  dy, dm, ds = cts
-  return _backward(k, v, q, sc, saved, dy, dm, ds, config)
-
-
-scan_core.defvjp(_scan_fwd, _scan_bwd)
+# Kernel version of `reference.reference_core` (same arguments, config last).
+scan_core = vjp.make_scan_core(_forward, _backward)
