@@ -79,6 +79,7 @@ def main():
   parser.add_argument("--lengths", default=None, help="comma-separated T values")
   parser.add_argument("--chunk", type=int, default=64)
   parser.add_argument("--momentum", action="store_true")
+  parser.add_argument("--memories", default="matrix,mlp", help="comma-separated: matrix, mlp")
   args = parser.parse_args()
   if args.quick:
     b, h, d, lengths, hidden = 2, 2, 16, [128, 256], 32
@@ -100,6 +101,8 @@ def main():
                                      semantics="anchored", chunk_size=args.chunk,
                                      momentum=args.momentum)),
   ]
+  wanted = set(args.memories.split(","))
+  configs = [(name, mem) for name, mem in configs if name.split()[0] in wanted]
   for name, mem in configs:
     params = (mem.init_params(key, head_shape=(h,), scale=0.1) if isinstance(mem, MatrixMemory)
               else mem.init_params(key, head_shape=(h,)))

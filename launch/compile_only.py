@@ -38,6 +38,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.
                                           lock_config=True)
 _TOPOLOGY = flags.DEFINE_string(
     "topology", "cpu:8", "cpu:<n devices> or a TPU topology '<chip>:<AxBxC>' (e.g. v5p:2x2x2).")
+_PEAK_TFLOPS = flags.DEFINE_float(
+    "peak_tflops", 0.0, "Peak dense TFLOP/s of one device; with --mfu, prints an estimated "
+    "tokens/s per device (XLA's flop count / (peak * mfu)). 0: no estimate.")
+_MFU = flags.DEFINE_float("mfu", 0.4, "Assumed model-flops utilisation for the estimate.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -64,6 +68,22 @@ def _devices(topology: str):
 
 def _mib(n) -> str:
   return f"{n / 2**20:,.1f} MiB"
+
+
+def _print_flops(compiled, tokens_per_device: float) -> None:
+  """XLA's flop count of the step and, given a peak, the tokens/s it implies (an estimate)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  if not flops:
+    print("flops: not reported by this backend")
+    return
+  print(f"  flops per device per step {flops:.4g}; per token {flops / tokens_per_device:.4g}")
+  if _PEAK_TFLOPS.value > 0:
+    rate = _PEAK_TFLOPS.value * 1e12 * _MFU.value / (flops / tokens_per_device)
+    print(f"  estimated tokens/s per device at {_MFU.value:.0%} of {_PEAK_TFLOPS.value:g} "
+          f"TFLOP/s: {rate:,.0f} (an estimate from the flop count, not a measurement)")
 
 
 def main(argv):
@@ -95,6 +115,7 @@ def main(argv):
   print(f"model {config.model_name}: {setup.num_params:,} parameters; mesh "
         f"{dict(setup.mesh.shape)} on {len(devices)} x {devices[0].device_kind}; batch "
         f"{shape[0]} x {shape[1]}")
+  _print_flops(compiled, shape[0] * shape[1] / len(devices))
   mem = compiled.memory_analysis()
   if mem is None:
     print("memory analysis: not available for this backend")

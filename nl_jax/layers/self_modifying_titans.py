@@ -53,6 +53,11 @@ Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConf
 * read_at (eqs. 83 / 90 / Titans): ``pre`` (default, eq. 83/94: o_t = M_{out,t-1}(q_t)),
   ``post`` (Titans: the state after token t's write) or ``anchor`` (eq. 90: the state at
   the end of the previous chunk).
+* static projections (Table 6's "static k" / "static v" ablations): ``static_projections``
+  names projections that skip their memory, k_t = l2norm(xk_t) or v_t = xv_t (the static
+  input projection, conv and SiLU stay). The skipped memory keeps its place in the state and
+  still writes (so state shapes and checkpoints do not depend on the option) but nothing
+  reads it, and its initial weights get no gradient.
 * Two chunk sizes (9.9): ``chunk_size`` for the output memory, ``proj_chunk_size`` for the
   k, v, (q,) eta and alpha memories.
 
@@ -110,6 +115,7 @@ class SelfModifyingTitansConfig:
     momentum: Titans-style momentum in every memory.
     mu_max: momentum decay bound (mu in [0, mu_max]).
     adaptive_q: q is a fast memory too.
+    static_projections: subset of ("k", "v") computed without their memory (ablation).
     chunk_size: chunk of the output memory.
     proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
     read_at: pre | post | anchor (output memory read).
@@ -134,6 +140,7 @@ class SelfModifyingTitansConfig:
   momentum: bool = False
   mu_max: float = 0.9
   adaptive_q: bool = False
+  static_projections: tuple[str, ...] = ()
   chunk_size: int = 16
   proj_chunk_size: int = 16
   read_at: str = "pre"
@@ -163,6 +170,11 @@ class SelfModifyingTitansConfig:
     for f, allowed in choices.items():
       if getattr(self, f) not in allowed:
         raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
+    object.__setattr__(self, "static_projections", tuple(self.static_projections))
+    bad = [p for p in self.static_projections if p not in ("k", "v")]
+    if bad:
+      raise ValueError(f"{name}.static_projections={self.static_projections!r}: entries must be "
+                       "'k' or 'v' (a static q is adaptive_q=False)")
     if not self.eta_max > 0:
       raise ValueError(f"{name}.eta_max must be > 0, got {self.eta_max}")
     if not 0.0 <= self.alpha_min <= 1.0:
@@ -300,8 +312,8 @@ def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
   act = ACTIVATIONS[cfg.activation]
   xs = [xk, xv] + ([xq] if cfg.adaptive_q else [])
   y = _apply(proj_anchor, jnp.stack(xs, axis=-4), act, True)
-  k = _l2norm(y[..., 0, :, :, :])
-  v = y[..., 1, :, :, :]
+  k = _l2norm(xk if "k" in cfg.static_projections else y[..., 0, :, :, :])
+  v = xv if "v" in cfg.static_projections else y[..., 1, :, :, :]
   q = _l2norm(y[..., 2, :, :, :] if cfg.adaptive_q else xq)
   logits = _apply(gate_anchor, jnp.stack([xk, xk], axis=-4), act, False)[..., 0]
   eta, alpha = _gates(cfg, logits, params.gate_bias)

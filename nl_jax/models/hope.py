@@ -74,9 +74,12 @@ class _CMSFields(LMConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    object.__setattr__(self, "cms_chunk_sizes", tuple(self.cms_chunk_sizes))
+    # A single level may be given as a scalar (command-line overrides such as
+    # "cms_chunk_sizes=16").
+    as_tuple = lambda v: (v,) if isinstance(v, (int, float)) else tuple(v)  # noqa: E731
+    object.__setattr__(self, "cms_chunk_sizes", as_tuple(self.cms_chunk_sizes))
     if self.cms_learning_rates is not None:
-      object.__setattr__(self, "cms_learning_rates", tuple(self.cms_learning_rates))
+      object.__setattr__(self, "cms_learning_rates", as_tuple(self.cms_learning_rates))
     self.cms_config()  # validates the CMS fields (ValueError naming the field)
 
   def cms_config(self) -> CMSConfig:
@@ -112,6 +115,7 @@ class HopeConfig(_CMSFields):
     inner_rule: dgd | paper_l2 | gd.
     momentum: inner momentum.
     adaptive_q: q is a fast memory.
+    static_projections: projections without their memory, subset of ("k", "v") (ablation).
     read_at: pre | post | anchor.
     memory_hidden: hidden width of the vector memories (None: head_dim).
     eta_max, alpha_min, mu_max: gate ranges.
@@ -141,6 +145,7 @@ class HopeConfig(_CMSFields):
   inner_rule: str = "dgd"
   momentum: bool = False
   adaptive_q: bool = False
+  static_projections: tuple[str, ...] = ()
   read_at: str = "pre"
   memory_hidden: int | None = None
   eta_max: float = 1.0
@@ -152,6 +157,7 @@ class HopeConfig(_CMSFields):
 
   def __post_init__(self):
     super().__post_init__()
+    object.__setattr__(self, "static_projections", tuple(self.static_projections))
     self.smt_config()
 
   def smt_config(self) -> SelfModifyingTitansConfig:
@@ -159,7 +165,8 @@ class HopeConfig(_CMSFields):
       return SelfModifyingTitansConfig(
           d_model=self.d_model, n_heads=self.n_heads, head_dim=self.head_dim,
           memory_hidden=self.memory_hidden, rule=self.inner_rule, momentum=self.momentum,
-          mu_max=self.mu_max, adaptive_q=self.adaptive_q, chunk_size=self.smt_chunk_size,
+          mu_max=self.mu_max, adaptive_q=self.adaptive_q,
+          static_projections=self.static_projections, chunk_size=self.smt_chunk_size,
           proj_chunk_size=self.smt_proj_chunk_size, read_at=self.read_at,
           eta_max=self.eta_max, alpha_min=self.alpha_min,
           stop_target_grad=self.stop_target_grad, conv_width=self.conv_width,

@@ -118,6 +118,13 @@ def test_bad_inputs():
     registry.model_config("hope", "tiny", inner_rule="hebbian")
   with pytest.raises(ValueError, match="cms_objective"):
     registry.model_config("hope_attention", "tiny", cms_objective="next_token")
+  # One level may be given as a scalar (command-line overrides); static k / v are options.
+  cfg = registry.model_config("hope", "tiny", cms_chunk_sizes=16, cms_learning_rates=0.0,
+                              static_projections=["k"])
+  assert cfg.cms_chunk_sizes == (16,) and cfg.cms_learning_rates == (0.0,)
+  assert cfg.smt_config().static_projections == ("k",)
+  with pytest.raises(ValueError, match="static_projections"):
+    registry.model_config("hope", "tiny", static_projections=("q",))
 
 
 @pytest.mark.slow

@@ -121,3 +121,21 @@ def test_bad_config_raises():
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, proj_chunk_size=0)
   with pytest.raises(ValueError, match="read_at"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, read_at="later")
+  with pytest.raises(ValueError, match="static_projections"):
+    SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, static_projections=("q",))
+
+
+def test_static_projections_chunked_equals_sequential_and_skip_memory():
+  """Static k and v: chunked == sequential, and the k / v memories no longer matter."""
+  with jax.enable_x64(True):
+    cfg, params, inp = _setup(3, static_projections=("k", "v"), chunk_size=4,
+                              proj_chunk_size=2)
+    state = init_memory_state(cfg, params, 2)
+    o = _compare(cfg, params, inp, state)
+    # k_t = l2norm(xk_t), v_t = xv_t: scaling the k/v memories' initial weights changes nothing.
+    scaled = params._replace(proj_init=jax.tree.map(lambda w: 3.0 * w, params.proj_init))
+    o2, _, _ = memory_scan(cfg, scaled, init_memory_state(cfg, scaled, 2), inp, "chunked")
+    np.testing.assert_allclose(o, o2, rtol=1e-12, atol=1e-12)
+    dyn_cfg, _, _ = _setup(3, chunk_size=4, proj_chunk_size=2)
+    o3, _, _ = memory_scan(dyn_cfg, params, state, inp, "chunked")
+    assert float(jnp.max(jnp.abs(o3 - o))) > 1e-3
