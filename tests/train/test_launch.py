@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -126,3 +127,18 @@ def test_hope_tiny_default_config_trains(tmp_path, compile_cache):
   assert all(np.isfinite(row["loss"]) for row in train)
   assert any(k.startswith("aux/block_0/cms/") for k in train[-1])  # per-level memory stats
   assert "done: step 6" in proc.stderr
+
+
+def test_compile_only_reports_memory_and_flops(compile_cache):
+  """launch/compile_only.py on 8 simulated devices: per-device memory, flops, the estimate."""
+  env = subprocess_env(compile_cache, devices=8)
+  proc = run([sys.executable, str(ROOT / "launch" / "compile_only.py"), f"--config={CONFIG}",
+              "--topology=cpu:8", "--config.model.n_layers=1", "--peak_tflops=1"], env)
+  out = proc.stdout
+  assert "mesh {'data': 8" in out and "8 x cpu" in out, out
+  assert "temp_size" in out and "peak (args+out-alias+temp)" in out, out
+  assert "flops per device per step" in out and "estimated tokens/s per device" in out, out
+  bad = subprocess.run([sys.executable, str(ROOT / "launch" / "compile_only.py"),
+                        f"--config={CONFIG}", "--topology=cpu:64"], env=env, cwd=str(ROOT),
+                       capture_output=True, text=True, timeout=120, check=False)
+  assert bad.returncode != 0 and "cpu:64" in bad.stderr
