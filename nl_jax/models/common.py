@@ -54,6 +54,8 @@ the model chunk by chunk) can reuse ``CausalLM.prepare`` (validation + context) 
 tests differentiate ``forward_embedded`` w.r.t. the embeddings to check causality.
 """
 
+import contextlib
+import contextvars
 import dataclasses
 from typing import Any, ClassVar, NamedTuple
 
@@ -67,6 +69,31 @@ from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import RMSNorm
 
 DTYPES = ("float32", "bfloat16")
+
+# Sharding of the [B, T, D] residual stream while a train / eval step is traced (None: leave
+# it to XLA). Without it the SPMD partitioner may pick a replicated batch for activations
+# when parameters are FSDP-sharded (see activation_sharding).
+_ACTIVATION_SHARDING = contextvars.ContextVar("nl_jax_activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(sharding):
+  """Constrains the residual stream (embeddings and every block output) to ``sharding``.
+
+  Used by nl_jax.train around the model call (batch over ("data", "fsdp"), like MaxText's
+  activation rules), so every block's activations stay split over the batch axes whatever the
+  parameter sharding. ``None`` leaves the choice to XLA.
+  """
+  token = _ACTIVATION_SHARDING.set(sharding)
+  try:
+    yield
+  finally:
+    _ACTIVATION_SHARDING.reset(token)
+
+
+def _constrain(x_BxTxD):
+  sharding = _ACTIVATION_SHARDING.get()
+  return x_BxTxD if sharding is None else jax.lax.with_sharding_constraint(x_BxTxD, sharding)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -372,13 +399,14 @@ class CausalLM(nnx.Module):
     """
     new_state = {}
     aux = {}
-    x = x_BxTxD
+    x = _constrain(x_BxTxD)
     for i, block in enumerate(self.blocks):
       block_state = memory_state.get(f"block_{i}", {}) if self.stateful else {}
       fn = lambda blk, x, s, c: blk(x, s, c)  # noqa: E731
       if self.config.remat:
         fn = nnx.remat(fn)
       x, block_state, block_aux = fn(block, x, block_state, ctx)
+      x = _constrain(x)
       if self.stateful:
         new_state[f"block_{i}"] = block_state
       for k, v in block_aux.items():

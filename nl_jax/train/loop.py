@@ -45,6 +45,7 @@ from absl import logging
 from flax import nnx
 
 from nl_jax import data as data_lib
+from nl_jax.models import common as model_common
 from nl_jax.train import checkpoint as ckpt_lib
 from nl_jax.train import config as config_lib
 from nl_jax.train import mesh as mesh_lib
@@ -140,13 +141,15 @@ def make_train_step(setup: Setup):
   """The jitted ``(params, train_state, batch, rest) -> (params, train_state, metrics)``."""
   graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
   memory_sh = setup.memory_sh
+  act_sh = mesh_lib.activation_sharding(setup.mesh)
   use_layer_inputs = optimizers.needs_layer_inputs(setup.config.optimizer)
 
   def forward(params, rest, batch):
     model = nnx.merge(graphdef, params, rest)
     memory = model.init_memory(batch["inputs"].shape[0])
     memory = jax.lax.with_sharding_constraint(memory, memory_sh)
-    logits, _, aux = model(batch["inputs"], memory, **_model_kwargs(batch))
+    with model_common.activation_sharding(act_sh):
+      logits, _, aux = model(batch["inputs"], memory, **_model_kwargs(batch))
     total, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
     return total / jnp.maximum(count, 1.0), (aux, count)
 
@@ -202,12 +205,14 @@ def make_train_step(setup: Setup):
 def make_eval_step(setup: Setup):
   """The jitted ``(params, batch, rest) -> (loss sum, token count)``."""
   graphdef, memory_sh = setup.graphdef, setup.memory_sh
+  act_sh = mesh_lib.activation_sharding(setup.mesh)
 
   def eval_fn(params, batch, rest):
     model = nnx.merge(graphdef, params, rest)
     memory = model.init_memory(batch["inputs"].shape[0])
     memory = jax.lax.with_sharding_constraint(memory, memory_sh)
-    logits, _, _ = model(batch["inputs"], memory, **_model_kwargs(batch))
+    with model_common.activation_sharding(act_sh):
+      logits, _, _ = model(batch["inputs"], memory, **_model_kwargs(batch))
     return masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
   batch_sh = {k: setup.batch_sh for k in data_lib.BATCH_KEYS}

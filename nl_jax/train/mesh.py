@@ -162,6 +162,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, None))
 
 
+def activation_sharding(mesh: Mesh) -> NamedSharding:
+  """[B, T, D] activations (the residual stream) split over the batch axes like the batch."""
+  return NamedSharding(mesh, P(BATCH_AXES, None, None))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
