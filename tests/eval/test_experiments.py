@@ -84,7 +84,9 @@ def test_ablations_shrunk(tmp_path):
   assert out["w/o CMS"]["overrides"]["cms_learning_rates"] == (0.0,)
   assert out["hope"]["overrides"]["momentum"] is True
   _, table = _outputs(str(tmp_path), ["train_loss.png"])
-  assert "not testable here" in table and "| w/o DGD | not run |" in table
+  assert "| w/o DGD | not run |" in table and "| static k | not run |" in table
+  script = _script("ablations")
+  assert script.row_overrides("static v", {}, "tiny") == {"static_projections": ("v",)}
 
 
 @pytest.mark.slow
