@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 
 from nl_jax.layers import cms_ntp
-from nl_jax.models.common import SequenceContext, advance_stream
+from nl_jax.models.common import SequenceContext, advance_stream, constrain_activations
 
 
 def _segment_ce(logits_BxSxV, targets_BxS, mask_BxS):
@@ -139,11 +139,11 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
     weights = tuple(st.weights for st in cms_states)
 
     def seg_loss(weights):
-      x = seg["x"]
+      x = constrain_activations(seg["x"])
       mixer_states, new_kv, aux = [], [], {}
       for i, blk in enumerate(blocks):
         x, m_state, kv_i, m_aux = _mixer(blk, x, states[i], kv[i], seg, segment_ids_BxT)
-        x = cms_ntp.apply_levels(cms_cfg, cms_params[i], weights[i], x)
+        x = constrain_activations(cms_ntp.apply_levels(cms_cfg, cms_params[i], weights[i], x))
         mixer_states.append(m_state)
         new_kv.append(kv_i)
         aux.update({f"block_{i}/{k}": v for k, v in m_aux.items()})

@@ -91,7 +91,8 @@ def activation_sharding(sharding):
     _ACTIVATION_SHARDING.reset(token)
 
 
-def _constrain(x_BxTxD):
+def constrain_activations(x_BxTxD):
+  """x under the sharding set by ``activation_sharding`` (unchanged when none is set)."""
   sharding = _ACTIVATION_SHARDING.get()
   return x_BxTxD if sharding is None else jax.lax.with_sharding_constraint(x_BxTxD, sharding)
 
@@ -399,14 +400,14 @@ class CausalLM(nnx.Module):
     """
     new_state = {}
     aux = {}
-    x = _constrain(x_BxTxD)
+    x = constrain_activations(x_BxTxD)
     for i, block in enumerate(self.blocks):
       block_state = memory_state.get(f"block_{i}", {}) if self.stateful else {}
       fn = lambda blk, x, s, c: blk(x, s, c)  # noqa: E731
       if self.config.remat:
         fn = nnx.remat(fn)
       x, block_state, block_aux = fn(block, x, block_state, ctx)
-      x = _constrain(x)
+      x = constrain_activations(x)
       if self.stateful:
         new_state[f"block_{i}"] = block_state
       for k, v in block_aux.items():
