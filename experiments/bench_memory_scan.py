@@ -14,9 +14,9 @@
 """Sequential vs chunk-parallel memory scans on this machine: time and peak memory.
 
 Prints one table: forward and forward+backward wall time (median of --repeats, after a
-compile-and-warm-up call), the compiled program's temporary buffer size (XLA's
-``memory_analysis``, the peak scratch memory of the program), and the sequential/chunked
-ratios, for the matrix memory (B=8, H=4, d_k=d_v=128) and the MLP memory (anchored).
+compile-and-warm-up call; the four programs of a row are timed round-robin), the compiled
+program's temporary buffer size (XLA's ``memory_analysis``, the peak scratch memory of the
+program), and the sequential/chunked ratios, for the matrix memory (B=8, H=4, d_k=d_v=128) and the MLP memory (anchored).
 
     python experiments/bench_memory_scan.py                 # full table (several minutes)
     python experiments/bench_memory_scan.py --quick         # tiny shapes, a few seconds
@@ -44,20 +44,31 @@ def make_inputs(key, b, h, t, d, momentum):
       momentum=jax.random.uniform(ks[5], shape, maxval=0.9) if momentum else None)
 
 
-def bench(fn, args, repeats):
+def compile_program(fn, args):
+  """Compiles fn, runs it once (warm-up), returns (compiled, temporary bytes)."""
   compiled = jax.jit(fn).lower(*args).compile()
   mem = compiled.memory_analysis()
   temp = getattr(mem, "temp_size_in_bytes", float("nan")) if mem is not None else float("nan")
   jax.block_until_ready(compiled(*args))
-  times = []
+  return compiled, temp
+
+
+def time_interleaved(programs, args, repeats):
+  """Median wall time of each program, timed round-robin.
+
+  Alternating the programs run by run (instead of all repeats of one, then the next) puts
+  any drift in the machine's speed on every program alike, so the ratios are fair.
+  """
+  times = [[] for _ in programs]
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), temp
+    for i, prog in enumerate(programs):
+      t0 = time.perf_counter()
+      jax.block_until_ready(prog(*args))
+      times[i].append(time.perf_counter() - t0)
+  return [statistics.median(t) for t in times]
 
 
-def run(mem, params, inputs, impl, repeats):
+def programs(mem, inputs, impl):
   batch = inputs.keys.shape[:-2]
 
   def fwd(params, inputs):
@@ -67,12 +78,23 @@ def run(mem, params, inputs, impl, repeats):
   def fwd_bwd(params, inputs):
     return jax.grad(lambda p, x: jnp.sum(fwd(p, x) ** 2), argnums=(0, 1))(params, inputs)
 
-  tf, mf = bench(fwd, (params, inputs), repeats)
-  tb, mb = bench(fwd_bwd, (params, inputs), repeats)
-  return tf, tb, mf, mb
+  return fwd, fwd_bwd
 
 
-def main():
+def run(mem, params, inputs, repeats):
+  """(seq fwd, chunked fwd, seq f+b, chunked f+b) times and the two f+b temp sizes."""
+  args = (params, inputs)
+  compiled = {}
+  for impl in ("sequential", "chunked"):
+    fwd, fwd_bwd = programs(mem, inputs, impl)
+    compiled[impl] = (compile_program(fwd, args), compile_program(fwd_bwd, args))
+  order = [compiled["sequential"][0][0], compiled["chunked"][0][0],
+           compiled["sequential"][1][0], compiled["chunked"][1][0]]
+  times = time_interleaved(order, args, repeats)
+  return times, compiled["sequential"][1][1], compiled["chunked"][1][1]
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny shapes (smoke run)")
   parser.add_argument("--repeats", type=int, default=3)
@@ -80,7 +102,7 @@ def main():
   parser.add_argument("--chunk", type=int, default=64)
   parser.add_argument("--momentum", action="store_true")
   parser.add_argument("--memories", default="matrix,mlp", help="comma-separated: matrix, mlp")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   if args.quick:
     b, h, d, lengths, hidden = 2, 2, 16, [128, 256], 32
   else:
@@ -103,16 +125,19 @@ def main():
   ]
   wanted = set(args.memories.split(","))
   configs = [(name, mem) for name, mem in configs if name.split()[0] in wanted]
+  rows = []
   for name, mem in configs:
     params = (mem.init_params(key, head_shape=(h,), scale=0.1) if isinstance(mem, MatrixMemory)
               else mem.init_params(key, head_shape=(h,)))
     for t in lengths:
       inputs = make_inputs(jax.random.fold_in(key, t), b, h, t, d, args.momentum)
-      sf, sb, smf, smb = run(mem, params, inputs, "sequential", args.repeats)
-      cf, cb, cmf, cmb = run(mem, params, inputs, "chunked", args.repeats)
+      (sf, cf, sb, cb), smb, cmb = run(mem, params, inputs, args.repeats)
       print(f"{name:<22}{t:>6}{sf:>11.3f}{cf:>11.3f}{sf / cf:>7.2f}{sb:>11.3f}{cb:>11.3f}"
             f"{sb / cb:>7.2f}{smb / 2**20:>9.1f}{cmb / 2**20:>9.1f}", flush=True)
+      rows.append(dict(memory=name, t=t, fwd_x=sf / cf, fb_x=sb / cb, seq_mib=smb / 2**20,
+                       chunked_mib=cmb / 2**20))
   print("x = sequential time / chunked time; MiB = temporary memory of the f+b program")
+  return rows
 
 
 if __name__ == "__main__":

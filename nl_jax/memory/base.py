@@ -75,6 +75,8 @@ class FastLevel:
       state and the queries through the reads, but keys, values and gates get no gradient
       from the memory, and the state is a straight-through chain.
     remat: jax.checkpoint each chunk so backward memory grows with the number of chunks.
+      (The matrix memory's exact path without momentum has a hand-written backward that
+      saves each chunk's start state and solve, O(T) in all, and does not use this flag.)
     implementation: chunked (closed-form chunks, the default where one exists),
       sequential (token loop, the executable spec) or auto (chunked for T >= C).
   """
@@ -304,6 +306,8 @@ class FastLevel:
     length = n * c
 
     def pad(x, fill):
+      if not aligned and length == t:
+        return x  # whole chunks and no offset: nothing to pad (and no copy of the inputs)
       base = jnp.full((length,) + x.shape[1:], fill, x.dtype)
       return jax.lax.dynamic_update_slice_in_dim(base, x, offset, axis=0)
 
@@ -320,6 +324,18 @@ class FastLevel:
       padded["log_mu"] = gates.safe_log_gate(padded["mu"])
     chunks = jax.tree.map(lambda x: x.reshape((n, c) + x.shape[1:]), padded)
 
+    carry, outs = self._run_chunks(carry, chunks, fresh)
+    if outs is None:
+      return None, carry
+    outs = outs.reshape((length,) + outs.shape[2:])
+    if not aligned and length == t:
+      return outs, carry
+    return jax.lax.dynamic_slice_in_dim(outs, offset, t, axis=0), carry
+
+  def _run_chunks(self, carry, chunks, fresh):
+    """Scans _chunk over the stacked chunks; returns (carry, outputs [N, C, ...] or None)."""
+    anchored = self.semantics == "anchored"
+
     def body(carry, ch):
       if fresh is not None:
         carry = self._apply_reset(ch["reset"][0], carry, fresh)
@@ -331,8 +347,4 @@ class FastLevel:
       return (memory, momentum, anchor), out
 
     body_fn = jax.checkpoint(body) if self.remat else body
-    carry, outs = jax.lax.scan(body_fn, carry, chunks)
-    if outs is None:
-      return None, carry
-    outs = outs.reshape((length,) + outs.shape[2:])
-    return jax.lax.dynamic_slice_in_dim(outs, offset, t, axis=0), carry
+    return jax.lax.scan(body_fn, carry, chunks)

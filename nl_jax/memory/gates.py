@@ -82,7 +82,11 @@ def segment_log_products(log_gate_C: jax.Array) -> tuple[jax.Array, jax.Array]:
   lower = idx[:, None] >= idx[None, :]
   # Summing only the terms inside each segment (instead of differencing one cumulative sum)
   # keeps every entry exact to rounding even when the cumulative sum is very negative.
-  seg_CxC = jnp.cumsum(jnp.where(strictly_below, log_gate_C[:, None], 0.0), axis=0)
+  # The cumulative sum down the columns is a product with the lower-triangular ones matrix: one
+  # C x C x C matmul, where XLA:CPU lowers cumsum to an O(C^3) scalar reduce-window.
+  masked_CxC = jnp.where(strictly_below, log_gate_C[:, None], 0.0)
+  seg_CxC = jnp.matmul(lower.astype(log_gate_C.dtype), masked_CxC,
+                       precision=jax.lax.Precision.HIGHEST)
   decay_CxC = jnp.where(lower, jnp.exp(jnp.where(lower, seg_CxC, 0.0)), 0.0)
   prefix_C = jnp.exp(jnp.cumsum(log_gate_C))
   return decay_CxC, prefix_C

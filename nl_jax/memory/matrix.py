@@ -31,6 +31,11 @@ exact semantics it equals the recurrence for every chunk size, reads at every to
 included. With alpha = 1 the dgd rule is DeltaNet's delta rule with
 beta_t = eta_t / (1 + eta_t ||k_t||^2); with retention_order='before' the gd rule is
 Gated DeltaNet, S <- alpha S (I - eta k k^T) + eta v k^T.
+
+Exact semantics without momentum (reads 'post' or 'pre', not first-order) is, for every rule,
+a gated delta rule; its chunked path is gated_delta_scan, whose backward pass is written by
+hand (saved chunk-start states and per-chunk solves instead of a rematerialised autodiff
+of the chunk). The other configurations run the generic closed-form chunks under autodiff.
 """
 
 import dataclasses
@@ -39,7 +44,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nl_jax.memory import chunk_ops
+from nl_jax.memory import chunk_ops, gated_delta_scan
 from nl_jax.memory.base import FastLevel, sg, straight_through
 
 
@@ -50,9 +55,17 @@ class MatrixMemoryParams(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MatrixMemory(FastLevel):
-  """A matrix fast weight; see the module docstring and FastLevel for the options."""
+  """A matrix fast weight; see the module docstring and FastLevel for the options.
+
+  Attributes:
+    key_dim, value_dim: d_k and d_v of M [d_v, d_k].
+    custom_backward: where it applies (exact, no momentum), run the chunked path as a custom
+      VJP with a hand-written backward (faster). It supports reverse mode only: set False for
+      forward-mode autodiff (jax.jvp, jax.jacfwd, Hessians) through the memory.
+  """
   key_dim: int
   value_dim: int
+  custom_backward: bool = True
 
   @property
   def d_in(self) -> int:
@@ -82,6 +95,24 @@ class MatrixMemory(FastLevel):
   @property
   def _erases(self) -> bool:
     return self.rule in ("dgd", "paper_l2")
+
+  @property
+  def _hand_written_backward(self) -> bool:
+    """Exact semantics without momentum is a gated delta rule: gated_delta_scan applies."""
+    return (self.custom_backward and self.semantics == "exact" and not self.momentum
+            and not self.first_order and self.read_at in ("post", "pre"))
+
+  def _run_chunks(self, carry, chunks, fresh):
+    if not self._hand_written_backward:
+      return super()._run_chunks(carry, chunks, fresh)
+    m0, _, anchor = carry
+    e = chunks["lr"] * chunks["g"] + (chunks["erase"] if self._erases else 0.0)
+    reset = None if fresh is None else chunks["reset"][:, 0]
+    out, m_end = gated_delta_scan.chunked_gated_delta(
+        m0, chunks["k"], chunks["v"], chunks.get("q"), chunks["lr"], e, chunks["log_a"],
+        read_pre=self.read_at == "pre", reset_N=reset,
+        fresh_VxK=None if fresh is None else fresh[0])
+    return (m_end, None, anchor), out
 
   def _chunk(self, carry, ch):
     m0, s0, anchor = carry
