@@ -16,7 +16,8 @@
 Prints one table: forward and forward+backward wall time (median of --repeats, after a
 compile-and-warm-up call; the four programs of a row are timed round-robin), the compiled
 program's temporary buffer size (XLA's ``memory_analysis``, the peak scratch memory of the
-program), and the sequential/chunked ratios, for the matrix memory (B=8, H=4, d_k=d_v=128) and the MLP memory (anchored).
+program), and the sequential/chunked ratios, for the matrix memory (B=8, H=4, d_k=d_v=128)
+and the MLP memory (anchored).
 
     python experiments/bench_memory_scan.py                 # full table (several minutes)
     python experiments/bench_memory_scan.py --quick         # tiny shapes, a few seconds

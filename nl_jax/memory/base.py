@@ -304,9 +304,10 @@ class FastLevel:
     offset = position % c if aligned else 0
     n = math.ceil((t + (c - 1 if aligned else 0)) / c)
     length = n * c
+    unpadded = not aligned and length == t
 
     def pad(x, fill):
-      if not aligned and length == t:
+      if unpadded:
         return x  # whole chunks and no offset: nothing to pad (and no copy of the inputs)
       base = jnp.full((length,) + x.shape[1:], fill, x.dtype)
       return jax.lax.dynamic_update_slice_in_dim(base, x, offset, axis=0)
@@ -328,7 +329,7 @@ class FastLevel:
     if outs is None:
       return None, carry
     outs = outs.reshape((length,) + outs.shape[2:])
-    if not aligned and length == t:
+    if unpadded:
       return outs, carry
     return jax.lax.dynamic_slice_in_dim(outs, offset, t, axis=0), carry
 

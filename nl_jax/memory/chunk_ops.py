@@ -52,7 +52,7 @@ class ChunkKernels(NamedTuple):
   pi_last: jax.Array | None
 
 
-def _shift_rows(x: jax.Array, first) -> jax.Array:
+def shift_rows(x: jax.Array, first) -> jax.Array:
   """Row i of the result is row i-1 of x (the state *before* token i); row 0 is first."""
   head = jnp.full_like(x[:1], first)
   return jnp.concatenate([head, x[:-1]], axis=0)
@@ -75,9 +75,9 @@ def _state_reads(kern: ChunkKernels, m0: jax.Array, s0: jax.Array | None, keys_C
   """Computes M_i x_i (after token i) or M_{i-1} x_i (before) for every i."""
   kw, ke, gamma, rho = kern.kw_CxC, kern.ke_CxC, kern.gamma_C, kern.rho_C
   if before:
-    kw, ke = _shift_rows(kw, 0.0), _shift_rows(ke, 0.0)
-    gamma = _shift_rows(gamma, 1.0)
-    rho = None if rho is None else _shift_rows(rho, 0.0)
+    kw, ke = shift_rows(kw, 0.0), shift_rows(ke, 0.0)
+    gamma = shift_rows(gamma, 1.0)
+    rho = None if rho is None else shift_rows(rho, 0.0)
   gram_CxC = x_CxK @ keys_CxK.T
   out = gamma[:, None] * (x_CxK @ m0.T) + (kw * gram_CxC) @ w_CxV - (ke * gram_CxC) @ bp_CxV
   if rho is not None:
@@ -132,13 +132,13 @@ def solve_chunk(kern: ChunkKernels, m0: jax.Array, s0: jax.Array | None, keys_Cx
     # No erase and known writes: predictions are not needed at all.
     return ChunkSolution(writes_CxV, jnp.zeros_like(writes_CxV))
   beta_C = jnp.zeros_like(lr_C) if beta_C is None else beta_C
-  kwp = _shift_rows(kern.kw_CxC, 0.0)
-  kep = _shift_rows(kern.ke_CxC, 0.0)
-  gammap = _shift_rows(kern.gamma_C, 1.0)
+  kwp = shift_rows(kern.kw_CxC, 0.0)
+  kep = shift_rows(kern.ke_CxC, 0.0)
+  gammap = shift_rows(kern.gamma_C, 1.0)
   gram_CxC = keys_CxK @ keys_CxK.T
   rhs_CxV = gammap[:, None] * (keys_CxK @ m0.T)
   if kern.rho_C is not None:
-    rhs_CxV = rhs_CxV + _shift_rows(kern.rho_C, 0.0)[:, None] * (keys_CxK @ s0.T)
+    rhs_CxV = rhs_CxV + shift_rows(kern.rho_C, 0.0)[:, None] * (keys_CxK @ s0.T)
   if exact:
     a_CxC = (kwp * (lr_C * g_C)[None, :] + kep * beta_C[None, :]) * gram_CxC
     rhs_CxV = rhs_CxV + (kwp * lr_C[None, :] * gram_CxC) @ values_CxV
