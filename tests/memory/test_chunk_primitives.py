@@ -1,0 +1,108 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The two per-chunk primitives every chunked path rests on, against plain numpy.
+
+``gates.segment_log_products`` (decay products of every segment of a chunk) and
+``chunk_ops.unit_lower_inverse`` (the UT transform's triangular inverse, blocked) are
+pinned to their direct definitions for chunk sizes that are powers of two, composites,
+primes and one token, forward and gradient, in float64.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from nl_jax.memory import chunk_ops, gates
+
+# Default runs: one token, a prime (blocks of 1), a composite, a power of two.
+_DEFAULT = (1, 7, 12, 64)
+SIZES = [c if c in _DEFAULT else pytest.param(c, marks=pytest.mark.slow)
+         for c in (1, 2, 3, 4, 7, 8, 12, 16, 31, 48, 64, 100)]
+
+
+def _log_gates(rng, c):
+  # Mixed scales: near-1 gates, strong forgetting, and gates clipped at LOG_GATE_MIN.
+  g = rng.uniform(0.0, 1.0, c) ** rng.choice([0.01, 1.0, 20.0], c)
+  return np.maximum(np.log(np.maximum(g, 1e-300)), gates.LOG_GATE_MIN)
+
+
+def _segment_reference(log_gate):
+  """decay[i, j] = exp(sum_{j < r <= i} log_gate[r]), each sum taken directly."""
+  c = log_gate.shape[0]
+  decay = np.zeros((c, c))
+  for i in range(c):
+    for j in range(i + 1):
+      decay[i, j] = np.exp(np.sum(log_gate[j + 1:i + 1]))
+  return decay, np.exp(np.cumsum(log_gate))
+
+
+@pytest.mark.parametrize("c", SIZES)
+def test_segment_log_products_equal_direct_sums(c):
+  rng = np.random.default_rng(c)
+  log_gate = _log_gates(rng, c)
+  want_decay, want_prefix = _segment_reference(log_gate)
+  with jax.enable_x64(True):
+    decay, prefix = jax.jit(gates.segment_log_products)(jnp.asarray(log_gate))
+  np.testing.assert_allclose(np.asarray(decay), want_decay, rtol=1e-12, atol=1e-300)
+  np.testing.assert_allclose(np.asarray(prefix), want_prefix, rtol=1e-12, atol=1e-300)
+  assert np.all(np.triu(np.asarray(decay), 1) == 0.0)
+
+
+def test_segment_log_products_float32_keeps_small_products_exact():
+  # A long run of strong forgetting: a difference of cumulative sums would lose every digit
+  # of the late segments; segment sums keep them to float32 rounding.
+  c = 64
+  rng = np.random.default_rng(1)
+  log_gate = np.concatenate([rng.uniform(-30.0, -20.0, 32), rng.uniform(-1.0, -0.01, 32)])
+  log_gate = log_gate.astype(np.float32).astype(np.float64)  # the values float32 sees
+  want, _ = _segment_reference(log_gate)
+  decay, _ = jax.jit(gates.segment_log_products)(jnp.asarray(log_gate, jnp.float32))
+  assert decay.dtype == jnp.float32
+  late = np.zeros((c, c), bool)
+  late[40:, 33:] = True
+  late &= np.tril(np.ones((c, c), bool))
+  np.testing.assert_allclose(np.asarray(decay)[late], want[late], rtol=1e-5)
+
+
+@pytest.mark.parametrize("c", [3, 24])
+def test_segment_log_products_gradient(c):
+  rng = np.random.default_rng(100 + c)
+  log_gate = np.maximum(np.log(rng.uniform(0.5, 1.0, c)), gates.LOG_GATE_MIN)
+  with jax.enable_x64(True):
+    check_grads(jax.jit(gates.segment_log_products), (jnp.asarray(log_gate),), order=1,
+                modes=("rev",), eps=1e-6, atol=1e-7, rtol=1e-7)
+
+
+@pytest.mark.parametrize("c", SIZES)
+def test_unit_lower_inverse_equals_numpy(c):
+  rng = np.random.default_rng(200 + c)
+  a = np.tril(rng.normal(size=(c, c)) * 0.3, -1)
+  with jax.enable_x64(True):
+    inv = np.asarray(jax.jit(chunk_ops.unit_lower_inverse)(jnp.asarray(a)))
+  np.testing.assert_allclose(inv, np.linalg.inv(np.eye(c) + a), rtol=1e-12, atol=1e-12)
+
+
+def test_unit_lower_inverse_gradient_and_batching():
+  rng = np.random.default_rng(7)
+  a = np.tril(rng.normal(size=(3, 12, 12)) * 0.3, -1)
+  with jax.enable_x64(True):
+    batched = jax.jit(jax.vmap(chunk_ops.unit_lower_inverse))(jnp.asarray(a))
+    for i in range(3):
+      np.testing.assert_allclose(np.asarray(batched[i]), np.linalg.inv(np.eye(12) + a[i]),
+                                 rtol=1e-12, atol=1e-12)
+    check_grads(jax.jit(lambda x: chunk_ops.unit_lower_inverse(jnp.tril(x, -1))),
+                (jnp.asarray(a[0]),),
+                order=1, modes=("rev",), eps=1e-6, atol=1e-7, rtol=1e-7)
