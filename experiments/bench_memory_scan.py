@@ -85,14 +85,13 @@ def programs(mem, inputs, impl):
 def run(mem, params, inputs, repeats):
   """(seq fwd, chunked fwd, seq f+b, chunked f+b) times and the two f+b temp sizes."""
   args = (params, inputs)
-  compiled = {}
+  execs, temps = {}, {}
   for impl in ("sequential", "chunked"):
-    fwd, fwd_bwd = programs(mem, inputs, impl)
-    compiled[impl] = (compile_program(fwd, args), compile_program(fwd_bwd, args))
-  order = [compiled["sequential"][0][0], compiled["chunked"][0][0],
-           compiled["sequential"][1][0], compiled["chunked"][1][0]]
-  times = time_interleaved(order, args, repeats)
-  return times, compiled["sequential"][1][1], compiled["chunked"][1][1]
+    for kind, fn in zip(("fwd", "f+b"), programs(mem, inputs, impl), strict=True):
+      execs[impl, kind], temps[impl, kind] = compile_program(fn, args)
+  order = [("sequential", "fwd"), ("chunked", "fwd"), ("sequential", "f+b"), ("chunked", "f+b")]
+  times = time_interleaved([execs[o] for o in order], args, repeats)
+  return times, temps["sequential", "f+b"], temps["chunked", "f+b"]
 
 
 def main(argv=None):
