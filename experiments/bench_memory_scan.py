@@ -21,9 +21,16 @@ and the MLP memory (anchored).
 
     python experiments/bench_memory_scan.py                 # full table (several minutes)
     python experiments/bench_memory_scan.py --quick         # tiny shapes, a few seconds
+    launch/with_tcmalloc.sh python experiments/bench_memory_scan.py --memories matrix
+
+The header names the malloc serving the process. Under glibc malloc every call of a program
+maps fresh pages for its large buffers (page faults, about a quarter of the chunked f+b time
+at T=8192 here); launch/with_tcmalloc.sh removes that cost from both paths alike.
 """
 
 import argparse
+import os
+import pathlib
 import statistics
 import time
 
@@ -31,6 +38,24 @@ import jax
 import jax.numpy as jnp
 
 from nl_jax.memory import MatrixMemory, MemoryInputs, MLPMemory
+
+
+def describe_allocator(maps_text: str, environ) -> str:
+  """The malloc named by a /proc/<pid>/maps listing (and tcmalloc's release rate)."""
+  if "libtcmalloc" in maps_text:
+    rate = environ.get("TCMALLOC_RELEASE_RATE")
+    return f"tcmalloc (TCMALLOC_RELEASE_RATE={rate if rate is not None else 'default'})"
+  if "libjemalloc" in maps_text:
+    return "jemalloc"
+  return "glibc malloc" if "libc.so" in maps_text or "libc-" in maps_text else "system malloc"
+
+
+def host_allocator() -> str:
+  try:
+    maps = pathlib.Path("/proc/self/maps").read_text()
+  except OSError:
+    return "unknown malloc (no /proc/self/maps)"
+  return describe_allocator(maps, os.environ)
 
 
 def make_inputs(key, b, h, t, d, momentum):
@@ -110,7 +135,7 @@ def main(argv=None):
   if args.lengths:
     lengths = [int(x) for x in args.lengths.split(",")]
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s); "
-        f"B={b} H={h} d={d} C={args.chunk} momentum={args.momentum}")
+        f"B={b} H={h} d={d} C={args.chunk} momentum={args.momentum}; {host_allocator()}")
   header = (f"{'memory':<22}{'T':>6}{'seq fwd s':>11}{'chk fwd s':>11}{'fwd x':>7}"
             f"{'seq f+b s':>11}{'chk f+b s':>11}{'f+b x':>7}{'seq MiB':>9}{'chk MiB':>9}")
   print(header)
