@@ -15,7 +15,6 @@
 # Runs a command with tcmalloc preloaded, keeping the memory it frees (CPU hosts).
 #
 #   launch/with_tcmalloc.sh python experiments/bench_memory_scan.py --memories matrix --lengths 8192
-#   launch/with_tcmalloc.sh python launch/train.py --config=experiments/configs/hope_tiny.py --workdir=/tmp/h
 #
 # Why: XLA:CPU allocates the temporaries and outputs of a compiled program on every call.
 # glibc malloc serves each large buffer with freshly mapped pages and unmaps it when it is

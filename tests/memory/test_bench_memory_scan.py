@@ -56,9 +56,12 @@ def test_describe_allocator_names_the_malloc():
 
 
 def _tcmalloc_on_host():
-  out = subprocess.run(["bash", "-c", "ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null"],
-                       capture_output=True, text=True, check=False).stdout
-  return "libtcmalloc" in out
+  """Whether the launcher finds a library (its own lookup, not a second copy of it)."""
+  probe = subprocess.run([str(LAUNCHER), "true"], env=_clean_env(), capture_output=True,
+                         text=True, check=False)
+  if probe.returncode != 0 and "no tcmalloc library found" not in probe.stderr:
+    raise AssertionError(f"launch/with_tcmalloc.sh true failed: {probe.stderr}")
+  return probe.returncode == 0
 
 
 # Allocates and frees 128 MiB, then allocates it again and prints the minor page faults the
