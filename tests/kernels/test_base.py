@@ -47,8 +47,19 @@ def assert_tree_close(actual, expected, rtol, name=""):
     assert_close(a, e, rtol, f"{name}[{i}]")
 
 
+# The GPU that cross-lowering targets from a host without one: compute capability 9.0, what
+# jax < 0.11 assumed when no GPU was attached; newer jax asks for it through an abstract device.
+CROSS_LOWERING_GPU = "NVIDIA H100"
+
+
 def lower_for(fn, args, platform: str) -> str:
   """Runs the real Mosaic ("tpu") or Triton ("cuda") lowering of jit(fn) on this host."""
+  if platform == "cuda":
+    device = jax.sharding.AbstractDevice(CROSS_LOWERING_GPU, None, "cuda")
+    mesh = jax.sharding.AbstractMesh((1,), ("x",), (jax.sharding.AxisType.Auto,),
+                                     abstract_device=device)
+    with jax.sharding.use_abstract_mesh(mesh):
+      return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
   lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,))
   return lowered.as_text()
 
