@@ -78,6 +78,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from grain._src.python.dataset.transformations import packing_concat_then_split as _cts
 
 from nl_jax.data import shakespeare, sources, tokenizers
 
@@ -409,6 +410,52 @@ class AlignedToLM(grain.transforms.Map):
     }
 
 
+# Packing with a state that survives JSON -----------------------------------------------
+
+
+class _ExactPackingIterator(_cts._ConcatThenSplitDatasetIterator):  # pylint: disable=protected-access
+  """grain's concat-then-split iterator with an unambiguous, JSON-safe checkpoint state.
+
+  grain 0.2.18 writes the slice ``(-1, -1)`` both for "no leftover element" and for "a
+  whole, unsplit leftover element" (the document that did not fit into an exactly full
+  row), and compares slices with ``!= (-1, -1)``, which is always true for the *lists* a
+  JSON round trip (every checkpoint) turns them into. Restoring such a state dropped or
+  emptied a document. Here a leftover element is always recorded with its explicit
+  ``(start, stop)`` (a whole one as ``(0, len)``), and restored slices are turned back into
+  tuples, so ``(-1, -1)`` means only "no leftover" and every step boundary resumes exactly.
+  """
+
+  def _checkpoint(self):
+    state = super()._checkpoint()
+    element = self._remainder_element
+    if element is not None:
+      slices = {}
+      for key, sl in state.remainder_slices.items():
+        sl = tuple(sl)
+        if sl == _cts._EMPTY_SLICE:  # pylint: disable=protected-access
+          feature = element.features[key]
+          sl = (0, 1 if np.ndim(feature) == 0 else len(feature))
+        slices[key] = sl
+      state.remainder_slices = slices
+    return state
+
+  def set_state(self, state):
+    state = dict(state)
+    state["remainder_slices"] = {
+        k: tuple(int(i) for i in v) for k, v in state["remainder_slices"].items()}
+    super().set_state(state)
+
+
+class ExactConcatThenSplitIterDataset(grain.experimental.ConcatThenSplitIterDataset):
+  """``grain.experimental.ConcatThenSplitIterDataset`` that resumes exactly at every step.
+
+  See `_ExactPackingIterator` for the state grain gets wrong; packing itself is grain's.
+  """
+
+  def __iter__(self):
+    return _ExactPackingIterator(self._parent.__iter__(), config=self._config)
+
+
 def empty_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
   """An all-padding batch (every ``loss_mask`` 0), used to even out eval across processes."""
   batch = {k: np.zeros((batch_size, seq_len), np.int32) for k in BATCH_KEYS}
@@ -445,13 +492,12 @@ def pack_and_batch(
       raise DataConfigError(f"invalid data config:\n  field 'seq_len': {seq_len} is not a "
                             f"multiple of alignment={alignment}")
     ds = token_ds.filter(AtLeastTwoTokens()).map(ShiftAndAlign(alignment, pad_id))
-    ds = grain.experimental.ConcatThenSplitIterDataset(
+    ds = ExactConcatThenSplitIterDataset(
         ds, length_struct={"inputs": seq_len, "targets": seq_len, "loss_mask": seq_len})
     ds = ds.map(AlignedToLM())
   else:
     ds = token_ds.filter(NonEmpty())
-    ds = grain.experimental.ConcatThenSplitIterDataset(
-        ds, length_struct={"tokens": seq_len + 1})
+    ds = ExactConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
     ds = ds.map(ShiftToLM())
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if not drop_remainder:
