@@ -113,6 +113,8 @@ class DataConfig:
     add_bos: prepend BOS to every document.
     add_eos: append EOS to every document.
     record_format: "text" or "int32" (ArrayRecord/TFRecord records; see `sources`).
+    decode_errors: non-UTF-8 text records: "strict" (an error naming the file and record)
+      or "replace" (invalid bytes become U+FFFD).
     text_column: Parquet column with the text (or pre-tokenized id lists).
     validation_every: held-out split of the embedded corpus (see `shakespeare`).
     shuffle_window: window of the document shuffle for streaming sources.
@@ -140,6 +142,7 @@ class DataConfig:
   add_bos: bool = True
   add_eos: bool = True
   record_format: str = "text"
+  decode_errors: str = "strict"
   text_column: str = "text"
   validation_every: int = shakespeare.DEFAULT_VALIDATION_EVERY
   shuffle_window: int = 1000
@@ -242,6 +245,8 @@ def validate_config(config: Any) -> DataConfig:
     bad("num_epochs", f"must be None (repeat forever) or an int >= 1, got {config.num_epochs!r}")
   if config.record_format not in sources.RECORD_FORMATS:
     bad("record_format", f"must be one of {sources.RECORD_FORMATS}, got {config.record_format!r}")
+  if config.decode_errors not in sources.DECODE_ERRORS:
+    bad("decode_errors", f"must be one of {sources.DECODE_ERRORS}, got {config.decode_errors!r}")
   if not is_int(config.validation_every) or config.validation_every < 2:
     bad("validation_every", f"must be an int >= 2, got {config.validation_every!r}")
   for field in ("shuffle_window", "cycle_length"):
@@ -528,7 +533,8 @@ def document_dataset(config: DataConfig, split: str) -> grain.IterDataset:
           list(_embedded_documents("train" if train else "validation", config.validation_every)))
     else:
       paths = config.paths if train else _eval_paths(config)
-      docs = sources.array_record_documents(paths, config.record_format)
+      docs = sources.array_record_documents(paths, config.record_format,
+                                            config.decode_errors)
     # Slice before shuffling so each process keeps one fixed document subset, and shuffle
     # before repeating: grain's shuffle then draws a new permutation for every epoch.
     docs = docs[config.shard_index::config.shard_count]
@@ -540,9 +546,9 @@ def document_dataset(config: DataConfig, split: str) -> grain.IterDataset:
   files = sources.expand_paths(paths, field="paths" if train else "eval_paths")
   if config.name == "parquet":
     sources.require_pyarrow()
-    opener = sources.OpenParquet(config.text_column)
+    opener = sources.OpenParquet(config.text_column, config.decode_errors)
   else:
-    opener = sources.OpenTFRecord(config.record_format)
+    opener = sources.OpenTFRecord(config.record_format, config.decode_errors)
   return sources.interleaved_file_documents(
       files, opener, shard_index=config.shard_index, shard_count=config.shard_count,
       shuffle=shuffle, seed=config.seed, num_epochs=num_epochs,
@@ -575,6 +581,23 @@ def build_dataset(config: Any, split: str = "train") -> grain.IterDataset:
     _mark_absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
   return ds
+
+
+def check_sources(config: Any, *, eval_split: bool = False) -> None:
+  """Checks every training (and, with ``eval_split``, evaluation) file before training.
+
+  Raises:
+    sources.SourceDataError: naming an empty, unreadable or malformed file.
+  """
+  config = validate_config(config)
+  if config.name not in MAP_SOURCES[1:] + STREAM_SOURCES:
+    return
+  groups = [("paths", config.paths)]
+  if eval_split and config.eval_paths:
+    groups.append(("eval_paths", config.eval_paths))
+  for field, paths in groups:
+    sources.check_files(config.name, sources.expand_paths(paths, field=field),
+                        text_column=config.text_column)
 
 
 def _mark_absl_flags_parsed() -> None:

@@ -47,7 +47,9 @@ from typing import Any, Callable
 import grain
 import numpy as np
 
+
 RECORD_FORMATS = ("text", "int32")
+DECODE_ERRORS = ("strict", "replace")
 
 Document = str | np.ndarray
 
@@ -85,23 +87,86 @@ def encode_record(document: Document, record_format: str = "text") -> bytes:
   raise ValueError(f"unknown record_format {record_format!r}; expected one of {RECORD_FORMATS}")
 
 
-def decode_record(record: bytes, record_format: str = "text") -> Document:
-  """Inverse of `encode_record`."""
+def decode_record(record: bytes, record_format: str = "text",
+                  decode_errors: str = "strict") -> Document:
+  """Inverse of `encode_record`.
+
+  Args:
+    record: the record bytes.
+    record_format: "text" or "int32".
+    decode_errors: "strict" (non-UTF-8 text raises ``UnicodeDecodeError``) or "replace"
+      (invalid bytes become U+FFFD).
+  """
   if record_format == "text":
-    return bytes(record).decode("utf-8")
+    return bytes(record).decode("utf-8", errors=decode_errors)
   if record_format == "int32":
     return np.frombuffer(record, dtype="<i4").astype(np.int32)
   raise ValueError(f"unknown record_format {record_format!r}; expected one of {RECORD_FORMATS}")
 
 
-class DecodeRecord(grain.transforms.Map):
-  """grain map: record bytes -> document (a top-level class so workers can pickle it)."""
+class SourceDataError(ValueError):
+  """A data file is empty, unreadable or holds a record that cannot be decoded."""
 
-  def __init__(self, record_format: str):
+
+def _undecodable(path: str, record: str, e: UnicodeDecodeError) -> SourceDataError:
+  return SourceDataError(
+      f"data file {path}: {record} is not valid UTF-8 ({e.reason} at byte {e.start}); fix "
+      "the file or set --config.data.decode_errors=replace (invalid bytes become U+FFFD)")
+
+
+def _tfrecord_index(path: str, record: bytes) -> str:
+  """'record <i>' of the first record of a TFRecord file equal to ``record`` (error path)."""
+  with open(path, "rb") as f:
+    i = 0
+    while True:
+      header = f.read(12)
+      if len(header) < 12:
+        return "a record"
+      (n,) = struct.unpack("<Q", header[:8])
+      if f.read(n) == bytes(record):
+        return f"record {i}"
+      f.seek(4, os.SEEK_CUR)
+      i += 1
+
+
+class DecodeRecord(grain.transforms.Map):
+  """grain map: record bytes -> document (a top-level class so workers can pickle it).
+
+  Args:
+    record_format: see `decode_record`.
+    decode_errors: see `decode_record`.
+    path: the file the records come from (named by a decoding error).
+  """
+
+  def __init__(self, record_format: str, decode_errors: str = "strict", path: str = ""):
     self._record_format = record_format
+    self._decode_errors = decode_errors
+    self._path = path
 
   def map(self, element):
-    return decode_record(element, self._record_format)
+    try:
+      return decode_record(element, self._record_format, self._decode_errors)
+    except UnicodeDecodeError as e:
+      record = _tfrecord_index(self._path, element) if self._path else "a record"
+      raise _undecodable(self._path or "?", record, e) from None
+
+
+class DecodeIndexedRecord(grain.transforms.MapWithIndex):
+  """grain map with the global record index -> document; errors name file and record."""
+
+  def __init__(self, files: Sequence[str], counts: Sequence[int], record_format: str,
+               decode_errors: str = "strict"):
+    self._files = list(files)
+    self._starts = np.cumsum([0] + list(counts))
+    self._record_format = record_format
+    self._decode_errors = decode_errors
+
+  def map_with_index(self, index, element):
+    try:
+      return decode_record(element, self._record_format, self._decode_errors)
+    except UnicodeDecodeError as e:
+      f = int(np.searchsorted(self._starts, index, side="right")) - 1
+      raise _undecodable(self._files[f], f"record {index - self._starts[f]}", e) from None
 
 
 # ArrayRecord ----------------------------------------------------------------------------
@@ -126,13 +191,33 @@ def write_array_record(
   return str(path)
 
 
+def array_record_count(path: str) -> int:
+  """Records in one ArrayRecord file; an unreadable or empty file raises naming it."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  _check_file(path)
+  try:
+    reader = array_record_module.ArrayRecordReader(str(path))
+    try:
+      n = int(reader.num_records())
+    finally:
+      reader.close()
+  except Exception as e:  # pylint: disable=broad-except
+    raise SourceDataError(f"data file {path}: not a readable ArrayRecord file ({e})") from e
+  if n == 0:
+    raise SourceDataError(f"data file {path}: holds no records; remove it from the paths")
+  return n
+
+
 def array_record_documents(
-    paths: str | Sequence[str], record_format: str = "text"
+    paths: str | Sequence[str], record_format: str = "text", decode_errors: str = "strict"
 ) -> grain.MapDataset:
   """A random-access dataset of the documents in ArrayRecord files (globs allowed)."""
   files = expand_paths(paths)
+  counts = [array_record_count(f) for f in files]
   source = grain.sources.ArrayRecordDataSource(files)
-  return grain.MapDataset.source(source).map(DecodeRecord(record_format))
+  return grain.MapDataset.source(source).map_with_index(
+      DecodeIndexedRecord(files, counts, record_format, decode_errors))
 
 
 # TFRecord -------------------------------------------------------------------------------
@@ -180,11 +265,27 @@ def write_tfrecord(
 class OpenTFRecord(grain.transforms.Map):
   """grain map: file path -> IterDataset of its documents."""
 
-  def __init__(self, record_format: str):
+  def __init__(self, record_format: str, decode_errors: str = "strict"):
     self._record_format = record_format
+    self._decode_errors = decode_errors
 
   def map(self, element):
-    return grain.experimental.TFRecordIterDataset(element).map(DecodeRecord(self._record_format))
+    return grain.experimental.TFRecordIterDataset(element).map(
+        DecodeRecord(self._record_format, self._decode_errors, str(element)))
+
+
+def tfrecord_check(path: str) -> None:
+  """Raises naming ``path`` unless it starts with a complete TFRecord record."""
+  _check_file(path)
+  with open(path, "rb") as f:
+    header = f.read(12)
+    if len(header) < 12:
+      raise SourceDataError(f"data file {path}: not a TFRecord file (only {len(header)} "
+                            "bytes, a record header takes 12)")
+    (n,) = struct.unpack("<Q", header[:8])
+    if n > os.path.getsize(path) - 16:
+      raise SourceDataError(f"data file {path}: not a TFRecord file (its first record "
+                            f"claims {n} bytes, the file has {os.path.getsize(path)})")
 
 
 # Parquet --------------------------------------------------------------------------------
@@ -193,14 +294,17 @@ class OpenTFRecord(grain.transforms.Map):
 def require_pyarrow() -> None:
   """Raises a clear ImportError when ``pyarrow`` (needed for Parquet) is missing."""
   if importlib.util.find_spec("pyarrow") is None:
-    raise ImportError("Parquet sources need the `pyarrow` package: pip install pyarrow")
+    raise ImportError('Parquet sources need pyarrow: pip install -e ".[data]" (or pip install '
+                      "pyarrow)")
 
 
 class ParquetRowToDocument(grain.transforms.Map):
   """grain map: a Parquet row (dict of column values) -> document."""
 
-  def __init__(self, text_column: str):
+  def __init__(self, text_column: str, decode_errors: str = "strict", path: str = ""):
     self._text_column = text_column
+    self._decode_errors = decode_errors
+    self._path = path
 
   def map(self, element):
     if self._text_column not in element:
@@ -210,7 +314,11 @@ class ParquetRowToDocument(grain.transforms.Map):
       )
     value = element[self._text_column]
     if isinstance(value, bytes):
-      return value.decode("utf-8")
+      try:
+        return value.decode("utf-8", errors=self._decode_errors)
+      except UnicodeDecodeError as e:
+        raise _undecodable(self._path or "?", f"a row of column {self._text_column!r}",
+                           e) from None
     if isinstance(value, str):
       return value
     # A list column holds pre-tokenized ids.
@@ -220,12 +328,57 @@ class ParquetRowToDocument(grain.transforms.Map):
 class OpenParquet(grain.transforms.Map):
   """grain map: file path -> IterDataset of its documents (one per row)."""
 
-  def __init__(self, text_column: str):
+  def __init__(self, text_column: str, decode_errors: str = "strict"):
     self._text_column = text_column
+    self._decode_errors = decode_errors
 
   def map(self, element):
     return grain.experimental.ParquetIterDataset(element).map(
-        ParquetRowToDocument(self._text_column))
+        ParquetRowToDocument(self._text_column, self._decode_errors, str(element)))
+
+
+def parquet_check(path: str, text_column: str) -> None:
+  """Raises naming ``path`` when it is not Parquet, has no rows or lacks ``text_column``."""
+  _check_file(path)
+  require_pyarrow()
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+  try:
+    meta = pq.ParquetFile(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise SourceDataError(f"data file {path}: not a readable Parquet file ({e})") from e
+  if meta.metadata.num_rows == 0:
+    raise SourceDataError(f"data file {path}: holds no rows; remove it from the paths")
+  names = meta.schema_arrow.names
+  if text_column not in names:
+    raise SourceDataError(f"data file {path}: no column {text_column!r} (columns: {names}); "
+                          "set --config.data.text_column")
+
+
+def _check_file(path: str) -> None:
+  try:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+      f.read(1)
+  except OSError as e:
+    raise SourceDataError(f"data file {path}: cannot be read ({e.strerror or e})") from e
+  if size == 0:
+    raise SourceDataError(f"data file {path}: is empty (0 bytes); remove it from the paths")
+
+
+def check_files(name: str, files: Sequence[str], *, text_column: str = "text") -> None:
+  """Validates every file of a file source before training (see `SourceDataError`).
+
+  Every file must be readable and hold at least one document, so a run never starts on
+  input that would hang (an endless repeat of nothing) or fail late.
+  """
+  for path in files:
+    if name == "arrayrecord":
+      array_record_count(path)
+    elif name == "parquet":
+      parquet_check(path, text_column)
+    elif name == "tfrecord":
+      tfrecord_check(path)
 
 
 def write_parquet(

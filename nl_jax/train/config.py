@@ -169,6 +169,9 @@ def default_config(model_name: str = "hope", preset: str = "tiny", *,
       nan_skip_budget=10,
       peak_flops_per_device=0.0,  # 0 = look up the device kind (PEAK_FLOPS); CPU: unknown
       tensorboard=True,
+      # Resume with changed steps / LR schedule / logging / eval / checkpointing fields
+      # (`nl_jax.train.workdir.MAY_CHANGE_FIELDS`); other changes are always refused.
+      allow_config_changes=False,
   ))
   return c
 
@@ -184,7 +187,7 @@ def _schema() -> dict[str, dict[str, Any]]:
   train = dict(steps=int, seed=int, log_every=int, eval_every=int, eval_batches=int,
                checkpoint_every=int, keep_checkpoints=int, async_checkpointing=bool,
                nan_policy=str, nan_skip_budget=int, peak_flops_per_device=float,
-               tensorboard=bool)
+               tensorboard=bool, allow_config_changes=bool)
   return {"optimizer": opt, "train": train, "mesh": dict(data=int, fsdp=int, tensor=int),
           "sharding": dict(param_rules=tuple, logical_axes=tuple, memory_rules=tuple)}
 
@@ -246,6 +249,82 @@ def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
         f"{sizes['data']}*{sizes['fsdp']}*{sizes['tensor']} = {fixed} but there are "
         f"{num_devices} devices; set one axis to -1 or make the product {num_devices}")
   return sizes
+
+
+# Positions are float32 in RoPE: integers above 2**24 are no longer exact.
+MAX_SEQ_LEN = 1 << 24
+
+
+def _chunk_field_errors(model_cfg: Any, seq_len: int) -> list[tuple[str, str]]:
+  """``(model.<field>, message)`` for every chunk-size field that does not divide seq_len."""
+  if model_cfg is None or not dataclasses.is_dataclass(model_cfg):
+    return []
+  out = []
+  for f in dataclasses.fields(model_cfg):
+    if "chunk_size" not in f.name:
+      continue
+    value = getattr(model_cfg, f.name)
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    bad_values = [v for v in values if isinstance(v, int) and v > 0 and seq_len % v]
+    if bad_values:
+      out.append((f"model.{f.name}", f"{value!r}: {bad_values} do not divide data.seq_len="
+                  f"{seq_len} (chunks must tile the sequence); use divisors of {seq_len} or "
+                  "change data.seq_len"))
+  return out
+
+
+def _device_memory(device) -> int:
+  """Bytes one device may use (accelerators: its limit; CPU: RAM / local devices); 0 = ?"""
+  import os  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return 0
+  return int(ram // max(1, jax.local_device_count()))
+
+
+def _step_memory_lower_bound(model_cfg: Any, data_cfg: Any, mesh_shape: dict) -> int:
+  """A lower bound on one device's train-step memory: float32 logits + their gradient and
+  the residual stream kept per layer (the real step needs more, never less)."""
+  rows = max(1, data_cfg.batch_size // max(1, mesh_shape["data"] * mesh_shape["fsdp"]))
+  tokens = rows * data_cfg.seq_len
+  vocab = int(getattr(model_cfg, "vocab_size", 0)) // max(1, mesh_shape["tensor"])
+  d_model = int(getattr(model_cfg, "d_model", 0))
+  n_layers = int(getattr(model_cfg, "n_layers", 0))
+  return 2 * tokens * vocab * 4 + tokens * d_model * n_layers * 4
+
+
+def check_step_memory(resolved: Resolved, device) -> None:
+  """Refuses a ``data.seq_len`` whose train step cannot fit on ``device`` (a real run's).
+
+  Compares `_step_memory_lower_bound` (float32 logits and their gradient plus one residual
+  stream per layer, for this device's rows) with the device's memory limit (CPU: host RAM
+  shared by the local devices). Not part of `validate`, which also serves ahead-of-time
+  compilation for other hardware.
+
+  Raises:
+    ConfigError: naming ``data.seq_len``, the bound and the memory available.
+  """
+  data_cfg, mesh_shape = resolved.data_config, resolved.mesh_shape
+  need = _step_memory_lower_bound(resolved.model_config, data_cfg, mesh_shape)
+  have = _device_memory(device)
+  if have and need > have:
+    rows = data_cfg.batch_size // (mesh_shape["data"] * mesh_shape["fsdp"])
+    raise ConfigError(
+        f"invalid config:\n  field 'data.seq_len': {data_cfg.seq_len} needs at least "
+        f"{need / 2**30:.1f} GiB per device for one train step (float32 logits, their "
+        f"gradient and the residual streams of {rows} rows), more than the "
+        f"{have / 2**30:.1f} GiB of {device.device_kind}; lower data.seq_len or "
+        "data.batch_size, or add devices")
 
 
 def validate(config: Any, *, num_devices: int | None = None,
@@ -369,6 +448,13 @@ def validate(config: Any, *, num_devices: int | None = None,
   data_dict = config.data.to_dict()
   alignment = data_dict.get("alignment", 0)
   model_alignment = int(getattr(model_cfg, "alignment", 1)) if model_cfg is not None else 1
+  seq_len = data_dict.get("seq_len")
+  chunk_errors = _chunk_field_errors(model_cfg, seq_len) if _type_ok(seq_len, int) else []
+  for field, message in chunk_errors:
+    bad(field, message)
+  if chunk_errors and alignment == 0:
+    # The chunk fields named above are the cause; do not blame data.seq_len as well.
+    model_alignment = 1
   if not _type_ok(alignment, int) or alignment < 0:
     bad("data.alignment", f"must be an int >= 0 (0 = the model's alignment), got {alignment!r}")
     alignment = 1
@@ -399,10 +485,15 @@ def validate(config: Any, *, num_devices: int | None = None,
         bad(f"data.{k}", f"{v} is not divisible by the data parallelism mesh.data*mesh.fsdp "
             f"= {dp}; use a multiple of {dp}")
   if data_cfg is not None and model_cfg is not None:
-    try:
-      model_cfg.validate_seq_len(data_cfg.seq_len)
-    except ValueError as e:
-      bad("data.seq_len", str(e))
+    if not chunk_errors:
+      try:
+        model_cfg.validate_seq_len(data_cfg.seq_len)
+      except ValueError as e:
+        bad("data.seq_len", str(e))
+    if data_cfg.seq_len > MAX_SEQ_LEN:
+      bad("data.seq_len", f"{data_cfg.seq_len} exceeds the position range {MAX_SEQ_LEN} "
+          "(float32 RoPE angles lose integer positions beyond 2**24); use at most "
+          f"{MAX_SEQ_LEN}")
     try:
       vocab = data_lib.vocab_size(data_cfg)
       if model_cfg.vocab_size < vocab:

@@ -51,6 +51,7 @@ from nl_jax.train import config as config_lib
 from nl_jax.train import mesh as mesh_lib
 from nl_jax.train import metrics as metrics_lib
 from nl_jax.train import optimizers
+from nl_jax.train import workdir as workdir_lib
 
 
 class NonFiniteError(FloatingPointError):
@@ -317,6 +318,20 @@ def train_and_evaluate(config: Any, workdir: str, *, devices=None) -> dict[str, 
   """
   workdir = os.path.abspath(workdir)
   setup = build_setup(config, devices=devices)
+  config_lib.check_step_memory(setup.resolved, setup.mesh.devices.flat[0])
+  # One trainer per workdir (process 0 holds the lock for the whole job).
+  lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    return _train_locked(config, workdir, setup)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
+  """`train_and_evaluate` once the workdir lock is held."""
   tcfg = config.train
   data_cfg = setup.resolved.data_config
   pindex, pcount = jax.process_index(), jax.process_count()
@@ -325,18 +340,36 @@ def train_and_evaluate(config: Any, workdir: str, *, devices=None) -> dict[str, 
                setup.mesh.size, pcount)
   logging.info("parameter shardings:\n%s", mesh_lib.describe(setup.abstract_params,
                                                              setup.param_sh))
-  ckpt_lib.write_config(workdir, config)
+  # Empty, unreadable or malformed data files fail here, naming the file, before any write.
+  data_lib.check_sources(data_cfg)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
                                        async_save=tcfg.async_checkpointing)
-  train_iter = data_lib.make_process_iterator(data_cfg, pindex, pcount, split="train")
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    params, train_state = checkpointer.restore(
-        latest, setup.abstract_params, setup.abstract_train_state, train_iter)
+  train_iter = None
+  try:
+    if checkpointer.all_steps():
+      # Refuse a changed config before touching anything (config.json stays as it was).
+      workdir_lib.check_config_change(
+          workdir_lib.read_saved_config(os.path.join(workdir, ckpt_lib.CONFIG_FILE)), config,
+          allow=bool(tcfg.get("allow_config_changes", False)), workdir=workdir)
+    train_iter = data_lib.make_process_iterator(data_cfg, pindex, pcount, split="train")
+    restored = checkpointer.restore_latest(setup.abstract_params, setup.abstract_train_state,
+                                           train_iter)
+  except BaseException:
+    checkpointer.close()
+    if hasattr(train_iter, "close"):
+      train_iter.close()
+    raise
+  latest = None
+  if restored is not None:
+    latest, params, train_state = restored
     rest = make_rest(setup, tcfg.seed)
     logging.info("resumed from step %d", latest)
   else:
     params, train_state, rest = init_state(setup, tcfg.seed)
+  # Written only now: a resume that fails above leaves the workdir's config untouched.
+  ckpt_lib.write_config(workdir, config)
+  if pindex == 0:
+    workdir_lib.prepare_metrics_for_resume(workdir, latest)
   step = int(jax.device_get(train_state["step"]))
   train_step = make_train_step(setup)
   eval_step = make_eval_step(setup)
@@ -362,6 +395,7 @@ def train_and_evaluate(config: Any, workdir: str, *, devices=None) -> dict[str, 
       params, train_state, metrics = train_step(params, train_state, batch, rest)
       step += 1
       host = _host_metrics(metrics)
+      checkpointer.poll()  # A failed asynchronous save stops the run here.
       if step == (latest or 0) + 1:
         logging.info("first step (with compilation) took %.1fs", time.perf_counter() - start_time)
         logger.start(step)

@@ -199,6 +199,13 @@ def _fmt_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _json_value(value: Any) -> Any:
+  """Non-finite floats as the strings "nan" / "inf" / "-inf" (valid JSON)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return "nan" if value != value else ("inf" if value > 0 else "-inf")
+  return value
+
+
 class MetricsLogger:
   """Writes train/eval metrics (JSONL + TensorBoard) and prints the progress line.
 
@@ -279,7 +286,10 @@ class MetricsLogger:
   def _write(self, row: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps(row) + "\n")
+    # Strict JSON has no NaN/Infinity: non-finite floats are written as the strings
+    # "nan", "inf", "-inf" (``float(value)`` reads both forms back).
+    self._jsonl.write(json.dumps({k: _json_value(v) for k, v in row.items()},
+                                 allow_nan=False) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
       prefix = row["split"] + "/"

@@ -64,7 +64,8 @@ def preempted_then_resumed(tmp_path_factory, compile_cache):
   rows_before = metrics_lib.read_jsonl(workdir)
   # Same command, fewer total steps so that it finishes; with held-out eval at the end.
   final = preempted_at + 2
-  proc2 = run(launch_cmd(CONFIG, workdir, *COMMON, f"--config.train.steps={final}"), env)
+  proc2 = run(launch_cmd(CONFIG, workdir, *COMMON, f"--config.train.steps={final}",
+                         "--config.train.allow_config_changes=True"), env)
   return {"workdir": workdir, "preempted_at": preempted_at, "final": final,
           "stderr1": stderr1, "stderr2": proc2.stderr, "rows_before": rows_before}
 
