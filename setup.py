@@ -36,11 +36,20 @@ EXTRAS = {
         "nbmake>=1.5.5",
         "ipykernel>=6.0",
         "matplotlib>=3.8",
+        "tensorboardX>=2.6",
+        "google-crc32c>=1.5",
     ],
     "tokenizers": ["sentencepiece>=0.2.0"],
+    # TensorBoard event files and text samples (tensorboardX, no TensorFlow), the viewer
+    # itself (`tensorboard --logdir`), loss.png (matplotlib).
+    "monitoring": ["tensorboardX>=2.6", "google-crc32c>=1.5", "tensorboard>=2.15",
+                   "matplotlib>=3.8"],
+    # Paper-scale sources: Parquet (pyarrow), TFRecord writing (google-crc32c).
+    "data": ["pyarrow>=14.0", "google-crc32c>=1.5"],
     # TensorFlow stack (~2.4 GB); only nl_jax.data.seqio_adapter imports it, lazily.
     "seqio": ["seqio>=0.0.20"],
-    "notebooks": ["ipykernel>=6.0", "nbmake>=1.5.5", "matplotlib>=3.8"],
+    # The notebook: run it (ipykernel, nbmake), render it (`jupyter nbconvert`), its plots.
+    "notebooks": ["ipykernel>=6.0", "nbmake>=1.5.5", "nbconvert>=7.0", "matplotlib>=3.8"],
 }
 
 setuptools.setup(

@@ -27,8 +27,11 @@ Running it again with the same workdir resumes from the newest checkpoint. Multi
 launch/gpu_multihost.sh.
 """
 
+import math
 import os
+import shlex
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -77,9 +80,43 @@ def _initialize_distributed(mode: str) -> None:
     jax.distributed.initialize()  # cluster auto-detection: TPU VM, SLURM, Open MPI, GKE
 
 
+def _summary(workdir: str, result, seconds: float) -> str:
+  """The closing lines: final losses, the loss curve and the next commands."""
+  from nl_jax.train import metrics  # pylint: disable=g-import-not-at-top
+
+  train_loss, eval_loss, _ = metrics.last_losses(workdir)
+  losses = [f"train loss {train_loss:.4f}" if train_loss is not None else "train loss n/a"]
+  if eval_loss is not None:
+    losses.append(f"held-out loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 80)):.2f})")
+  plot = metrics.write_loss_plot(workdir)
+  lines = [f"done: step {result['step']} in {_duration(seconds)} | " + " | ".join(losses)]
+  if plot:
+    lines.append(f"loss curve: {plot}")
+  lines += _next_commands(workdir)
+  return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+  from nl_jax.train import progress  # pylint: disable=g-import-not-at-top
+
+  return progress.format_duration(seconds)
+
+
+def _next_commands(workdir: str) -> list[str]:
+  q = shlex.quote
+  return ["next:",
+          f"  sample:      python launch/sample.py --workdir={q(workdir)} --prompt='ROMEO:'",
+          f"  evaluate:    python -m nl_jax.eval --task niah,ppl --checkpoint {q(workdir)} "
+          "--lengths 256",
+          f"  TensorBoard: tensorboard --logdir {q(os.path.join(workdir, 'tensorboard'))}"]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from nl_jax.train import cli  # pylint: disable=g-import-not-at-top
+
+  workdir = cli.check_workdir(_WORKDIR.value)
   _initialize_distributed(_DISTRIBUTED.value)
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -90,14 +127,28 @@ def main(argv):
   logging.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
-  try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.ConfigError as e:
-    raise app.UsageError(str(e)) from e
-  logging.info("done: step %d, train loss %s, held-out loss %s%s", result["step"],
-               result["train_loss"], result["eval_loss"],
-               " (preempted; rerun the same command to resume)" if result["preempted"] else "")
+  start = time.perf_counter()
+  result = train.train_and_evaluate(_CONFIG.value, workdir)
+  if jax.process_index() != 0:
+    return
+  if result.get("already_done"):
+    train_loss, eval_loss, _ = metrics.last_losses(workdir)
+    steps = _CONFIG.value.train.steps
+    done = f"already done: {workdir} finished step {result['step']} (train.steps={steps})"
+    if eval_loss is not None:
+      done += f", held-out loss {eval_loss:.4f}"
+    logging.info("%s; to train longer, rerun with --config.train.steps=%d "
+                 "--config.train.allow_config_changes=True\n%s", done, 2 * max(steps, 1),
+                 "\n".join(_next_commands(workdir)))
+    return
+  if result["preempted"]:
+    logging.info("stopped at step %d (checkpoint saved); rerun the same command to resume",
+                 result["step"])
+    return
+  logging.info("%s", _summary(workdir, result, time.perf_counter() - start))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from nl_jax.train import cli as _cli  # pylint: disable=g-import-not-at-top
+
+  _cli.run(main, config_flag="config")

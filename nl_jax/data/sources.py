@@ -47,6 +47,7 @@ from typing import Any, Callable
 import grain
 import numpy as np
 
+from nl_jax.data import tfrecord
 
 RECORD_FORMATS = ("text", "int32")
 DECODE_ERRORS = ("strict", "replace")
@@ -223,26 +224,8 @@ def array_record_documents(
 # TFRecord -------------------------------------------------------------------------------
 
 
-def _crc32c_table() -> list[int]:
-  table = []
-  for i in range(256):
-    crc = i
-    for _ in range(8):
-      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    table.append(crc)
-  return table
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def _masked_crc32c(data: bytes) -> int:
-  crc = 0xFFFFFFFF
-  for b in data:
-    crc = _CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-  crc ^= 0xFFFFFFFF
-  # TFRecord stores a rotated-and-offset CRC so a CRC of CRC-bearing data stays strong.
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+# The maintained CRC-32C (google-crc32c) behind the TFRecord framing.
+_masked_crc32c = tfrecord.masked_crc32c
 
 
 def write_tfrecord(
@@ -250,15 +233,11 @@ def write_tfrecord(
 ) -> str:
   """Writes a TFRecord file (valid CRCs, readable by TensorFlow too) without TensorFlow.
 
-  The pure-Python CRC is slow (~1 MB/s): fine for tests and small conversions; use
-  ``tf.io.TFRecordWriter`` or ArrayRecord for real data.
+  The CRCs come from ``google-crc32c`` (the ``data`` extra).
   """
   with open(path, "wb") as f:
     for doc in documents:
-      data = encode_record(doc, record_format)
-      length = struct.pack("<Q", len(data))
-      f.write(length + struct.pack("<I", _masked_crc32c(length)))
-      f.write(data + struct.pack("<I", _masked_crc32c(data)))
+      f.write(tfrecord.frame(encode_record(doc, record_format)))
   return str(path)
 
 

@@ -76,14 +76,23 @@ def main(argv=None) -> int:
   model, name = load(args)
   # Padding every batch to a multiple of 64 lets subtasks share compiled shapes.
   logits_fn = runner.make_logits_fn(model, segment_len=args.segment_len)
-  for task in tasks:
+  def progress(line):
+    print(f"[{time.time() - start:6.1f}s] {line}", file=sys.stderr, flush=True)
+
+  start = time.time()
+  for ti, task in enumerate(tasks):
     t0 = time.time()
+    progress(f"task {task} ({ti + 1}/{len(tasks)}): lengths {lengths}, {args.num_examples} "
+             "examples each (the first call of each shape compiles)")
     rows = suite.run(logits_fn, task, lengths, num_examples=args.num_examples, seed=args.seed,
                      batch_size=args.batch_size,
-                     pad_to_multiple=math.lcm(64, runner.model_alignment(model)))
+                     pad_to_multiple=math.lcm(64, runner.model_alignment(model)),
+                     progress=progress)
     print(f"\n## {task} ({name}, {args.checkpoint or 'fresh ' + args.preset}) "
           f"{time.time() - t0:.1f}s\n")
     print(suite.format_table(rows))
+    print("\n(accuracy in %; chance = uniform guessing, baseline = always the most frequent "
+          "answer; a model at or below them has learned nothing measurable)")
     out = args.output
     if out is None:
       out = (os.path.join(args.checkpoint, "eval", f"{task}.json") if args.checkpoint

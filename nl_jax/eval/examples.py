@@ -211,6 +211,32 @@ def score(logits_fn: LogitsFn, examples: Sequence[Example], batch_size: int = 8,
   }
 
 
+def chance_accuracy(examples: Sequence[Example], vocab_size: int = TOKENIZER.vocab_size) -> float:
+  """Expected exact-match accuracy of uniform guessing, averaged over the spans.
+
+  A span with ``choices`` is guessed among them (1 / #choices); a free span token by token
+  among the whole vocabulary ((1 / V) ** span length, ~0 for any multi-token answer).
+  """
+  probs = [1.0 / len(span.choices) if span.choices else float(vocab_size) ** -(span.end - span.start)
+           for ex in examples for span in ex.spans]
+  return float(np.mean(probs)) if probs else float("nan")
+
+
+def constant_answer_accuracy(examples: Sequence[Example]) -> float:
+  """Accuracy of the best constant predictor: always the most frequent answer of the set.
+
+  The trivial baseline a model must beat (the majority class of a classification task, the
+  most common answer of a QA task); it is computed from the answers themselves, so it is an
+  upper bound for any input-blind predictor.
+  """
+  answers = [tuple(np.asarray(ex.tokens[span.start:span.end]).tolist())
+             for ex in examples for span in ex.spans]
+  if not answers:
+    return float("nan")
+  _, counts = np.unique(np.asarray([hash(a) for a in answers]), return_counts=True)
+  return float(counts.max() / len(answers))
+
+
 def oracle_logits_fn(vocab_size: int = TOKENIZER.vocab_size) -> LogitsFn:
   """A perfect next-token predictor (one-hot on the true next token): scores 1 everywhere."""
 

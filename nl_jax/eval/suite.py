@@ -25,11 +25,19 @@ task              subtasks                                              ``length
 ================  ====================================================  =================
 """
 
+import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nl_jax.eval import babilong, continual, formal, mqar, niah, perplexity
-from nl_jax.eval.examples import LogitsFn, score
+from nl_jax.eval.examples import (
+    TOKENIZER,
+    LogitsFn,
+    chance_accuracy,
+    constant_answer_accuracy,
+    score,
+)
 
 TASKS = ("niah", "mqar", "babilong", "formal", "continual", "ppl")
 
@@ -79,57 +87,105 @@ def examples_for(task: str, length: int, num_examples: int, seed: int) -> dict[s
   raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
 
 
+def _span_group(examples, group: str) -> list:
+  """The examples restricted to the spans of one group (for per-cell chance levels)."""
+  out = []
+  for ex in examples:
+    spans = tuple(s for s in ex.spans if s.group == group)
+    if spans:
+      out.append(dataclasses.replace(ex, spans=spans))
+  return out
+
+
 def run(logits_fn: LogitsFn, task: str, lengths: list[int], *, num_examples: int = 20,
-        seed: int = 0, batch_size: int = 4, pad_to_multiple: int = 1) -> list[dict[str, Any]]:
-  """Runs ``task`` at every length; returns result rows (subtask, length, metric, value...)."""
+        seed: int = 0, batch_size: int = 4, pad_to_multiple: int = 1,
+        progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+  """Runs ``task`` at every length; returns result rows.
+
+  Each row: ``task, subtask, length, metric, value, n, seconds`` and, for accuracies,
+  ``chance`` (uniform guessing, `chance_accuracy`) and ``baseline`` (always the most frequent
+  answer, `constant_answer_accuracy`); for perplexity ``chance`` is the vocabulary size (the
+  perplexity of uniform guessing). ``progress`` gets one line per finished subtask and length.
+  """
   rows = []
-  for length in lengths:
+  say = progress or (lambda _: None)
+  for li, length in enumerate(lengths):
     t0 = time.time()
+    where = f"{task} length {length} ({li + 1}/{len(lengths)})"
     if task == "ppl":
       nll = perplexity.position_nll(logits_fn, perplexity.windows(length, num_examples, seed),
                                     batch_size)
       for b in perplexity.bucket(nll):
         rows.append({"task": task, "subtask": f"pos {b['start']}-{b['end']}", "length": length,
                      "metric": "ppl", "value": b["ppl"], "n": num_examples,
+                     "chance": float(TOKENIZER.vocab_size), "baseline": None,
                      "seconds": time.time() - t0})
+      say(f"{where}: {len(rows)} position buckets, {time.time() - t0:.1f}s")
       continue
-    for sub, exs in examples_for(task, length, num_examples, seed).items():
+    subtasks = examples_for(task, length, num_examples, seed)
+    for si, (sub, exs) in enumerate(subtasks.items()):
       res = score(logits_fn, exs, batch_size, pad_to_multiple)
       if task == "continual":
         cfg = continual.ContinualConfig()
         acc = continual.accuracy_matrix(res["by_group"], cfg.num_tasks)
         for s in range(cfg.num_tasks):
           for j in range(s + 1):
+            cell = _span_group(exs, f"s{s}/t{j}")
             rows.append({"task": task, "subtask": f"after stage {s}: task {j}",
                          "length": length, "metric": "accuracy", "value": float(acc[s, j]),
-                         "n": num_examples, "seconds": time.time() - t0})
+                         "n": num_examples, "chance": chance_accuracy(cell),
+                         "baseline": constant_answer_accuracy(cell),
+                         "seconds": time.time() - t0})
         rows.append({"task": task, "subtask": "forgetting", "length": length,
                      "metric": "forgetting", "value": continual.forgetting(acc),
-                     "n": num_examples, "seconds": time.time() - t0})
-        continue
-      rows.append({"task": task, "subtask": sub, "length": length, "metric": "accuracy",
-                   "value": res["accuracy"], "n": res["num_spans"],
-                   "seconds": time.time() - t0})
+                     "n": num_examples, "chance": None, "baseline": None,
+                     "seconds": time.time() - t0})
+      else:
+        rows.append({"task": task, "subtask": sub, "length": length, "metric": "accuracy",
+                     "value": res["accuracy"], "n": res["num_spans"],
+                     "chance": chance_accuracy(exs), "baseline": constant_answer_accuracy(exs),
+                     "seconds": time.time() - t0})
+      say(f"{where}, {sub} ({si + 1}/{len(subtasks)}): accuracy {100 * res['accuracy']:.1f}% "
+          f"over {res['num_spans']} answers, {time.time() - t0:.1f}s")
   return rows
 
 
+def _fmt(value, metric: str) -> str:
+  if value is None:
+    return "-"
+  return f"{100 * value:.1f}" if metric == "accuracy" else f"{value:.3f}"
+
+
+def _reference(rows: list[dict[str, Any]], key: str, metric: str) -> str:
+  """One reference value (chance / baseline) for a subtask: the value, or its range."""
+  vals = [r.get(key) for r in rows if r.get(key) is not None]
+  if not vals:
+    return "-"
+  lo, hi = min(vals), max(vals)
+  if _fmt(lo, metric) == _fmt(hi, metric):
+    return _fmt(lo, metric)
+  return f"{_fmt(lo, metric)}-{_fmt(hi, metric)}"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-  """A markdown table: one row per subtask, one column per length."""
+  """A markdown table: one row per subtask, a chance and a baseline column, one per length.
+
+  Accuracies are in %; ``chance`` is uniform guessing, ``baseline`` always the most frequent
+  answer (for perplexity, chance is the vocabulary size; ``-`` where none applies).
+  """
   lengths = sorted({r["length"] for r in rows})
   subtasks = list(dict.fromkeys(r["subtask"] for r in rows))
   cell = {(r["subtask"], r["length"]): r for r in rows}
-  head = "| subtask | metric | " + " | ".join(str(n) for n in lengths) + " |"
-  lines = [head, "|" + "---|" * (len(lengths) + 2)]
+  head = ("| subtask | metric | chance | baseline | " + " | ".join(str(n) for n in lengths)
+          + " |")
+  lines = [head, "|" + "---|" * (len(lengths) + 4)]
   for sub in subtasks:
-    metric = next(r["metric"] for r in rows if r["subtask"] == sub)
+    sub_rows = [r for r in rows if r["subtask"] == sub]
+    metric = sub_rows[0]["metric"]
     vals = []
     for n in lengths:
       r = cell.get((sub, n))
-      if r is None:
-        vals.append("")
-      elif r["metric"] == "accuracy":
-        vals.append(f"{100 * r['value']:.1f}")
-      else:
-        vals.append(f"{r['value']:.3f}")
-    lines.append(f"| {sub} | {metric} | " + " | ".join(vals) + " |")
+      vals.append("" if r is None else _fmt(r["value"], metric))
+    lines.append(f"| {sub} | {metric} | {_reference(sub_rows, 'chance', metric)} | "
+                 f"{_reference(sub_rows, 'baseline', metric)} | " + " | ".join(vals) + " |")
   return "\n".join(lines)

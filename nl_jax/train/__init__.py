@@ -14,7 +14,8 @@
 """Training for nl_jax: configs, mesh and sharding, optimizers, loop, checkpoints, metrics.
 
 Entry points: `train_and_evaluate(config, workdir)` (used by ``launch/train.py``),
-`default_config` / `validate` (experiment configs), `load_for_eval(path) -> (model, config)`.
+`default_config` / `validate` (experiment configs), `load_for_eval(path) -> (model, config)`,
+`load_trained(workdir) -> (model, tokenizer, config)` (text in, text out: `sampling`).
 Importing this package pulls in jax, flax, optax, orbax and grain (not TensorFlow).
 """
 
@@ -27,6 +28,7 @@ from nl_jax.train.loop import (
     make_train_step,
     train_and_evaluate,
 )
+from nl_jax.train.sampling import load_trained
 
 __all__ = [
     "Checkpointer",
@@ -35,6 +37,7 @@ __all__ = [
     "build_setup",
     "default_config",
     "load_for_eval",
+    "load_trained",
     "make_eval_step",
     "make_train_step",
     "train_and_evaluate",

@@ -169,6 +169,10 @@ def default_config(model_name: str = "hope", preset: str = "tiny", *,
       nan_skip_budget=10,
       peak_flops_per_device=0.0,  # 0 = look up the device kind (PEAK_FLOPS); CPU: unknown
       tensorboard=True,
+      # Every held-out eval prints (and logs) this many generated tokens after sample_prompt
+      # (greedy, carried memory); 0 = no samples.
+      sample_tokens=48,
+      sample_prompt="ROMEO:\n",
       # Resume with changed steps / LR schedule / logging / eval / checkpointing fields
       # (`nl_jax.train.workdir.MAY_CHANGE_FIELDS`); other changes are always refused.
       allow_config_changes=False,
@@ -187,7 +191,8 @@ def _schema() -> dict[str, dict[str, Any]]:
   train = dict(steps=int, seed=int, log_every=int, eval_every=int, eval_batches=int,
                checkpoint_every=int, keep_checkpoints=int, async_checkpointing=bool,
                nan_policy=str, nan_skip_budget=int, peak_flops_per_device=float,
-               tensorboard=bool, allow_config_changes=bool)
+               tensorboard=bool, allow_config_changes=bool, sample_tokens=int,
+               sample_prompt=str)
   return {"optimizer": opt, "train": train, "mesh": dict(data=int, fsdp=int, tensor=int),
           "sharding": dict(param_rules=tuple, logical_axes=tuple, memory_rules=tuple)}
 
@@ -411,7 +416,8 @@ def validate(config: Any, *, num_devices: int | None = None,
   for k in ("steps", "log_every", "keep_checkpoints"):
     if t[k] < 1:
       bad(f"train.{k}", f"must be >= 1, got {t[k]}")
-  for k in ("eval_every", "eval_batches", "checkpoint_every", "nan_skip_budget"):
+  for k in ("eval_every", "eval_batches", "checkpoint_every", "nan_skip_budget",
+            "sample_tokens"):
     if t[k] < 0:
       bad(f"train.{k}", f"must be >= 0, got {t[k]}")
   if t.nan_policy not in NAN_POLICIES:

@@ -51,6 +51,7 @@ from nl_jax.train import config as config_lib
 from nl_jax.train import mesh as mesh_lib
 from nl_jax.train import metrics as metrics_lib
 from nl_jax.train import optimizers
+from nl_jax.train import sampling
 from nl_jax.train import workdir as workdir_lib
 
 
@@ -274,22 +275,35 @@ def evaluate(setup: Setup, eval_step, params, rest) -> tuple[float, float]:
 
 
 class _Preemption:
-  """SIGTERM -> flag (single process; multi-process runs use JAX's preemption notifier)."""
+  """SIGTERM or Ctrl-C -> flag: save at the next step boundary and return.
+
+  A second Ctrl-C aborts at once (KeyboardInterrupt). Single process only; multi-process
+  runs use JAX's preemption notifier.
+  """
 
   def __init__(self, install: bool):
     self.flag = False
-    self._old = None
+    self._old = {}
     # Python signal handlers can only be set from the main thread.
     if install and threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handler)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handler)
 
   def _handler(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
+    if signum == signal.SIGINT:
+      if self.flag:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
+      logging.warning("Ctrl-C: saving a checkpoint at the next step boundary "
+                      "(Ctrl-C again aborts at once)")
+    else:
+      logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
     self.flag = True
 
   def restore(self):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    self._old = {}
 
 
 def _host_metrics(metrics) -> dict[str, float]:
@@ -338,8 +352,9 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
   logging.info("model %s: %s parameters; mesh %s over %d devices (%d processes)",
                config.model_name, f"{setup.num_params:,}", dict(setup.mesh.shape),
                setup.mesh.size, pcount)
-  logging.info("parameter shardings:\n%s", mesh_lib.describe(setup.abstract_params,
-                                                             setup.param_sh))
+  # The full placement is for debugging (`--debug` on the launch scripts shows it).
+  logging.debug("parameter shardings:\n%s", mesh_lib.describe(setup.abstract_params,
+                                                              setup.param_sh))
   # Empty, unreadable or malformed data files fail here, naming the file, before any write.
   data_lib.check_sources(data_cfg)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
@@ -386,10 +401,12 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
   preemption = _Preemption(install=pcount == 1)
   result = {"step": step, "preempted": False, "train_loss": None, "eval_loss": None,
             "nan_skips": int(jax.device_get(train_state["nan_skips"])),
-            "resumed_from": latest}
+            "resumed_from": latest, "already_done": step >= tcfg.steps}
   last_saved = latest
   try:
     start_time = time.perf_counter()
+    if step < tcfg.steps:
+      logger.progress.message("compiling the train step...")
     while step < tcfg.steps:
       batch = global_batch(setup, next(train_iter))
       params, train_state, metrics = train_step(params, train_state, batch, rest)
@@ -397,7 +414,8 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
       host = _host_metrics(metrics)
       checkpointer.poll()  # A failed asynchronous save stops the run here.
       if step == (latest or 0) + 1:
-        logging.info("first step (with compilation) took %.1fs", time.perf_counter() - start_time)
+        logger.progress.message(f"compiled the train step and ran step {step} in "
+                                f"{time.perf_counter() - start_time:.1f}s")
         logger.start(step)
       if not host.pop("finite"):
         bad = sorted(k for k, v in host.items() if not math.isfinite(v))
@@ -413,6 +431,7 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
         logging.warning("%s; skipping (%d of budget %d)", msg, result["nan_skips"],
                         tcfg.nan_skip_budget)
       result["train_loss"] = host["loss"]
+      logger.step(step, host["loss"])
       if step % tcfg.log_every == 0 or step == tcfg.steps:
         logger.train(step, host)
       if tcfg.eval_batches and (
@@ -420,6 +439,11 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
         loss, count = evaluate(setup, eval_step, params, rest)
         logger.eval(step, loss, count)
         result["eval_loss"] = loss
+        if tcfg.get("sample_tokens", 0) and pcount == 1:
+          text, _ = sampling.continuation(
+              sampling.model_on_one_device(setup.graphdef, params, rest),
+              sampling.tokenizer_of(data_cfg), tcfg.sample_prompt, tcfg.sample_tokens)
+          logger.sample(step, tcfg.sample_prompt, text)
       preempted = preemption.flag or (pcount > 1 and checkpointer.reached_preemption(step))
       if (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or (
           step == tcfg.steps) or preempted:

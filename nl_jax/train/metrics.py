@@ -11,163 +11,95 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Training metrics: JSONL, TensorBoard event files, console progress, throughput and MFU.
+"""Training metrics: JSONL, TensorBoard, console progress, samples, throughput and MFU.
 
 Files in the workdir (process 0 only):
 
-* ``metrics.jsonl``: one JSON object per logged step, ``{"split": "train"|"eval", "step",
-  "loss", "perplexity", "tokens_per_s", "mfu", "lr", "grad_norm", "aux/<name>", ...}``.
-* ``tensorboard/events.out.tfevents.*``: the same scalars, for ``tensorboard --logdir``.
-  The writer is ~60 lines here (protobuf + TFRecord framing with CRC32C) instead of a
-  dependency on TensorFlow/tensorboardX.
+* ``metrics.jsonl``: one JSON object per logged step, ``{"split": "train"|"eval"|"sample",
+  "step", "loss", "perplexity", "tokens_per_s", "mfu", "lr", "grad_norm", "aux/<name>", ...}``.
+* ``tensorboard/events.out.tfevents.*``: the same scalars and the eval samples as text, for
+  ``tensorboard --logdir``, written by ``tensorboardX`` (the ``monitoring`` extra; without it
+  one line says so and the run continues without event files).
+* ``loss.png``: the train and held-out loss curves, written at the end of a run
+  (`write_loss_plot`, matplotlib).
 """
 
+import glob
 import json
 import math
 import os
-import socket
-import struct
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from absl import logging
 
-# CRC32C (Castagnoli), as TFRecord framing requires.
-_CRC_TABLE = []
-for _i in range(256):
-  _c = _i
-  for _ in range(8):
-    _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-  _CRC_TABLE.append(_c)
+from nl_jax.train import guards
+from nl_jax.train import progress as progress_lib
 
 
-def crc32c(data: bytes) -> int:
-  crc = 0xFFFFFFFF
-  for b in data:
-    crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(value: int) -> bytes:
-  out = bytearray()
-  while True:
-    bits = value & 0x7F
-    value >>= 7
-    if value:
-      out.append(bits | 0x80)
-    else:
-      out.append(bits)
-      return bytes(out)
-
-
-def _field_bytes(number: int, payload: bytes) -> bytes:
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _event(wall_time: float, step: int, *, scalars: Mapping[str, float] | None = None,
-           file_version: str | None = None) -> bytes:
-  """A serialized ``tensorflow.Event`` proto (wall_time=1, step=2, file_version=3, summary=5)."""
-  out = bytearray(b"\x09" + struct.pack("<d", wall_time))
-  out += b"\x10" + _varint(step & 0xFFFFFFFFFFFFFFFF)
-  if file_version is not None:
-    out += _field_bytes(3, file_version.encode())
-  if scalars:
-    summary = b"".join(
-        _field_bytes(1, _field_bytes(1, tag.encode()) + b"\x15" + struct.pack("<f", value))
-        for tag, value in scalars.items())
-    out += _field_bytes(5, summary)
-  return bytes(out)
-
-
-def _record(data: bytes) -> bytes:
-  header = struct.pack("<Q", len(data))
-  return (header + struct.pack("<I", _masked_crc(header)) + data
-          + struct.pack("<I", _masked_crc(data)))
+def _tensorboardx():
+  """The tensorboardX module, or None after one line naming the extra."""
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning('TensorBoard files off: tensorboardX is not installed '
+                    '(pip install -e ".[monitoring]")')
+    return None
+  return tensorboardX
 
 
 class TensorBoardWriter:
-  """Appends scalar summaries to a TensorBoard event file in ``logdir``."""
+  """Scalars and text summaries in a TensorBoard event file in ``logdir`` (tensorboardX)."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, tensorboardx=None):
+    tbx = tensorboardx or _tensorboardx()
+    if tbx is None:
+      raise ImportError('TensorBoard files need tensorboardX: pip install -e ".[monitoring]"')
     os.makedirs(logdir, exist_ok=True)
-    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-    self.path = os.path.join(logdir, name)
-    self._f = open(self.path, "ab")  # pylint: disable=consider-using-with
-    self._f.write(_record(_event(time.time(), 0, file_version="brain.Event:2")))
-    self._f.flush()
+    before = set(glob.glob(os.path.join(logdir, "events.out.tfevents.*")))
+    self._writer = tbx.SummaryWriter(logdir=logdir, flush_secs=10)
+    self._writer.flush()
+    new = sorted(set(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))) - before)
+    self.path = new[-1] if new else None
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
-    values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
-    self._f.write(_record(_event(time.time(), step, scalars=values)))
-    self._f.flush()
+    for tag, value in values.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._writer.add_scalar(tag, float(value), global_step=int(step))
+
+  def text(self, step: int, tag: str, text: str) -> None:
+    self._writer.add_text(tag, text, global_step=int(step))
+
+  def flush(self) -> None:
+    self._writer.flush()
 
   def close(self) -> None:
-    self._f.close()
+    self._writer.close()
 
 
-def read_event_scalars(path: str) -> list[tuple[int, dict[str, float]]]:
-  """Parses an event file written by `TensorBoardWriter` (checks every CRC); for tests."""
+def read_events(path: str) -> list[tuple[int, dict[str, float], dict[str, str]]]:
+  """``(step, scalars, texts)`` per event of an event file (every CRC checked)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
+  from nl_jax.data import tfrecord  # pylint: disable=g-import-not-at-top
+
   out = []
-  with open(path, "rb") as f:
-    data = f.read()
-  pos = 0
-  while pos < len(data):
-    header = data[pos:pos + 8]
-    (length,) = struct.unpack("<Q", header)
-    if struct.unpack("<I", data[pos + 8:pos + 12])[0] != _masked_crc(header):
-      raise ValueError(f"{path}: bad length CRC at byte {pos}")
-    payload = data[pos + 12:pos + 12 + length]
-    if struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] != _masked_crc(payload):
-      raise ValueError(f"{path}: bad data CRC at byte {pos}")
-    pos += 16 + length
-    out.append(_parse_event(payload))
+  for payload in tfrecord.read_records(path):
+    event = event_pb2.Event.FromString(payload)
+    scalars, texts = {}, {}
+    for value in event.summary.value:
+      if value.HasField("simple_value"):
+        scalars[value.tag] = value.simple_value
+      elif value.HasField("tensor") and value.tensor.string_val:
+        texts[value.tag] = b"".join(value.tensor.string_val).decode("utf-8", "replace")
+    out.append((int(event.step), scalars, texts))
   return out
 
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-  shift = value = 0
-  while True:
-    b = buf[i]
-    i += 1
-    value |= (b & 0x7F) << shift
-    shift += 7
-    if not b & 0x80:
-      return value, i
-
-
-def _parse_fields(buf: bytes):
-  i = 0
-  while i < len(buf):
-    key, i = _read_varint(buf, i)
-    number, wire = key >> 3, key & 7
-    if wire == 0:
-      value, i = _read_varint(buf, i)
-    elif wire == 1:
-      value, i = buf[i:i + 8], i + 8
-    elif wire == 5:
-      value, i = buf[i:i + 4], i + 4
-    else:
-      n, i = _read_varint(buf, i)
-      value, i = buf[i:i + n], i + n
-    yield number, value
-
-
-def _parse_event(buf: bytes) -> tuple[int, dict[str, float]]:
-  step, scalars = 0, {}
-  for number, value in _parse_fields(buf):
-    if number == 2:
-      step = value
-    elif number == 5:
-      for _, v in _parse_fields(value):
-        fields = dict(_parse_fields(v))
-        scalars[fields[1].decode()] = struct.unpack("<f", fields[2])[0]
-  return step, scalars
+def read_event_scalars(path: str) -> list[tuple[int, dict[str, float]]]:
+  """``(step, scalars)`` per event of an event file (every CRC checked); for tests."""
+  return [(step, scalars) for step, scalars, _ in read_events(path)]
 
 
 def model_flops_per_token(num_params: int, embed_params: int, n_layers: int, d_model: int,
@@ -190,15 +122,6 @@ def peak_flops(device_kind: str, override: float, table) -> float:
   return 0.0
 
 
-def _fmt_duration(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
 def _json_value(value: Any) -> Any:
   """Non-finite floats as the strings "nan" / "inf" / "-inf" (valid JSON)."""
   if isinstance(value, float) and not math.isfinite(value):
@@ -207,21 +130,23 @@ def _json_value(value: Any) -> Any:
 
 
 class MetricsLogger:
-  """Writes train/eval metrics (JSONL + TensorBoard) and prints the progress line.
+  """Writes train/eval metrics (JSONL + TensorBoard) and shows the progress.
 
   Args:
     workdir: where ``metrics.jsonl`` and ``tensorboard/`` go.
-    total_steps: for the ETA.
+    total_steps: for the progress and its ETA.
     tokens_per_step: global tokens per train step (for tokens/s).
     flops_per_token: for MFU (0 = not reported).
     peak_flops_total: peak FLOP/s of all devices together (0 = MFU not reported).
     tensorboard: also write TensorBoard event files.
     enabled: False on processes other than 0 (they only keep time).
+    interactive: a progress bar instead of log lines (default: stderr is a terminal).
   """
 
   def __init__(self, workdir: str, *, total_steps: int, tokens_per_step: int,
                flops_per_token: float = 0.0, peak_flops_total: float = 0.0,
-               tensorboard: bool = True, enabled: bool = True):
+               tensorboard: bool = True, enabled: bool = True,
+               interactive: bool | None = None):
     self.total_steps = total_steps
     self.tokens_per_step = tokens_per_step
     self.flops_per_token = flops_per_token
@@ -234,7 +159,11 @@ class MetricsLogger:
       path = os.path.join(workdir, "metrics.jsonl")
       self._jsonl = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
       if tensorboard:
-        self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+        tbx = _tensorboardx()
+        if tbx is not None:
+          self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"), tbx)
+    self.progress = progress_lib.Progress(total_steps, tokens_per_step=tokens_per_step,
+                                          interactive=interactive, enabled=enabled)
     self._last_time = None
     self._last_step = None
 
@@ -242,6 +171,11 @@ class MetricsLogger:
     """Starts the throughput clock (call after the first, compiling, step)."""
     self._last_time = time.perf_counter()
     self._last_step = step
+    self.progress.start(step)
+
+  def step(self, step: int, loss: float) -> None:
+    """Every step: moves the progress bar (cheap; nothing is written)."""
+    self.progress.update(step, loss)
 
   def train(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Logs train metrics of ``step`` (after it ran); returns the row written."""
@@ -250,7 +184,6 @@ class MetricsLogger:
     row.update({k: float(v) for k, v in metrics.items()})
     row["perplexity"] = math.exp(min(row["loss"], 80.0)) if math.isfinite(row["loss"]) else (
         float("nan"))
-    rate = float("nan")
     if self._last_time is not None and step > self._last_step:
       dt = now - self._last_time
       rate = (step - self._last_step) / max(dt, 1e-9)
@@ -260,28 +193,37 @@ class MetricsLogger:
         row["mfu"] = row["tokens_per_s"] * self.flops_per_token / self.peak_flops_total
     self._last_time, self._last_step = now, step
     self._write(row)
-    if self.enabled:
-      eta = (self.total_steps - step) / rate if rate == rate and rate > 0 else float("nan")
-      parts = [f"step {step}/{self.total_steps}", f"loss {row['loss']:.4f}",
-               f"ppl {row['perplexity']:.2f}"]
-      if "tokens_per_s" in row:
-        parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
+    if self.progress._step != step:  # pylint: disable=protected-access
+      self.progress.update(step, row["loss"])
+    if self.enabled and not self.progress.interactive:
+      extra = [f"ppl {row['perplexity']:.2f}"]
       if "mfu" in row:
-        parts.append(f"mfu {100 * row['mfu']:.1f}%")
-      parts += [f"lr {row.get('lr', float('nan')):.2e}",
-                f"gnorm {row.get('grad_norm', float('nan')):.3f}",
-                f"ETA {_fmt_duration(eta)}"]
-      logging.info(" | ".join(parts))
+        extra.append(f"mfu {100 * row['mfu']:.1f}%")
+      extra += [f"lr {row.get('lr', float('nan')):.2e}",
+                f"gnorm {row.get('grad_norm', float('nan')):.3f}"]
+      extra += guards.console_fields(row)
+      logging.info(self.progress.log_line(extra))
     return row
 
   def eval(self, step: int, loss: float, tokens: float) -> dict[str, Any]:
     row = {"split": "eval", "step": int(step), "loss": float(loss), "tokens": float(tokens),
            "perplexity": math.exp(min(loss, 80.0)) if math.isfinite(loss) else float("nan")}
     self._write(row)
-    if self.enabled:
-      logging.info("eval step %d | held-out loss %.4f | perplexity %.2f | %d tokens", step,
-                   loss, row["perplexity"], tokens)
+    self.progress.message(f"eval step {step} | held-out loss {loss:.4f} | perplexity "
+                          f"{row['perplexity']:.2f} | {int(tokens)} tokens")
     return row
+
+  def sample(self, step: int, prompt: str, continuation: str) -> None:
+    """An eval's generated continuation: console, ``metrics.jsonl`` and TensorBoard text."""
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"split": "sample", "step": int(step), "prompt": prompt,
+                                  "continuation": continuation}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      # Markdown: a code block keeps the model's line breaks and spacing.
+      self._tb.text(step, "samples", f"```\n{prompt}{continuation}\n```")
+    self.progress.message(f"sample step {step}: {prompt!r} -> {continuation!r}")
 
   def _write(self, row: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -297,10 +239,61 @@ class MetricsLogger:
                                      if k not in ("split", "step")})
 
   def close(self) -> None:
+    self.progress.close()
     if self._jsonl is not None:
       self._jsonl.close()
+      self._jsonl = None
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
+
+
+def write_loss_plot(workdir: str, path: str | None = None) -> str | None:
+  """Plots train and held-out loss from ``metrics.jsonl`` into ``loss.png``; its path.
+
+  Returns None (after one line naming the extra) when matplotlib is not installed, and None
+  when there is nothing to plot.
+  """
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning('loss.png not written: matplotlib is not installed '
+                    '(pip install -e ".[monitoring]")')
+    return None
+  rows = read_jsonl(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+  train = [(r["step"], float(r["loss"])) for r in rows if r.get("split") == "train"]
+  held = [(r["step"], float(r["loss"])) for r in rows if r.get("split") == "eval"]
+  if not train and not held:
+    return None
+  path = path or os.path.join(workdir, "loss.png")
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+  if train:
+    ax.plot(*zip(*train, strict=True), label="train", lw=1)
+  if held:
+    ax.plot(*zip(*held, strict=True), "o-", label="held-out", lw=1.5)
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats/token)")
+  ax.set_title(os.path.basename(os.path.normpath(workdir)))
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def last_losses(workdir: str) -> tuple[float | None, float | None, int | None]:
+  """(last train loss, last held-out loss, last step) recorded in ``metrics.jsonl``."""
+  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    return None, None, None
+  rows = read_jsonl(workdir)
+  train = [r for r in rows if r.get("split") == "train"]
+  held = [r for r in rows if r.get("split") == "eval"]
+  return (train[-1]["loss"] if train else None, held[-1]["loss"] if held else None,
+          max((r["step"] for r in train + held), default=None))
 
 
 class _QuietLibraries:

@@ -46,14 +46,20 @@ def workdir(tmp_path_factory):
 def test_cli_table_json_and_agreement(workdir, capsys):
   assert cli.main(["--task", "mqar,niah", "--checkpoint", workdir, "--lengths", "400",
                    "--num-examples", "2", "--batch-size", "2"]) == 0
-  printed = capsys.readouterr().out
-  assert "| mqar | accuracy |" in printed and "| s_niah_3 | accuracy |" in printed
+  captured = capsys.readouterr()
+  printed = captured.out
+  assert "| mqar | accuracy | 0.4 |" in printed and "| s_niah_3 | accuracy | 0.0 |" in printed
+  assert "| subtask | metric | chance | baseline | 400 |" in printed
+  # Progress on stderr: each task, then each subtask at each length as it finishes.
+  assert "task mqar (1/2): lengths [400]" in captured.err
+  assert "niah length 400 (1/1), mk_niah_1 (4/4): accuracy" in captured.err
   with open(os.path.join(workdir, "eval", "niah.json")) as f:
     out = json.load(f)
   assert out["model"] == "transformer_pp" and out["lengths"] == [400]
   assert [r["subtask"] for r in out["rows"]] == ["s_niah_1", "s_niah_2", "s_niah_3",
                                                   "mk_niah_1"]
   assert all(0.0 <= r["value"] <= 1.0 and r["n"] == 2 for r in out["rows"])
+  assert all(r["chance"] < 1e-6 and 0.0 <= r["baseline"] <= 1.0 for r in out["rows"])
   # The numbers are those of scoring the restored model directly.
   from nl_jax.train import load_for_eval
 

@@ -13,10 +13,13 @@
 # limitations under the License.
 """Generators (deterministic, correct, lengths and placements as asked) and scorers."""
 
+import re
+
 import numpy as np
 import pytest
 
 from nl_jax.eval import babilong, continual, formal, mqar, niah, perplexity, suite
+from nl_jax.eval import examples as examples_lib
 from nl_jax.eval.examples import (
     TOKENIZER,
     Example,
@@ -229,4 +232,36 @@ def test_suite_lengths_and_table():
     suite.parse_lengths("1m")
   rows = suite.run(oracle_logits_fn(), "mqar", [40, 80], num_examples=2)
   assert [r["value"] for r in rows] == [1.0, 1.0]
-  assert "| mqar | accuracy | 100.0 | 100.0 |" in suite.format_table(rows)
+  table = suite.format_table(rows)
+  # One-token answers: chance 1/259 = 0.4%; the baseline is the most frequent value.
+  assert table.splitlines()[0] == "| subtask | metric | chance | baseline | 40 | 80 |"
+  assert re.search(r"\| mqar \| accuracy \| 0\.4 \| [\d.]+(-[\d.]+)? \| 100\.0 \| 100\.0 \|",
+                   table), table
+
+
+def test_chance_and_constant_baseline():
+  """Classification by class logit: chance 1/#choices; the baseline is the majority class."""
+  fexs = formal.make_examples(formal.FormalConfig(language="parity", max_len=12), 200, 0)
+  assert examples_lib.chance_accuracy(fexs) == pytest.approx(0.5)
+  labels = [tuple(e.tokens[s.start:s.end]) for e in fexs for s in e.spans]
+  majority = max(labels.count(x) for x in set(labels)) / len(labels)
+  assert examples_lib.constant_answer_accuracy(fexs) == pytest.approx(majority)
+  # Free-form answers: uniform guessing over 259 byte tokens is ~0; a constant answer
+  # cannot recall a random needle.
+  nexs = niah.make_examples(niah.NiahConfig(task="s_niah_1", length=300), 20, 0)
+  assert examples_lib.chance_accuracy(nexs) < 1e-6
+  assert examples_lib.constant_answer_accuracy(nexs) <= 0.1
+  # Random logits score near chance, and every table row carries both references.
+  rows = suite.run(random_logits_fn(2), "formal", [12], num_examples=50)
+  assert all(r["chance"] == pytest.approx(0.5) and 0.0 <= r["baseline"] <= 1.0 for r in rows)
+  ppl = suite.run(oracle_logits_fn(), "ppl", [64], num_examples=2)
+  assert all(r["chance"] == 259.0 for r in ppl)
+  assert "| 259.000 | - |" in suite.format_table(ppl)
+
+
+def test_progress_line_per_subtask_and_length():
+  lines = []
+  suite.run(oracle_logits_fn(), "niah", [400, 500], num_examples=1, progress=lines.append)
+  assert len(lines) == 2 * len(niah.TASKS)
+  assert lines[0].startswith("niah length 400 (1/2), s_niah_1 (1/4): accuracy 100.0%")
+  assert lines[-1].startswith("niah length 500 (2/2), mk_niah_1 (4/4)")

@@ -250,20 +250,34 @@ def test_sharding_rules_map_paths_to_mesh_axes():
 
 
 def test_tensorboard_event_file_round_trip(tmp_path):
-  assert metrics_lib.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+  pytest.importorskip("tensorboardX")
   writer = metrics_lib.TensorBoardWriter(str(tmp_path))
   writer.scalars(7, {"train/loss": 2.5, "train/lr": 1e-3})
+  writer.text(7, "samples", "ROMEO: hello")
   writer.close()
-  events = metrics_lib.read_event_scalars(writer.path)
-  assert events[0] == (0, {})
-  assert events[1][0] == 7
-  assert events[1][1] == pytest.approx({"train/loss": 2.5, "train/lr": 1e-3})
-  # A flipped byte is detected.
+  events = metrics_lib.read_events(writer.path)
+  assert events[0][0] == 0 and not events[0][1]  # the file-version event
+  scalars = {k: v for step, s, _ in events if step == 7 for k, v in s.items()}
+  assert scalars == pytest.approx({"train/loss": 2.5, "train/lr": 1e-3})
+  assert any(step == 7 and "ROMEO: hello" in t.get("samples/text_summary", "")
+             for step, _, t in events)
+  # A flipped byte is detected (google-crc32c behind the TFRecord framing).
   data = bytearray(Path(writer.path).read_bytes())
   data[-6] ^= 1
   Path(writer.path).write_bytes(bytes(data))
   with pytest.raises(ValueError, match="CRC"):
     metrics_lib.read_event_scalars(writer.path)
+
+
+def test_tfrecord_crc_is_the_maintained_one():
+  from nl_jax.data import tfrecord  # pylint: disable=g-import-not-at-top
+
+  google_crc32c = pytest.importorskip("google_crc32c")
+  crc = 0xE3069283  # the CRC-32C check value of b"123456789" (RFC 3720)
+  assert google_crc32c.value(b"123456789") == crc
+  assert tfrecord.masked_crc32c(b"123456789") == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & (
+      0xFFFFFFFF)
+  assert not hasattr(metrics_lib, "crc32c")  # no hand-written copy left
 
 
 def test_mfu_and_flops_estimate():
