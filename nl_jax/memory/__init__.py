@@ -36,6 +36,7 @@ from nl_jax.memory.types import (
     MemoryState,
     rule_coefficients,
 )
+from nl_jax.memory.windowed import WINDOWED_RULES, WindowedMatrixMemory
 
 __all__ = [
     "FastLevel",
@@ -50,6 +51,8 @@ __all__ = [
     "RETENTION_ORDERS",
     "RULES",
     "SEMANTICS",
+    "WINDOWED_RULES",
+    "WindowedMatrixMemory",
     "alpha_from_logits",
     "eta_from_logits",
     "momentum_from_logits",

@@ -17,6 +17,9 @@
 * `m3` / `scale_by_m3`: Multi-scale Momentum Muon (Algorithm 1).
 * `dgd` / `scale_by_dgd`: Delta Gradient Descent for linear layers (+ `capture_linear_inputs`).
 * `delta_momentum`, `deep_momentum`: the expressive momenta of section 4.4.
+* The momentum family of eqs. 46-52 (`nl_jax.optim.momentum_family`): `preconditioned_momentum`,
+  `feature_momentum`, `delta_momentum_p`, `nonlinear_momentum` (Newton-Schulz: Muon) and
+  `deep_momentum_gd` (eq. 50 literally), on the core `scale_by_expressive_momentum`.
 
 Importing this package pulls in jax, numpy and optax only (flax is imported lazily by
 `capture_linear_inputs`).
@@ -32,6 +35,22 @@ from nl_jax.optim.momentum import (
     scale_by_deep_momentum,
     scale_by_delta_momentum,
 )
+from nl_jax.optim.momentum_family import (
+    DeepMomentumMemory,
+    LearnedDiagonal,
+    Polynomial,
+    ScaleByDeepMomentumGDState,
+    ScaleByExpressiveMomentumState,
+    ScaleByNonlinearMomentumState,
+    deep_momentum_gd,
+    delta_momentum_p,
+    feature_momentum,
+    nonlinear_momentum,
+    preconditioned_momentum,
+    scale_by_deep_momentum_gd,
+    scale_by_expressive_momentum,
+    scale_by_nonlinear_momentum,
+)
 from nl_jax.optim.newton_schulz import (
     MUON_COEFFS,
     NS_PRESETS,
@@ -45,20 +64,34 @@ __all__ = [
     "capture_linear_inputs",
     "cubic_coeffs",
     "deep_momentum",
+    "deep_momentum_gd",
+    "DeepMomentumMemory",
     "delta_momentum",
+    "delta_momentum_p",
     "dgd",
     "DimensionNumbers",
+    "feature_momentum",
+    "LearnedDiagonal",
     "m3",
     "MUON_COEFFS",
+    "nonlinear_momentum",
     "NS_PRESETS",
     "orthogonalize",
     "orthogonalize_many",
+    "Polynomial",
+    "preconditioned_momentum",
     "scale_by_deep_momentum",
+    "scale_by_deep_momentum_gd",
     "scale_by_delta_momentum",
     "scale_by_dgd",
+    "scale_by_expressive_momentum",
     "scale_by_m3",
+    "scale_by_nonlinear_momentum",
+    "ScaleByDeepMomentumGDState",
     "ScaleByDeepMomentumState",
     "ScaleByDeltaMomentumState",
     "ScaleByDGDState",
+    "ScaleByExpressiveMomentumState",
     "ScaleByM3State",
+    "ScaleByNonlinearMomentumState",
 ]

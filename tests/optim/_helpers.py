@@ -33,6 +33,9 @@ class OptSpec:
   lr: float
   static_args: tuple[str, ...] = ()
   needs_inputs: bool = False
+  # False where the learning rate is an inner step and a retained memory still moves the
+  # weights at learning_rate = 0 (deep_momentum_gd, eq. 50 literally).
+  zero_lr_silences: bool = True
 
   def make(self, learning_rate=None, **overrides):
     kw = dict(self.kwargs, **overrides)
@@ -49,6 +52,16 @@ SPECS = [
     OptSpec("dgd", optim.dgd, {}, 0.3, needs_inputs=True),
     OptSpec("delta_momentum", optim.delta_momentum, {}, 0.03),
     OptSpec("deep_momentum", optim.deep_momentum, {}, 0.03, ("hidden", "seed")),
+    OptSpec("preconditioned_momentum", optim.preconditioned_momentum,
+            dict(preconditioner=optim.LearnedDiagonal(inner_lr=0.1)), 0.01),
+    OptSpec("feature_momentum_learned", optim.feature_momentum,
+            dict(feature_map=optim.Polynomial((0.0, 1.0, 0.0), normalize=True,
+                                              learned=True)), 0.03),
+    OptSpec("delta_momentum_p", optim.delta_momentum_p,
+            dict(preconditioner=optim.LearnedDiagonal(inner_lr=0.1)), 0.01),
+    OptSpec("nonlinear_momentum", optim.nonlinear_momentum, {}, 0.02, ("ns_steps",)),
+    OptSpec("deep_momentum_gd", optim.deep_momentum_gd, {}, 0.03, ("hidden", "seed"),
+            zero_lr_silences=False),
 ]
 SPEC_IDS = [s.name for s in SPECS]
 
