@@ -36,8 +36,12 @@ Tested instances (``tests/levels/test_levels.py``): momentum as a one-level memo
 gradients under a weights level equals ``optax.sgd(momentum=...)``; Adam as the closed-form
 optimum of an element-wise L2 memory over gradients equals ``optax.adam``; a two-level
 CMS-style chain (chunk sizes 1 and 4) equals a plain loop of eq. 71; M3 (Algorithm 1, running
-sums) equals ``nl_jax.optim.m3``; a fast matrix memory (``nl_jax.memory.MatrixMemory``) under a
-slow projection level equals the same composition written by hand.
+sums) equals ``nl_jax.optim.scale_by_m3``; a Hope-like block (a fast DGD matrix memory from
+``nl_jax.memory`` whose keys, values, queries and learning rate come from a slow projection
+level updated every 8 tokens, followed by a CMS MLP level updated every 4 tokens) equals a plain
+loop with the DGD write spelled out. The Hope-like block is not the self-modifying Titans of
+eqs. 83-88 (its projections are a slow level, not memories with self-generated values), and the
+projection gradient is first order in time (through the read and the current token's write).
 
 Example (heavy-ball momentum as a memory over gradients, a two-level system)::
 

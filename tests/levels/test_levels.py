@@ -238,3 +238,94 @@ def test_mean_reduce_and_state_is_a_pytree():
   assert float(state.levels["avg"]) == 4.0  # mean(3, 4, 5); item 6 is pending.
   assert float(state.pending["avg"]) == 6.0
   assert len(jax.tree.leaves(state)) == 3
+
+
+def _l2norm(x):
+  return x / jnp.linalg.norm(x)
+
+
+def test_hope_like_block_is_a_three_level_system():
+  """A fast DGD matrix memory (nl_jax.memory) -> a CMS MLP level -> slow projections.
+
+  Per token: k, v, q, eta from the projections P; the memory writes (k, v) with DGD and is read
+  at q; the output o + tanh(o A) is compared with the token's target. The CMS level A sums its
+  token-loss gradients over chunks of 4, the projection level over chunks of 8 (first order in
+  time: the gradient flows through the read and the current token's write). The reference is
+  a plain loop with the DGD write written out, M (I - c k k^T) + c v k^T.
+  """
+  from nl_jax.memory import MatrixMemory, MatrixMemoryParams, MemoryInputs  # noqa: PLC0415
+  d, steps, eta_a, eta_p = 4, 17, 0.05, 0.02
+  with jax.enable_x64(True):
+    ks = jax.random.split(jax.random.key(6), 7)
+    proj = {n: 0.5 * jax.random.normal(kk, (d, d), jnp.float64)
+            for n, kk in zip(("wq", "wk", "wv"), ks[:3], strict=True)}
+    proj["we"] = 0.5 * jax.random.normal(ks[3], (d,), jnp.float64)
+    a0 = 0.3 * jax.random.normal(ks[4], (d, d), jnp.float64)
+    xs = jax.random.normal(ks[5], (steps, d), jnp.float64)
+    ys = jnp.sin(jax.random.normal(ks[6], (steps, d), jnp.float64))
+    mem = MatrixMemory(key_dim=d, value_dim=d, rule="dgd", implementation="sequential")
+    mem_params = MatrixMemoryParams(jnp.zeros((d, d), jnp.float64))
+
+    def kvq(p, x):
+      return (_l2norm(x @ p["wk"]), x @ p["wv"], _l2norm(x @ p["wq"]),
+              jax.nn.sigmoid(x @ p["we"]))
+
+    def write(p, mstate, x):
+      k, v, _, eta = kvq(p, x)
+      return mem.update(mem_params, mstate, MemoryInputs(keys=k[None], values=v[None],
+                                                        eta=eta[None]))
+
+    def out(p, a, mstate, x):
+      o = mem.read(mem_params, mstate, kvq(p, x)[2][None])[0]
+      return o + jnp.tanh(o @ a)
+
+    def loss_a(a, s, item):
+      x, y = item
+      return 0.5 * jnp.sum((out(s["proj"].params, a, s["memory"], x) - y)**2)
+
+    def loss_p(p, s, item):
+      x, y = item
+      return 0.5 * jnp.sum((out(p, s["cms"].params, write(p, s["memory"], x), x) - y)**2)
+
+    # The fast level's context is the token and the current projections; its update writes.
+    memory = levels.Level(
+        "memory", mem.init_state(mem_params, ()),
+        context=lambda s, item: (s["proj"].params, item[0]),
+        update=lambda ms, c: write(c[0], ms, c[1]), reduce="last")
+    cms = levels.gradient_level(
+        "cms", a0, objective=levels.dot_product, optimizer=optax.sgd(eta_a), every=4,
+        context=lambda s, item: jax.grad(loss_a)(s["cms"].params, s, item))
+    slow = levels.gradient_level(
+        "proj", proj, objective=levels.dot_product, optimizer=optax.sgd(eta_p), every=8,
+        reads="tick_start", context=lambda s, item: jax.grad(loss_p)(s["proj"].params, s, item))
+    system = levels.NestedSystem((memory, cms, slow))
+    state = jax.jit(system.run)(system.init((xs[0], ys[0])), (xs, ys))
+
+    # Reference: the same three levels as a plain loop, the DGD write spelled out.
+    def ref_write(p, m, x):
+      k, v, _, eta = kvq(p, x)
+      c = eta / (1 + eta * k @ k)
+      return m - c * jnp.outer(m @ k, k) + c * jnp.outer(v, k)
+
+    def ref_loss(p, a, m_after, x, y):
+      o = m_after @ kvq(p, x)[2]
+      return 0.5 * jnp.sum((o + jnp.tanh(o @ a) - y)**2)
+
+    p, a, m = proj, a0, jnp.zeros((d, d), jnp.float64)
+    acc_a = jnp.zeros_like(a)
+    acc_p = jax.tree.map(jnp.zeros_like, p)
+    for t in range(steps):
+      x, y = xs[t], ys[t]
+      g_p = jax.grad(lambda p_, m=m, a=a, x=x, y=y: ref_loss(p_, a, ref_write(p_, m, x), x, y))(p)
+      m = ref_write(p, m, x)
+      acc_a = acc_a + jax.grad(lambda a_, m=m, x=x, y=y: ref_loss(p, a_, m, x, y))(a)
+      acc_p = jax.tree.map(jnp.add, acc_p, g_p)
+      if (t + 1) % 4 == 0:
+        a, acc_a = a - eta_a * acc_a, jnp.zeros_like(a)
+      if (t + 1) % 8 == 0:
+        p = jax.tree.map(lambda w, g: w - eta_p * g, p, acc_p)
+        acc_p = jax.tree.map(jnp.zeros_like, acc_p)
+    np.testing.assert_allclose(state.levels["memory"].memory, m, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(state.levels["cms"].params, a, rtol=1e-11, atol=1e-13)
+    for n in p:
+      np.testing.assert_allclose(state.levels["proj"].params[n], p[n], rtol=1e-11, atol=1e-13)
