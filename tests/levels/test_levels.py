@@ -329,3 +329,11 @@ def test_hope_like_block_is_a_three_level_system():
     np.testing.assert_allclose(state.levels["cms"].params, a, rtol=1e-11, atol=1e-13)
     for n in p:
       np.testing.assert_allclose(state.levels["proj"].params[n], p[n], rtol=1e-11, atol=1e-13)
+
+
+def test_readme_levels_snippet_runs_as_written():
+  import pathlib  # noqa: PLC0415
+  import re  # noqa: PLC0415
+  readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+  (snippet,) = re.findall(r"## Levels you can declare\n.*?```python\n(.*?)```", readme, re.S)
+  exec(snippet, {})  # pylint: disable=exec-used
