@@ -37,6 +37,12 @@ def test_notebook_is_stripped_and_colab_guarded():
   shell = [ln for ln in install.source.splitlines() if ln.strip().startswith("!")]
   assert shell and all(ln.startswith("  !") for ln in shell)
   assert not any("!pip" in c.source for c in code if c is not install)
+  # The badge opens this file on Colab; the install is a PEP 508 direct reference (pip >= 25
+  # no longer takes "#egg=") and restarts the kernel only if an imported jax was upgraded.
+  assert ("](https://colab.research.google.com/github/nl-jax/nl_jax/blob/main/experiments/"
+          "notebooks/quickstart.ipynb)") in nb.cells[0].source
+  assert '!pip install -q "nl_jax @ git+https://github.com/nl-jax/nl_jax.git"' in install.source
+  assert "#egg=" not in install.source and "os.kill(os.getpid(), 9)" in install.source
   assert any("parameters" in c.metadata.get("tags", []) for c in code)
   assert any("optim.m3" in c.source for c in code)
 
