@@ -40,10 +40,11 @@ Saving: before each save the free space of the checkpoint directory is compared 
 size of the previous checkpoint (or the arrays' bytes for the first one); a save that
 cannot start or that fails in the background raises `CheckpointSaveError` with one line
 (step, directory, free space, cause) at that save (async saves are polled after every
-step), so nothing after the last good checkpoint is trained and lost. orbax waits for the
-previous asynchronous save before starting the next, so at most one save is in flight: a
-SIGKILL loses at most ``checkpoint_every`` steps plus the steps run while the newest save
-was still being written (``train.async_checkpointing=False``: at most ``checkpoint_every``).
+step), so nothing after the last good checkpoint is trained and lost. An asynchronous save
+overlaps the one training step that follows it: the loop waits for its commit before it
+reports that step (`poll` with ``wait=True``), so a SIGKILL loses at most
+``checkpoint_every`` reported steps (when killed before step ``N + 1`` is reported, the
+save of ``N - checkpoint_every`` is the newest committed one).
 """
 
 import hashlib
@@ -254,9 +255,15 @@ class Checkpointer:
     except OSError as e:
       raise self._save_failed(step, f"writing {CHECKSUM_FILE}: {e}") from e
 
-  def poll(self) -> None:
-    """Call after every step: finishes a completed async save (errors raise here)."""
-    if self._pending is not None and not self._mngr.is_saving_in_progress():
+  def poll(self, wait: bool = False) -> None:
+    """Call after every step: finishes a completed async save (errors raise here).
+
+    Args:
+      wait: block until the in-flight save is committed. The loop waits after the step
+        that follows a save, so a save overlaps one step of training and a SIGKILL never
+        loses more than ``checkpoint_every`` reported steps.
+    """
+    if self._pending is not None and (wait or not self._mngr.is_saving_in_progress()):
       self._finish_pending()
 
   def save(self, step: int, params: Any, train_state: Any, data_iterator: Any) -> bool:

@@ -412,7 +412,9 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
       params, train_state, metrics = train_step(params, train_state, batch, rest)
       step += 1
       host = _host_metrics(metrics)
-      checkpointer.poll()  # A failed asynchronous save stops the run here.
+      # A save overlaps only this one step: its commit (or failure, which stops the run here)
+      # comes before the step is reported, so a SIGKILL loses <= checkpoint_every steps.
+      checkpointer.poll(wait=True)
       if step == (latest or 0) + 1:
         logger.progress.message(f"compiled the train step and ran step {step} in "
                                 f"{time.perf_counter() - start_time:.1f}s")
