@@ -337,7 +337,23 @@ def cms_scan(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT
   y = jax.vmap(lambda r, o: jax.lax.dynamic_slice_in_dim(r, o, t, axis=0))(y, offset)
   st = st._replace(position=st0.position + t)
   aux = {f"level_{lvl}/update_norm": jnp.sum(upd[:, lvl]) / b for lvl in range(cfg.n_levels)}
+  aux.update(level_drift(params, st.weights))
   return y.astype(x_BxTxD.dtype), st, aux
+
+
+def level_drift(params: CMSParams, weights) -> dict:
+  """Per level, the largest (over sequences) norm of fast weights minus initial weights.
+
+  Diagnostic only: how far in-context learning has moved each level from its meta-learned
+  initial state by the end of the call.
+  """
+  out = {}
+  params, weights = jax.lax.stop_gradient((params, weights))
+  for lvl, (init, w) in enumerate(zip(params.init, weights, strict=True)):
+    sq = sum(jnp.sum((a - i[None].astype(a.dtype)) ** 2, axis=tuple(range(1, a.ndim)))
+             for a, i in zip(w, init, strict=True))
+    out[f"level_{lvl}/drift"] = jnp.sqrt(jnp.max(sq))
+  return out
 
 
 def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT):
