@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--segment-len", type=int, default=None,
                  help="feed long inputs in segments of this many tokens, memory carried")
   p.add_argument("--output", default=None, help="JSON path")
+  p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
   return p
 
 
@@ -112,4 +113,12 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except (FileNotFoundError, ValueError) as e:
+    # Bad arguments (lengths, task parameters) or a missing workdir: one line, exit 2;
+    # --debug shows the traceback.
+    if "--debug" in sys.argv:
+      raise
+    sys.stderr.write(f"python -m nl_jax.eval: error: {e}\n")
+    sys.exit(2)

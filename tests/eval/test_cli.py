@@ -15,6 +15,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -77,3 +79,18 @@ def test_cli_bad_arguments(workdir):
     cli.main(["--task", "nope", "--checkpoint", workdir])
   with pytest.raises(ValueError, match="cannot parse"):
     cli.main(["--task", "mqar", "--checkpoint", workdir, "--lengths", "4q"])
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+  """From the shell: a missing workdir or a bad length is one line with exit status 2."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  for args, expected in [
+      (["--checkpoint", str(tmp_path / "none")], f"load_for_eval: {tmp_path / 'none'} is not"),
+      (["--model", "hope", "--lengths", "4q"], "--lengths: cannot parse '4q'"),
+  ]:
+    proc = subprocess.run([sys.executable, "-m", "nl_jax.eval", "--task", "niah", *args],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("python -m nl_jax.eval: error: ") and expected in lines[-1]
