@@ -384,7 +384,8 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
   # Written only now: a resume that fails above leaves the workdir's config untouched.
   ckpt_lib.write_config(workdir, config)
   if pindex == 0:
-    workdir_lib.prepare_metrics_for_resume(workdir, latest)
+    # Rows of steps after the restored one (all rows when starting over) are trained again.
+    workdir_lib.prepare_metrics_for_resume(workdir, latest if latest is not None else 0)
   step = int(jax.device_get(train_state["step"]))
   train_step = make_train_step(setup)
   eval_step = make_eval_step(setup)

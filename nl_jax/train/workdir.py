@@ -242,7 +242,8 @@ def prepare_metrics_for_resume(workdir: str, step: int | None) -> None:
 
   Rows of steps after the restored checkpoint were written by the interrupted run and are
   trained again, so they are removed (the file is rewritten atomically); an unparsable
-  line (a row cut by a kill) is dropped too. ``step`` None (a fresh start) keeps the file.
+  line (a row cut by a kill) is dropped too. A run that starts over (no intact checkpoint)
+  passes ``step`` 0; ``step`` None keeps the file as it is.
   """
   path = os.path.join(workdir, "metrics.jsonl")
   if step is None or not os.path.exists(path):

@@ -175,3 +175,14 @@ def test_non_finite_metrics_are_valid_json(tmp_path, compile_cache, monkeypatch)
           for line in text.splitlines()]
   train = [r for r in rows if r["split"] == "train"]
   assert [r["loss"] for r in train] == ["nan", "nan"]  # Strings; float("nan") reads them.
+
+
+def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_not_duplicated(tmp_path):
+  work = str(tmp_path)
+  with open(os.path.join(work, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    for step in (1, 2, 3):
+      f.write(json.dumps({"split": "train", "step": step, "loss": 1.0}) + "\n")
+    f.write('{"split": "train", "st')  # A row cut by the kill.
+  workdir_lib.prepare_metrics_for_resume(work, 0)  # What the loop does without a checkpoint.
+  assert _rows(work) == [_rows(work)[0]] and _rows(work)[0]["split"] == "resume"
+  assert _rows(work)[0]["step"] == 0 and _rows(work)[0]["dropped_rows"] == 4
