@@ -196,6 +196,11 @@ def scale_by_deep_momentum(beta: float = 0.9, inner_lr: float = 0.1, memory_deca
   ``w2 = 0`` (the initialisation) or ``inner_lr = 0`` the memory is the identity read-out and
   this is heavy-ball momentum exactly; ``memory_decay < 1`` pulls it back there.
 
+  This is the project's reinterpretation of eq. 50 (an L2 memory predicting the next gradient,
+  read out around a heavy-ball buffer). Eq. 50 taken literally (an MLP memory over gradients
+  trained by GD on its dot-product objective, the weights moving by its output) is
+  `nl_jax.optim.deep_momentum_gd`.
+
   Args:
     beta: heavy-ball factor in [0, 1).
     inner_lr: step ``zeta`` of the memory's inner gradient step (>= 0).
