@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from nl_jax.layers.mlp import dense_init
+from nl_jax.layers.projection import project
 
 # A finite fill instead of -inf: a fully masked row (only possible for padded query rows of
 # the blocked path) becomes uniform instead of NaN, and NaN never reaches the gradient.
@@ -153,13 +154,14 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                segment_ids_BxT: jax.Array) -> jax.Array:
     x = x_BxTxD.astype(self.dtype)
-    w = lambda p: p[...].astype(self.dtype)  # noqa: E731
-    q_BxTxHxK = rope(jnp.einsum("btd,dhk->bthk", x, w(self.wq)), positions_BxT, self.rope_theta)
-    k_BxTxHxK = rope(jnp.einsum("btd,dhk->bthk", x, w(self.wk)), positions_BxT, self.rope_theta)
-    v_BxTxHxK = jnp.einsum("btd,dhk->bthk", x, w(self.wv))
+    q_BxTxHxK = rope(project("btd,dhk->bthk", x, self.wq, self.dtype), positions_BxT,
+                     self.rope_theta)
+    k_BxTxHxK = rope(project("btd,dhk->bthk", x, self.wk, self.dtype), positions_BxT,
+                     self.rope_theta)
+    v_BxTxHxK = project("btd,dhk->bthk", x, self.wv, self.dtype)
     o_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, segment_ids_BxT,
                                  sliding_window=self.sliding_window, block_size=self.block_size)
-    return jnp.einsum("bthk,hkd->btd", o_BxTxHxK, w(self.wo))
+    return project("bthk,hkd->btd", o_BxTxHxK, self.wo, self.dtype)
 
   def attend_with_buffer(self, x_BxSxD: jax.Array, positions_BxS: jax.Array, start,
                          k_buf_BxTxHxK: jax.Array, v_buf_BxTxHxK: jax.Array,
@@ -185,10 +187,11 @@ class Attention(nnx.Module):
     """
     s = x_BxSxD.shape[1]
     x = x_BxSxD.astype(self.dtype)
-    w = lambda p: p[...].astype(self.dtype)  # noqa: E731
-    q_BxSxHxK = rope(jnp.einsum("bsd,dhk->bshk", x, w(self.wq)), positions_BxS, self.rope_theta)
-    k_BxSxHxK = rope(jnp.einsum("bsd,dhk->bshk", x, w(self.wk)), positions_BxS, self.rope_theta)
-    v_BxSxHxK = jnp.einsum("bsd,dhk->bshk", x, w(self.wv))
+    q_BxSxHxK = rope(project("bsd,dhk->bshk", x, self.wq, self.dtype), positions_BxS,
+                     self.rope_theta)
+    k_BxSxHxK = rope(project("bsd,dhk->bshk", x, self.wk, self.dtype), positions_BxS,
+                     self.rope_theta)
+    v_BxSxHxK = project("bsd,dhk->bshk", x, self.wv, self.dtype)
     k_buf = jax.lax.dynamic_update_slice_in_dim(k_buf_BxTxHxK,
                                                 k_BxSxHxK.astype(k_buf_BxTxHxK.dtype), start, 1)
     v_buf = jax.lax.dynamic_update_slice_in_dim(v_buf_BxTxHxK,
@@ -198,4 +201,4 @@ class Attention(nnx.Module):
     mask = attention_mask(q_index_S, jnp.arange(k_buf.shape[1]), seg_q_BxS, segment_ids_BxT,
                           self.sliding_window)
     o_BxSxHxK = _attend(q_BxSxHxK, k_buf.astype(self.dtype), v_buf.astype(self.dtype), mask)
-    return jnp.einsum("bshk,hkd->bsd", o_BxSxHxK, w(self.wo)), k_buf, v_buf
+    return project("bshk,hkd->bsd", o_BxSxHxK, self.wo, self.dtype), k_buf, v_buf

@@ -17,6 +17,8 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from nl_jax.layers.projection import project
+
 
 class Embed(nnx.Module):
   """Token embedding table `embedding` [vocab_size, d_model], N(0, 1/d_model) at init.
@@ -37,4 +39,4 @@ class Embed(nnx.Module):
 
   def attend(self, x_BxTxD: jax.Array) -> jax.Array:
     """Tied output head: float32 logits x E^T."""
-    return x_BxTxD.astype(jnp.float32) @ self.embedding[...].astype(jnp.float32).T
+    return project("...d,vd->...v", x_BxTxD, self.embedding, jnp.float32)

@@ -17,6 +17,8 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from nl_jax.layers.projection import project
+
 
 def dense_init(rng: jax.Array, shape: tuple[int, ...], fan_in: int, dtype) -> jax.Array:
   """LeCun normal: N(0, 1 / fan_in), so activations keep unit scale at init."""
@@ -47,6 +49,6 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     x = x_BxTxD.astype(self.dtype)
-    gate_BxTxF = x @ self.w_gate[...].astype(self.dtype)
-    up_BxTxF = x @ self.w_up[...].astype(self.dtype)
-    return (jax.nn.silu(gate_BxTxF) * up_BxTxF) @ self.w_down[...].astype(self.dtype)
+    gate_BxTxF = project("...d,df->...f", x, self.w_gate, self.dtype)
+    up_BxTxF = project("...d,df->...f", x, self.w_up, self.dtype)
+    return project("...f,fd->...d", jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down, self.dtype)

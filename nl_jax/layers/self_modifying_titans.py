@@ -99,6 +99,7 @@ SMT_RULES = ("dgd", "paper_l2", "gd")
 SMT_READS = ("pre", "post", "anchor")
 IMPLEMENTATIONS = ("auto", "chunked", "sequential")
 
+from nl_jax.layers.projection import project, record_input
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SelfModifyingTitansConfig:
@@ -684,20 +685,21 @@ class SelfModifyingTitans(nnx.Module):
     dt = jnp.dtype(cfg.dtype)
     x = x_BxTxD.astype(dt)
     w_qkv = jnp.concatenate([self.wq[...], self.wk[...], self.wv[...]], axis=1).astype(dt)
-    u, conv_state = self.conv(x @ w_qkv, segment_ids_BxT, ConvState(*state["conv"]))
+    u, conv_state = self.conv(record_input(x, self.wq, self.wk, self.wv) @ w_qkv,
+                              segment_ids_BxT, ConvState(*state["conv"]))
     u = jax.nn.silu(u)
     heads = lambda z: jnp.moveaxis(z.reshape(b, t, h, k), 2, 1)  # noqa: E731  # [B, H, T, K]
     xq, xk, xv = (heads(z) for z in jnp.split(u, 3, axis=-1))
     mu = None
     if cfg.momentum:
       mu = jnp.moveaxis(gates.momentum_from_logits(
-          (x @ self.w_mu[...].astype(dt)).astype(jnp.float32), cfg.mu_max), 2, 1)
+          project("...d,dh->...h", x, self.w_mu, dt).astype(jnp.float32), cfg.mu_max), 2, 1)
     inp = SMTInputs(xk, xv, xq, mu, reset_BxT)
     o, mem, stats = memory_scan(cfg, self.params(), state["memory"], inp, implementation)
     o = jnp.moveaxis(o, 1, 2)  # [B, T, H, K]
     o = rms_norm(o, self.out_norm[...]).astype(dt)
-    gate = jax.nn.silu(x @ self.wg[...].astype(dt)).reshape(b, t, h, k)
-    y = (o * gate).reshape(b, t, h * k) @ self.wo[...].astype(dt)
+    gate = jax.nn.silu(project("...d,df->...f", x, self.wg, dt)).reshape(b, t, h, k)
+    y = project("...f,fd->...d", (o * gate).reshape(b, t, h * k), self.wo, dt)
     n_tok = jnp.asarray(b * t * h, jnp.float32)
     aux = {"inner_loss": stats["inner_loss_sum"] / n_tok,
            "eta_mean": jnp.mean(stats["eta"]), "alpha_mean": jnp.mean(stats["alpha"]),

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from nl_jax.layers.conv import CausalConv
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
+from nl_jax.layers.projection import project, record_input
 from nl_jax.memory import (
     MatrixMemory,
     MatrixMemoryParams,
@@ -238,14 +239,14 @@ class TitansLayer(nnx.Module):
     x = x_BxTxD.astype(self.dtype)
     w = lambda p: p[...].astype(self.dtype)  # noqa: E731
     wqkv = jnp.concatenate([w(self.wq), w(self.wk), w(self.wv)], axis=1)  # [D, 3H, K]
-    qkv_BxTxC = jnp.einsum("btd,dhk->bthk", x, wqkv).reshape(b, t, 3 * h * k)
+    qkv_BxTxC = jnp.einsum("btd,dhk->bthk", record_input(x, self.wq, self.wk, self.wv),
+                           wqkv).reshape(b, t, 3 * h * k)
     qkv_BxTxC, conv_state = self.qkv_conv(qkv_BxTxC, segment_ids_BxT, state["conv"])
     qkv_BxTxC = jax.nn.silu(qkv_BxTxC)
     q, kk, v = jnp.split(qkv_BxTxC.reshape(b, t, 3 * h, k), 3, axis=2)
     q, kk = l2_normalize(q), l2_normalize(kk)
     to_heads = lambda a: jnp.moveaxis(a, 1, 2)  # noqa: E731  [B,T,H,K] -> [B,H,T,K]
-    logits_BxTxGxH = (jnp.einsum("btd,dgh->btgh", x.astype(jnp.float32),
-                                 self.w_gates[...].astype(jnp.float32))
+    logits_BxTxGxH = (project("btd,dgh->btgh", x, self.w_gates, jnp.float32)
                       + self.b_gates[...].astype(jnp.float32))
     logits_GxBxHxT = jnp.moveaxis(logits_BxTxGxH, (2, 3), (0, 2))
     eta = eta_from_logits(logits_GxBxHxT[0], self.eta_max)
@@ -261,8 +262,8 @@ class TitansLayer(nnx.Module):
     o_BxHxTxK, mem_state = self._scan(state["memory"], inputs, reset)
     o_BxTxHxK = rms_norm(jnp.moveaxis(o_BxHxTxK, 1, 2).astype(self.dtype),
                          self.out_norm_scale[...], self.norm_eps)
-    gate_BxTxHxK = jax.nn.silu(jnp.einsum("btd,dhk->bthk", x, w(self.w_gate)))
-    y_BxTxD = jnp.einsum("bthk,hkd->btd", o_BxTxHxK * gate_BxTxHxK, w(self.wo))
+    gate_BxTxHxK = jax.nn.silu(project("btd,dhk->bthk", x, self.w_gate, self.dtype))
+    y_BxTxD = project("bthk,hkd->btd", o_BxTxHxK * gate_BxTxHxK, self.wo, self.dtype)
     # Statistics only (no gradient): how well the final memory stores this call's pairs.
     fit = jax.lax.stop_gradient(self.memory.read(None, mem_state, inputs.keys) - inputs.values)
     aux = {

@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import optax
 
 from nl_jax.optim import _common
+from nl_jax.optim import m3 as m3_lib
+from nl_jax.optim import newton_schulz as ns
 
 _SOLVES = ("auto", "direct", "woodbury")
 
@@ -58,36 +60,71 @@ class ScaleByDGDState(NamedTuple):
   count: jax.Array
 
 
-def _dgd_direction(grad: jax.Array, param: jax.Array, x: jax.Array, lr: jax.Array,
-                   solve: str, gamma: Any) -> jax.Array:
-  """``(I + lr gamma S)^{-1} (G + gamma S W)`` with ``S = X^T X / N`` for a kernel ``(in, out)``."""
-  if param.ndim != 2:
-    raise ValueError(f"DGD layer inputs need a 2D (in, out) kernel, got shape {param.shape}.")
-  d_in = param.shape[0]
+class InputStats(NamedTuple):
+  """Sufficient statistics of a kernel's input rows for DGD: ``gram = X^T X``, ``count = N``.
+
+  What `nl_jax.layers.projection` records in the training forward; ``S = gram / count``.
+  """
+  gram: jax.Array
+  count: jax.Array
+
+
+def _solve_direction(g: jax.Array, w: jax.Array, x: Any, lr: jax.Array, solve: str,
+                     gamma: Any) -> jax.Array:
+  """``(I + lr gamma S)^{-1} (G + gamma S W)`` for matrices ``G, W`` [in, out] (float32+)."""
+  dt = w.dtype
+  d_in = w.shape[0]
+  step = lr * gamma
+  if isinstance(x, InputStats):
+    if x.gram.shape != (d_in, d_in):
+      raise ValueError(f"DGD input statistics of shape {x.gram.shape} do not match the kernel "
+                       f"fan-in {d_in}.")
+    s = jax.lax.stop_gradient(x.gram.astype(dt)) / jnp.maximum(
+        jax.lax.stop_gradient(x.count).astype(dt), 1.0)
+    rhs = g + gamma * (s @ w)
+    mat = jnp.eye(d_in, dtype=dt) + step * s
+    chol = jax.scipy.linalg.cho_factor(mat, lower=True)
+    return jax.scipy.linalg.cho_solve(chol, rhs)
   if x.shape[-1] != d_in:
     raise ValueError(f"layer input feature size {x.shape[-1]} != kernel fan-in {d_in}.")
-  x = jax.lax.stop_gradient(x.reshape(-1, d_in).astype(jnp.float32))
+  x = jax.lax.stop_gradient(x.reshape(-1, d_in).astype(dt))
   n = x.shape[0]
-  g = grad.astype(jnp.float32)
-  w = param.astype(jnp.float32)
   rhs = g + gamma * (x.T @ (x @ w)) / n  # G + gamma S W without forming S.
-  step = lr * gamma
   use_woodbury = solve == "woodbury" or (solve == "auto" and n < d_in)
   if use_woodbury:
-    inner = (n / jnp.maximum(step, 1e-30)) * jnp.eye(n, dtype=jnp.float32) + x @ x.T
+    inner = (n / jnp.maximum(step, 1e-30)) * jnp.eye(n, dtype=dt) + x @ x.T
     chol = jax.scipy.linalg.cho_factor(inner, lower=True)
     d = rhs - x.T @ jax.scipy.linalg.cho_solve(chol, x @ rhs)
   else:
-    mat = jnp.eye(d_in, dtype=jnp.float32) + (step / n) * (x.T @ x)
+    mat = jnp.eye(d_in, dtype=dt) + (step / n) * (x.T @ x)
     chol = jax.scipy.linalg.cho_factor(mat, lower=True)
     d = jax.scipy.linalg.cho_solve(chol, rhs)
   # step = 0 makes the Woodbury inner matrix infinite; there the direction is exactly rhs.
-  d = jnp.where(step > 0, d, rhs)
+  return jnp.where(step > 0, d, rhs)
+
+
+def _dgd_direction(grad: jax.Array, param: jax.Array, x: Any, lr: jax.Array,
+                   solve: str, gamma: Any, dims: Any = None) -> jax.Array:
+  """The DGD direction of one weight, on its matrix view ``(in, out)`` (``dims``)."""
+  if dims is None and param.ndim != 2:
+    raise ValueError(f"DGD layer inputs need a 2D (in, out) kernel or weight_dimension_numbers, "
+                     f"got shape {param.shape}.")
+  view = ns._matrix_view(tuple(param.shape), dims)  # pylint: disable=protected-access
+  if view.flat_shape[0] != 1:
+    raise ValueError(f"DGD needs a single matrix per weight; dimension numbers {dims} leave "
+                     f"batch axes in shape {param.shape}.")
+  dt = jnp.promote_types(param.dtype, jnp.float32)
+
+  def to_matrix(a):
+    return jnp.transpose(a, view.perm).reshape(view.flat_shape[1:]).astype(dt)
+  d = _solve_direction(to_matrix(grad), to_matrix(param), x, lr, solve, gamma)
+  d = d.reshape(view.unflat_shape).transpose(view.inv_perm)
   return d.astype(grad.dtype)
 
 
 def scale_by_dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, *,
-                 solve: str = "auto") -> optax.GradientTransformationExtraArgs:
+                 solve: str = "auto", weight_dimension_numbers: Any = None
+                 ) -> optax.GradientTransformationExtraArgs:
   r"""Preconditions kernel gradients into the Delta Gradient Descent direction.
 
   For a kernel ``W`` (``(in, out)``) whose input rows ``X`` (``N x in``) are passed as
@@ -109,12 +146,17 @@ def scale_by_dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, *,
     learning_rate: the step size ``eta`` (scalar or schedule, >= 0). It also sets the strength
       of the input-direction decay, so it must equal the learning rate applied afterwards.
     decay: weight ``gamma`` (>= 0) of the input-direction decay (1 = paper).
-    solve: ``"auto"`` (Woodbury when ``N < in``), ``"direct"`` or ``"woodbury"``.
+    solve: ``"auto"`` (Woodbury when ``N < in``), ``"direct"`` or ``"woodbury"`` (for input
+      rows; `InputStats` always use the direct ``in x in`` Cholesky solve).
+    weight_dimension_numbers: `DimensionNumbers` (one, a tree like the params, or a callable
+      of the params) giving the matrix view ``(in, out)`` of weights that are not 2-D
+      ``(in, out)`` kernels, e.g. an attention ``wq`` [embed, heads, head_dim] is
+      ``DimensionNumbers(0, (1, 2))``; None = 2-D kernels.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` whose ``update`` takes
-    ``layer_inputs=`` (a pytree matching the params, input batches ``(..., in)`` at kernels and
-    ``None`` elsewhere) and requires ``params``.
+    ``layer_inputs=`` (a pytree matching the params: input batches ``(..., in)`` or
+    `InputStats` ``(X^T X, N)`` at kernels and ``None`` elsewhere) and requires ``params``.
 
   Examples:
     >>> import jax.numpy as jnp, optax
@@ -146,19 +188,24 @@ def scale_by_dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, *,
     if params is None:
       raise ValueError("scale_by_dgd needs params when layer_inputs are given.")
 
-    def leaf(g, p, x):
-      if x is None:
-        return g
-      return _dgd_direction(g, p, x, lr, solve, decay)
-
-    return jax.tree.map(leaf, updates, params, layer_inputs), new_state
+    leaves, treedef = jax.tree.flatten(updates)
+    inputs = jax.tree.leaves(layer_inputs,
+                             is_leaf=lambda x: x is None or isinstance(x, InputStats))
+    if len(inputs) != len(leaves):
+      raise ValueError(f"layer_inputs must have one entry (input, InputStats or None) per "
+                       f"parameter: got {len(inputs)} for {len(leaves)} parameters.")
+    dims = m3_lib._flat_dims(weight_dimension_numbers, updates)  # pylint: disable=protected-access
+    out = [g if x is None else _dgd_direction(g, p, x, lr, solve, decay, d)
+           for g, p, x, d in zip(leaves, treedef.flatten_up_to(params), inputs, dims,
+                                 strict=True)]
+    return jax.tree.unflatten(treedef, out), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, weight_decay: float = 0.0,
-        weight_decay_mask: Any = None, *, solve: str = "auto"
-        ) -> optax.GradientTransformationExtraArgs:
+        weight_decay_mask: Any = None, *, solve: str = "auto",
+        weight_dimension_numbers: Any = None) -> optax.GradientTransformationExtraArgs:
   r"""Delta Gradient Descent: exact L2-regression (delta-rule) steps for linear layers.
 
   .. math::
@@ -173,11 +220,12 @@ def dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, weight_decay:
     decay: weight ``gamma`` of the input-direction decay (1 = paper, 0 = SGD).
     weight_decay: decoupled weight decay (multiplied by the learning rate).
     weight_decay_mask: optional mask for the weight decay.
-    solve: see `scale_by_dgd`.
+    solve, weight_dimension_numbers: see `scale_by_dgd`.
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`; pass ``layer_inputs=`` to ``update`` (see
-    `capture_linear_inputs` for flax NNX models).
+    An `optax.GradientTransformationExtraArgs`; pass ``layer_inputs=`` to ``update`` (the
+    trainer records them with `nl_jax.layers.projection`; `capture_linear_inputs` for models
+    built from ``nnx.Linear``).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -198,7 +246,8 @@ def dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, weight_decay:
   _common.check_learning_rate(learning_rate)
   _common.check_range("weight_decay", weight_decay, low=0.0)
   return optax.chain(
-      scale_by_dgd(learning_rate, decay, solve=solve),
+      scale_by_dgd(learning_rate, decay, solve=solve,
+                   weight_dimension_numbers=weight_dimension_numbers),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -37,7 +37,7 @@ from typing import Any
 import ml_collections
 
 MODEL_NAMES = ("hope", "hope_attention", "titans", "transformer_pp")
-OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor", "muon", "m3", "dgd",
+OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor", "muon", "m3", "m3_paper", "dgd",
               "delta_momentum", "deep_momentum")
 SCHEDULES = ("constant", "warmup_constant", "warmup_cosine", "warmup_linear", "warmup_rsqrt")
 NAN_POLICIES = ("raise", "skip")
@@ -56,6 +56,16 @@ PARAM_RULES = (
     (r"(^|/)wo(/|$)", ("heads", "head_dim", "embed")),
     (r"(^|/)(w_gate|w_up)(/|$)", ("embed", "mlp")),
     (r"(^|/)w_down(/|$)", ("mlp", "embed")),
+    # Gates, convs and norms get their own logical axes so that the optimizers' matrix rules
+    # (`nl_jax.optim.partition`) do not take them for projections.
+    (r"(^|/)wg(/|$)", ("embed", "heads")),
+    (r"(^|/)w_gate(/|$)", ("embed", "heads", "head_dim")),
+    (r"(^|/)(w_gates)(/|$)", ("embed", "gates", "heads")),
+    (r"(^|/)(w_mu)(/|$)", ("embed", "gates")),
+    (r"(^|/)(b_gates|gate_bias)(/|$)", ("gates", "heads")),
+    (r"conv/kernel$", ("conv_width", "mlp")),
+    (r"(^|/)norm_scale$", ("norm", "embed")),
+    (r"(^|/)out_norm_scale$", ("heads", "norm")),
     (r".*", ("embed", "mlp")),
 )
 LOGICAL_AXES = (
@@ -65,6 +75,9 @@ LOGICAL_AXES = (
     ("heads", ("tensor",)),
     ("head_dim", ()),
     ("mlp", ("tensor",)),
+    ("gates", ()),
+    ("conv_width", ()),
+    ("norm", ()),
 )
 # Memory state: every leaf has a leading batch axis (the interface), sharded like the batch.
 MEMORY_RULES = ((r".*", ("batch",)),)

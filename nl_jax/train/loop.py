@@ -45,6 +45,7 @@ from absl import logging
 from flax import nnx
 
 from nl_jax import data as data_lib
+from nl_jax.layers import projection
 from nl_jax.models import common as model_common
 from nl_jax.train import checkpoint as ckpt_lib
 from nl_jax.train import config as config_lib
@@ -92,6 +93,10 @@ class Setup:
   tx: optax.GradientTransformation
   schedule: Any
   num_params: int
+  # Which update rule gets which parameter (`optimizers.rule_assignment`).
+  assignments: Any = None
+  # DGD: {param path: fan-in} of the projections whose inputs the train step records.
+  layer_input_paths: Any = None
 
 
 def _with_sharding(abstract, shardings):
@@ -110,7 +115,11 @@ def build_setup(config: Any, *, devices=None) -> Setup:
   graphdef, abstract_params_state, rest = nnx.split(abstract_model, nnx.Param, ...)
   abstract_params = nnx.to_pure_dict(abstract_params_state)
   param_sh = mesh_lib.param_shardings(abstract_params, mesh, config.sharding)
-  tx, schedule = optimizers.make_optimizer(config.optimizer, config.train.steps)
+  assignments = optimizers.rule_assignment(abstract_params, config.sharding)
+  tx, schedule = optimizers.make_optimizer(config.optimizer, config.train.steps,
+                                           assignments=assignments)
+  logging.info("optimizer %s: parameter -> rule -> matrix view:\n%s", config.optimizer.name,
+               optimizers.describe_rules(config.optimizer, assignments))
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_sh = mesh_lib.mirror_shardings(abstract_opt, abstract_params, param_sh, mesh)
   repl = mesh_lib.replicated(mesh)
@@ -126,12 +135,43 @@ def build_setup(config: Any, *, devices=None) -> Setup:
       lambda p: nnx.merge(graphdef, p, rest).init_memory(local_batch), abstract_params)
   memory_sh = mesh_lib.memory_shardings(abstract_memory, mesh, config.sharding)
   num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_params)))
+  layer_input_paths = None
+  if optimizers.needs_layer_inputs(config.optimizer):
+    layer_input_paths = _check_layer_inputs(
+        graphdef, rest, abstract_params, optimizers.dgd_paths(assignments), local_batch,
+        resolved.data_config.seq_len, config.optimizer.name)
   return Setup(config=config, resolved=resolved, mesh=mesh, graphdef=graphdef, rest=rest,
                abstract_params=_with_sharding(abstract_params, param_sh), param_sh=param_sh,
                abstract_train_state=_with_sharding(abstract_train_state, train_state_sh),
                train_state_sh=train_state_sh, memory_sh=memory_sh,
                batch_sh=mesh_lib.batch_sharding(mesh), tx=tx, schedule=schedule,
-               num_params=num_params)
+               num_params=num_params, assignments=assignments,
+               layer_input_paths=layer_input_paths)
+
+
+def _check_layer_inputs(graphdef, rest, abstract_params, wanted, batch_size, seq_len, name):
+  """``{path: fan-in}`` of the projections in ``wanted``; raises if one records no input.
+
+  Traces the forward abstractly (no compilation) with the projection recorder on.
+  """
+  def run(params):
+    model = nnx.merge(graphdef, params, rest)
+    projection.tag_param_paths(model)
+    tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
+    with projection.recording() as seen:
+      model(tokens, model.init_memory(batch_size), targets=tokens,
+            loss_mask=jnp.ones((batch_size, seq_len), jnp.float32))
+    found.update(seen)
+
+  found: dict[str, int] = {}
+  jax.eval_shape(run, abstract_params)
+  missing = [p for p in wanted if p not in found]
+  if missing:
+    raise ValueError(
+        f"optimizer.name={name!r} needs the layer inputs of {missing}, but the model's forward "
+        "records none for them (their matmul does not go through nl_jax.layers.projection); "
+        "route it through projection.project/record_input or choose another optimizer")
+  return {p: found[p] for p in wanted}
 
 
 def _model_kwargs(batch):
@@ -144,28 +184,31 @@ def make_train_step(setup: Setup):
   graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
   memory_sh = setup.memory_sh
   act_sh = mesh_lib.activation_sharding(setup.mesh)
-  use_layer_inputs = optimizers.needs_layer_inputs(setup.config.optimizer)
+  input_paths = setup.layer_input_paths
 
-  def forward(params, rest, batch):
+  def forward(params, rest, batch, probes):
     model = nnx.merge(graphdef, params, rest)
     memory = model.init_memory(batch["inputs"].shape[0])
     memory = jax.lax.with_sharding_constraint(memory, memory_sh)
-    with model_common.activation_sharding(act_sh):
+    if probes:
+      projection.tag_param_paths(model)
+    with model_common.activation_sharding(act_sh), projection.recording(probes):
       logits, _, aux = model(batch["inputs"], memory, **_model_kwargs(batch))
     total, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
     return total / jnp.maximum(count, 1.0), (aux, count)
 
   def step_fn(params, train_state, batch, rest):
-    (loss, (aux, count)), grads = jax.value_and_grad(forward, has_aux=True)(
-        params, rest, batch)
     extra = {}
-    if use_layer_inputs:
-      from nl_jax import optim  # pylint: disable=g-import-not-at-top
-
-      model = nnx.merge(graphdef, params, rest)
-      _, layer_inputs = optim.capture_linear_inputs(model, batch["inputs"],
-                                                    **_model_kwargs(batch))
-      extra["layer_inputs"] = layer_inputs
+    if input_paths is None:
+      (loss, (aux, count)), grads = jax.value_and_grad(forward, has_aux=True)(
+          params, rest, batch, None)
+    else:
+      # The projections' input statistics come back as the probes' gradients: one forward.
+      probes = {p: projection.zero_stats(n) for p, n in input_paths.items()}
+      (loss, (aux, count)), (grads, stats) = jax.value_and_grad(
+          forward, argnums=(0, 3), has_aux=True)(params, rest, batch, probes)
+      extra["layer_inputs"] = jax.tree_util.tree_map_with_path(
+          lambda path, _: stats.get(mesh_lib.path_str(path)), params)
     updates, new_opt = tx.update(grads, train_state["opt_state"], params, **extra)
     new_params = optax.apply_updates(params, updates)
     metrics = {

@@ -21,8 +21,22 @@ other keyword argument of the optimizer function. Weight decay applies to parame
 >= 2 only (not to norms' scales, biases or 1-D initial states). Gradients are clipped by
 global norm first when ``grad_clip > 0``.
 
-DGD needs the inputs of the linear layers (``layer_inputs``); `needs_layer_inputs` tells the
-train step to capture them with `nl_jax.optim.capture_linear_inputs`.
+Which rule gets which parameter (`rule_assignment`) comes from the parameters' logical axes
+(`nl_jax.optim.partition`, the axes that shard them): for ``muon``, ``m3`` and ``m3_paper`` the
+projections and the fast memories' initial-state matrices are orthogonalised on their matrix
+view (attention ``wq`` [embed, heads, head_dim] as ``embed x heads*head_dim``) and the
+embedding, unembedding, norms, biases, gates and convolutions go to AdamW; for ``dgd`` the
+projections take the DGD step and everything else plain SGD. `describe_rules` is the table the
+trainer prints at startup.
+
+``m3_paper`` is Algorithm 1 literally: `nl_jax.optim.m3` with ``accumulator="sum"`` (running
+sums, no bias correction), ``denominator_guard="none"`` (the element-wise division by
+``sqrt(V) + eps``), ``width_scaling=False`` and the paper's Newton-Schulz (it defers to Muon:
+the quintic (3.4445, -4.7750, 2.0315), 5 steps); ``m3`` is the tuned default (see the `m3`
+docstring for every difference and why).
+
+DGD needs the inputs of the projections: `needs_layer_inputs` tells the train step to record
+them in the loss's own forward pass (`nl_jax.layers.projection`).
 """
 
 import inspect
@@ -32,6 +46,7 @@ import jax
 import optax
 
 from nl_jax import optim
+from nl_jax.optim import partition
 
 
 def make_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
@@ -72,6 +87,7 @@ _FUNCTIONS = {
     "adafactor": lambda: optax.adafactor,
     "muon": lambda: optax.contrib.muon,
     "m3": lambda: optim.m3,
+    "m3_paper": lambda: optim.m3,
     "dgd": lambda: optim.dgd,
     "delta_momentum": lambda: optim.delta_momentum,
     "deep_momentum": lambda: optim.deep_momentum,
@@ -86,13 +102,51 @@ _COMMON = {
 }
 
 
+# The literal Algorithm 1 (see the module docstring); kwargs may still override each.
+M3_PAPER = dict(accumulator="sum", denominator_guard="none", width_scaling=False,
+                ns_coeffs="muon", ns_steps=5, nesterov=False, use_second_moment=True)
+MATRIX_OPTIMIZERS = ("muon", "m3", "m3_paper")
+
+
 def needs_layer_inputs(opt_cfg: Any) -> bool:
   return opt_cfg.name == "dgd"
 
 
-def make_optimizer(opt_cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                            optax.Schedule]:
+def rule_names(name: str) -> dict[str, str]:
+  """Assignment kind -> the rule ``name`` gives it (see the module docstring)."""
+  if name in MATRIX_OPTIMIZERS:
+    return {"projection": name, "initial_state": name, "other": "adamw"}
+  if name == "dgd":
+    return {"projection": "dgd", "initial_state": "sgd", "other": "sgd"}
+  return {"projection": name, "initial_state": name, "other": name}
+
+
+def rule_assignment(abstract_params: Any, sharding_cfg: Any) -> Any:
+  """Tree of `nl_jax.optim.partition.Assignment` from ``config.sharding.param_rules``."""
+  return partition.assign(abstract_params, [tuple(r) for r in sharding_cfg.param_rules])
+
+
+def describe_rules(opt_cfg: Any, assignments: Any) -> str:
+  """The startup table: parameter path, shape -> rule -> matrix shape (or why not a matrix)."""
+  return partition.describe(assignments, rule_names(opt_cfg.name))
+
+
+def dgd_paths(assignments: Any) -> list[str]:
+  """Paths of the parameters DGD handles with layer inputs (the projections)."""
+  return [a.path for a in jax.tree.leaves(assignments, is_leaf=partition._is_assignment)  # pylint: disable=protected-access
+          if a.kind == "projection"]
+
+
+def make_optimizer(opt_cfg: Any, total_steps: int, *, assignments: Any = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """``(optimizer, schedule)`` from ``config.optimizer``.
+
+  Args:
+    opt_cfg: ``config.optimizer``.
+    total_steps: ``train.steps`` (for decaying schedules).
+    assignments: `rule_assignment` of the parameters; for ``muon``/``m3``/``m3_paper``/``dgd``
+      it chooses the matrices and their matrix views (None: the optimizers' own defaults,
+      every 2-D leaf is a matrix).
 
   Raises:
     ValueError: unknown optimizer, or a ``kwargs`` key the optimizer does not accept.
@@ -123,6 +177,17 @@ def make_optimizer(opt_cfg: Any, total_steps: int) -> tuple[optax.GradientTransf
   if unknown:
     raise ValueError(f"optimizer.kwargs: {unknown} are not arguments of {opt_cfg.name}; "
                      f"valid: {sorted(params)}")
+  if opt_cfg.name == "m3_paper":
+    kwargs.update(M3_PAPER)
+  if assignments is not None:
+    if opt_cfg.name == "muon":
+      kwargs["muon_weight_dimension_numbers"] = partition.dimension_numbers(
+          assignments, factory=optax.contrib.MuonDimensionNumbers)
+    elif opt_cfg.name in ("m3", "m3_paper"):
+      kwargs["weight_dimension_numbers"] = partition.dimension_numbers(assignments)
+    elif opt_cfg.name == "dgd":
+      kwargs["weight_dimension_numbers"] = partition.dimension_numbers(
+          assignments, kinds=("projection",))
   kwargs.update(extra)
   tx = fn(**kwargs)
   if opt_cfg.grad_clip > 0:

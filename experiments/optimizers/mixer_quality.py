@@ -20,10 +20,10 @@ shapes/textures (8 classes, generated deterministically), 400 steps of batch 64.
 
 The learning rate of each optimizer is chosen on a validation split (carved out of the training
 data); the table reports train/validation/test metrics for every run, the best run per optimizer
-is marked. Writes experiments/optim/results/{quality.md, quality_best.png, quality_sweep.png}.
+is marked. Writes experiments/optimizers/results/mixer/{quality.md, quality_best.png, quality_sweep.png}.
 
 Run (about 5-10 minutes on 2 CPU cores):
-  cd /work/main && .venv/bin/python experiments/optim/train_quality.py
+  cd /work/main && .venv/bin/python experiments/optimizers/mixer_quality.py
 """
 
 import argparse
@@ -43,7 +43,7 @@ from nl_jax import optim
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mixer")
 CLASSES = ("h-stripes", "v-stripes", "diag-stripes", "checker", "disk", "ring", "square", "cross")
 
 

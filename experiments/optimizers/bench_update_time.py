@@ -22,7 +22,7 @@ regular step (f=10), the refresh step (f=1, refresh every step) and the amortise
 ((f-1) * regular + refresh) / f for f=10.
 
 Run (about 15 minutes on 2 shared CPU cores with the defaults; --layers 2 for a quick check):
-  cd /work/main && .venv/bin/python experiments/optim/bench_step_time.py --repeats 3
+  cd /work/main && .venv/bin/python experiments/optimizers/bench_update_time.py --repeats 3
 """
 
 import argparse
