@@ -50,6 +50,14 @@ Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConf
   not differentiate through vhat (cheaper, first-order targets). Default False: the outer
   loss differentiates through the whole unrolled chunked update (Titans-style
   meta-learning of the initial states, projections and gates).
+* value_norm (not in the paper's equations; default departs from them): ``"l2"`` (default)
+  L2-normalises v_t = M_v(xv_t) like k_t, ``"none"`` keeps the equations' v_t. Why: with v
+  unnormalised, training grows ||v|| without bound (the read M_out(q) goes through an
+  RMSNorm, so a larger memory content costs nothing and beats the unit-norm residual q), and
+  every memory's self-generated target vhat = M(v) = v + W1 act(W2 v) then amplifies W1 by
+  ||act(W2 v)|| / ||act(W2 k)|| > 1 at each write: the memories chase their own targets
+  geometrically and Hope tiny overflowed at step ~300 (diagnosis with the measurements:
+  experiments/stability/README.md). With ||v|| = ||k|| = 1 that loop gain stays near 1.
 * read_at (eqs. 83 / 90 / Titans): ``pre`` (default, eq. 83/94: o_t = M_{out,t-1}(q_t)),
   ``post`` (Titans: the state after token t's write) or ``anchor`` (eq. 90: the state at
   the end of the previous chunk).
@@ -91,15 +99,16 @@ import jax.numpy as jnp
 from nl_jax.layers.conv import CausalConv, ConvState
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
+from nl_jax.layers.projection import project, record_input
 from nl_jax.memory import gates
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory, MLPWeights
 from nl_jax.memory.types import MemoryInputs, MemoryState, rule_coefficients
 
 SMT_RULES = ("dgd", "paper_l2", "gd")
 SMT_READS = ("pre", "post", "anchor")
+VALUE_NORMS = ("l2", "none")
 IMPLEMENTATIONS = ("auto", "chunked", "sequential")
 
-from nl_jax.layers.projection import project, record_input
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SelfModifyingTitansConfig:
@@ -124,6 +133,8 @@ class SelfModifyingTitansConfig:
     alpha_min: retention bound, alpha in [alpha_min, 1].
     eta_bias_init, alpha_bias_init: initial logits of the gates (b_eta, b_alpha).
     stop_target_grad: no outer gradient through vhat.
+    value_norm: "l2" (default: v_t is L2-normalised like k_t) or "none" (the paper's
+      equations: only q and k are normalised). See the module docstring.
     conv_width: width of the causal depthwise conv on the q/k/v branch.
     implementation: auto (chunked when the call has at least one full chunk) | chunked |
       sequential.
@@ -150,6 +161,7 @@ class SelfModifyingTitansConfig:
   eta_bias_init: float = -2.0
   alpha_bias_init: float = 4.0
   stop_target_grad: bool = False
+  value_norm: str = "l2"
   conv_width: int = 4
   implementation: str = "auto"
   remat: bool = True
@@ -167,7 +179,7 @@ class SelfModifyingTitansConfig:
       if v is not None and (not isinstance(v, int) or v < 1):
         raise ValueError(f"{name}.{f} must be None or a positive int, got {v!r}")
     choices = {"rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
-               "activation": tuple(ACTIVATIONS)}
+               "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS}
     for f, allowed in choices.items():
       if getattr(self, f) not in allowed:
         raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
@@ -315,6 +327,8 @@ def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
   y = _apply(proj_anchor, jnp.stack(xs, axis=-4), act, True)
   k = _l2norm(xk if "k" in cfg.static_projections else y[..., 0, :, :, :])
   v = xv if "v" in cfg.static_projections else y[..., 1, :, :, :]
+  if cfg.value_norm == "l2":
+    v = _l2norm(v)
   q = _l2norm(y[..., 2, :, :, :] if cfg.adaptive_q else xq)
   logits = _apply(gate_anchor, jnp.stack([xk, xk], axis=-4), act, False)[..., 0]
   eta, alpha = _gates(cfg, logits, params.gate_bias)
@@ -468,12 +482,14 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs):
     add = lambda z: None if z is None else z[:, None]  # noqa: E731  # group axis G = 1
     out, ost = _write_chunk(omem, ost, add(ch["k"]), add(vhat), add(eta_c), add(alpha_c),
                             add(mu_c), add(ch["q"]), ch["valid"])
-    return ost, (out[:, 0], jnp.sum(loss_BxHxC, axis=(1, 2)))
+    vhat_sq = jnp.sum(jax.lax.stop_gradient(vhat) ** 2 * ch["valid"][:, None, :, None])
+    return ost, (out[:, 0], jnp.sum(loss_BxHxC, axis=(1, 2)), vhat_sq)
 
   body = jax.checkpoint(out_body) if cfg.remat else out_body
-  ost, (o, loss) = jax.lax.scan(body, state.out, ys)
+  ost, (o, loss, vhat_sq) = jax.lax.scan(body, state.out, ys)
   o = from_chunks(o, 2, off_o)
-  stats = dict(inner_loss_sum=jnp.sum(loss), eta=eta, alpha=alpha)
+  stats = dict(inner_loss_sum=jnp.sum(loss), eta=eta, alpha=alpha,
+               v_sq_sum=jnp.sum(jax.lax.stop_gradient(v) ** 2), vhat_sq_sum=jnp.sum(vhat_sq))
   new = SMTMemoryState(pst._replace(position=pst.position + t),
                        gst._replace(position=gst.position + t),
                        ost._replace(position=ost.position + t), state.position + t)
@@ -568,27 +584,29 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
       ga = jax.tree.map(lambda m, a: jnp.where(bp, m, a), gw, ga)
       oa = jax.tree.map(lambda m, a: jnp.where(bo, m, a), ow, oa)
       carry = ((pw, ps, pa), (gw, gs, ga), (ow, os_, oa), pos + 1)
-      return carry, (o, loss, eta, alpha)
+      sq = jax.lax.stop_gradient(jnp.stack([jnp.sum(v * v), jnp.sum(vhat_o * vhat_o)]))
+      return carry, (o, loss, eta, alpha, sq)
 
     xs = (jnp.moveaxis(xk, 1, 0), jnp.moveaxis(xv, 1, 0), jnp.moveaxis(xq, 1, 0),
           None if mu is None else jnp.moveaxis(mu, 1, 0), reset)
     carry = ((pst.memory, pst.momentum, pst.anchor), (gst.memory, gst.momentum, gst.anchor),
              (ost.memory, ost.momentum, ost.anchor), pos0)
     step_fn = jax.checkpoint(step) if cfg.remat else step
-    carry, (o, loss, eta, alpha) = jax.lax.scan(step_fn, carry, xs)
+    carry, (o, loss, eta, alpha, sq) = jax.lax.scan(step_fn, carry, xs)
     return carry, (jnp.moveaxis(o, 0, 1), jnp.sum(loss), jnp.moveaxis(eta, 0, 1),
-                   jnp.moveaxis(alpha, 0, 1))
+                   jnp.moveaxis(alpha, 0, 1), jnp.sum(sq, axis=0))
 
   strip = lambda st: st._replace(position=None)  # noqa: E731
   mu = None if inp.mu is None else inp.mu.astype(dtype)
-  carry, (o, loss, eta, alpha) = jax.vmap(row)(
+  carry, (o, loss, eta, alpha, sq) = jax.vmap(row)(
       strip(state.proj), strip(state.gates), strip(state.out), state.position,
       inp.xk.astype(dtype), inp.xv.astype(dtype), inp.xq.astype(dtype), mu, inp.reset)
   (pw, ps, pa), (gw, gs, ga), (ow, os_, oa), _ = carry
   new = SMTMemoryState(MemoryState(pw, ps, pa, state.proj.position + t),
                        MemoryState(gw, gs, ga, state.gates.position + t),
                        MemoryState(ow, os_, oa, state.out.position + t), state.position + t)
-  return o, new, dict(inner_loss_sum=jnp.sum(loss), eta=eta, alpha=alpha)
+  return o, new, dict(inner_loss_sum=jnp.sum(loss), eta=eta, alpha=alpha,
+                      v_sq_sum=jnp.sum(sq[:, 0]), vhat_sq_sum=jnp.sum(sq[:, 1]))
 
 
 def memory_scan(cfg: SelfModifyingTitansConfig, params: SMTParams, state: SMTMemoryState,
@@ -704,8 +722,20 @@ class SelfModifyingTitans(nnx.Module):
     aux = {"inner_loss": stats["inner_loss_sum"] / n_tok,
            "eta_mean": jnp.mean(stats["eta"]), "alpha_mean": jnp.mean(stats["alpha"]),
            "alpha_min": jnp.min(stats["alpha"]),
-           "update_norm": _update_norm(state["memory"].out.memory, mem.out.memory)}
+           "update_norm": _update_norm(state["memory"].out.memory, mem.out.memory),
+           "v_rms": jnp.sqrt(stats["v_sq_sum"] / n_tok),
+           "vhat_rms": jnp.sqrt(stats["vhat_sq_sum"] / n_tok),
+           "out_w1_norm": _weight_norm(mem.out.memory.w1),
+           "out_w2_norm": _weight_norm(mem.out.memory.w2),
+           "proj_w1_norm": _weight_norm(mem.proj.memory.w1),
+           "gate_w1_norm": _weight_norm(mem.gates.memory.w1)}
     return y.astype(x_BxTxD.dtype), {"memory": mem, "conv": conv_state}, aux
+
+
+def _weight_norm(w: jax.Array) -> jax.Array:
+  """Largest Frobenius norm over sequences, memories and heads (diagnostic only)."""
+  w = jax.lax.stop_gradient(w)
+  return jnp.max(jnp.sqrt(jnp.sum(w * w, axis=(-2, -1))))
 
 
 def _update_norm(before: MLPWeights, after: MLPWeights) -> jax.Array:

@@ -120,6 +120,10 @@ class HopeConfig(_CMSFields):
     memory_hidden: hidden width of the vector memories (None: head_dim).
     eta_max, alpha_min, mu_max: gate ranges.
     stop_target_grad: no outer gradient through the self-generated targets.
+    value_norm: "l2" (default, v L2-normalised like k) or "none" (the paper's equations).
+    memory_activation: sigma of eq. 89 in every memory (silu).
+    gate_hidden: hidden width of the eta / alpha memories (None: head_dim // 2).
+    eta_bias_init, alpha_bias_init: initial logits of the eta / alpha gates.
     conv_width: causal conv width on the q/k/v branch.
     memory_implementation: auto | chunked | sequential.
   """
@@ -152,6 +156,11 @@ class HopeConfig(_CMSFields):
   alpha_min: float = 0.5
   mu_max: float = 0.9
   stop_target_grad: bool = False
+  value_norm: str = "l2"
+  memory_activation: str = "silu"
+  gate_hidden: int | None = None
+  eta_bias_init: float = -2.0
+  alpha_bias_init: float = 4.0
   conv_width: int = 4
   memory_implementation: str = "auto"
 
@@ -169,7 +178,10 @@ class HopeConfig(_CMSFields):
           static_projections=self.static_projections, chunk_size=self.smt_chunk_size,
           proj_chunk_size=self.smt_proj_chunk_size, read_at=self.read_at,
           eta_max=self.eta_max, alpha_min=self.alpha_min,
-          stop_target_grad=self.stop_target_grad, conv_width=self.conv_width,
+          stop_target_grad=self.stop_target_grad, value_norm=self.value_norm,
+          activation=self.memory_activation, gate_hidden=self.gate_hidden,
+          eta_bias_init=self.eta_bias_init, alpha_bias_init=self.alpha_bias_init,
+          conv_width=self.conv_width,
           implementation=self.memory_implementation, remat=self.chunk_remat, dtype=self.dtype,
           param_dtype=self.param_dtype)
     except ValueError as e:

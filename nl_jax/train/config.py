@@ -186,6 +186,9 @@ def default_config(model_name: str = "hope", preset: str = "tiny", *,
       # (greedy, carried memory); 0 = no samples.
       sample_tokens=48,
       sample_prompt="ROMEO:\n",
+      # Warn once per layer and quantity when an in-context memory statistic (nl_jax.train.
+      # guards) exceeds this factor times its first logged value.
+      growth_warn_factor=4.0,
       # Resume with changed steps / LR schedule / logging / eval / checkpointing fields
       # (`nl_jax.train.workdir.MAY_CHANGE_FIELDS`); other changes are always refused.
       allow_config_changes=False,
@@ -205,7 +208,7 @@ def _schema() -> dict[str, dict[str, Any]]:
                checkpoint_every=int, keep_checkpoints=int, async_checkpointing=bool,
                nan_policy=str, nan_skip_budget=int, peak_flops_per_device=float,
                tensorboard=bool, allow_config_changes=bool, sample_tokens=int,
-               sample_prompt=str)
+               sample_prompt=str, growth_warn_factor=float)
   return {"optimizer": opt, "train": train, "mesh": dict(data=int, fsdp=int, tensor=int),
           "sharding": dict(param_rules=tuple, logical_axes=tuple, memory_rules=tuple)}
 
@@ -435,6 +438,8 @@ def validate(config: Any, *, num_devices: int | None = None,
       bad(f"train.{k}", f"must be >= 0, got {t[k]}")
   if t.nan_policy not in NAN_POLICIES:
     bad("train.nan_policy", f"must be one of {list(NAN_POLICIES)}, got {t.nan_policy!r}")
+  if not t.get("growth_warn_factor", 4.0) > 1.0:
+    bad("train.growth_warn_factor", f"must be > 1, got {t.growth_warn_factor}")
   # Sharding rules.
   logical = {}
   for i, rule in enumerate(config.sharding.logical_axes):

@@ -49,6 +49,7 @@ from nl_jax.layers import projection
 from nl_jax.models import common as model_common
 from nl_jax.train import checkpoint as ckpt_lib
 from nl_jax.train import config as config_lib
+from nl_jax.train import guards
 from nl_jax.train import mesh as mesh_lib
 from nl_jax.train import metrics as metrics_lib
 from nl_jax.train import optimizers
@@ -443,6 +444,7 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
       flops_per_token=flops, peak_flops_total=peak, tensorboard=tcfg.tensorboard,
       enabled=pindex == 0)
   preemption = _Preemption(install=pcount == 1)
+  growth_guard = guards.GrowthGuard(float(tcfg.get("growth_warn_factor", 4.0)))
   result = {"step": step, "preempted": False, "train_loss": None, "eval_loss": None,
             "nan_skips": int(jax.device_get(train_state["nan_skips"])),
             "resumed_from": latest, "already_done": step >= tcfg.steps}
@@ -480,6 +482,7 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
       logger.step(step, host["loss"])
       if step % tcfg.log_every == 0 or step == tcfg.steps:
         logger.train(step, host)
+        growth_guard.update(step, host)
       if tcfg.eval_batches and (
           (tcfg.eval_every and step % tcfg.eval_every == 0) or step == tcfg.steps):
         loss, count = evaluate(setup, eval_step, params, rest)

@@ -1,0 +1,88 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Hope's in-context memories stay bounded (the diagnosis in experiments/stability/README.md).
+
+Before the fix (value_norm="none", the paper's unnormalised v) the self-generated targets
+vhat = M(v) amplified the memories' weights whenever ||v|| > ||k|| = 1: these tests fail there
+(checked when they were written) and pass with the default value_norm="l2".
+"""
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nl_jax.layers.self_modifying_titans import SelfModifyingTitans, SelfModifyingTitansConfig
+from nl_jax.models import registry
+
+
+@pytest.mark.parametrize("input_scale", [1.0, 4.0])
+def test_smt_memories_bounded_over_a_long_stream(input_scale):
+  """512 tokens in one call at random init: finite output, inner loss and memory weights
+  bounded whatever the input scale (training grows the value branch's scale; at 4x the
+  unnormalised v made the output memory overflow within the call)."""
+  cfg = SelfModifyingTitansConfig(d_model=64, n_heads=4, head_dim=16, chunk_size=8,
+                                  proj_chunk_size=8)
+  layer = SelfModifyingTitans(cfg, rngs=nnx.Rngs(0))
+  x = input_scale * jax.random.normal(jax.random.key(1), (2, 512, 64))
+  y, _, aux = layer(x, layer.init_memory(2), jnp.ones((2, 512), jnp.int32),
+                    jnp.zeros((2, 512), bool))
+  assert bool(jnp.all(jnp.isfinite(y)))
+  assert float(aux["v_rms"]) == pytest.approx(1.0, abs=1e-3)
+  assert float(aux["inner_loss"]) < 2.0  # 0.5 ||M(k) - M(v)||^2 for unit k, v and a small M
+  for key in ("out_w1_norm", "out_w2_norm", "proj_w1_norm", "gate_w1_norm"):
+    assert np.isfinite(float(aux[key])) and float(aux[key]) < 10.0, (key, float(aux[key]))
+
+
+def _train_steps(model, batch_BxT, steps, lr):
+  """Adam on a fixed batch; per step the memory statistics of every block."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(lr)
+  opt = tx.init(params)
+
+  def loss_fn(p):
+    m = nnx.merge(graphdef, p, rest)
+    logits, _, aux = m(batch_BxT[:, :-1], m.init_memory(batch_BxT.shape[0]))
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.mean(jnp.take_along_axis(logp, batch_BxT[:, 1:, None], axis=-1))
+    return nll, aux
+
+  @jax.jit
+  def step(p, o):
+    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, loss, aux
+
+  history = []
+  for _ in range(steps):
+    params, opt, loss, aux = step(params, opt)
+    history.append({"loss": float(loss), **{k: float(v) for k, v in aux.items()}})
+  return history
+
+
+def test_hope_tiny_fixed_batch_inner_losses_stay_bounded():
+  """40 Adam steps at a high learning rate on one batch: the loss falls, every inner loss is
+  finite and stays within 2x its first value, and ||v|| stays at 1."""
+  model = registry.build_model(registry.model_config("hope", "tiny"), rngs=nnx.Rngs(0))
+  batch = jax.random.randint(jax.random.key(3), (4, 129), 0, 64, jnp.int32)
+  history = _train_steps(model, batch, steps=40, lr=1e-2)
+  assert history[-1]["loss"] < history[0]["loss"] - 0.5
+  for block in ("block_0", "block_1"):
+    inner = np.array([h[f"{block}/smt/inner_loss"] for h in history])
+    assert np.all(np.isfinite(inner)), inner
+    assert inner.max() <= 2.0 * inner[0], inner
+    v = np.array([h[f"{block}/smt/v_rms"] for h in history])
+    np.testing.assert_allclose(v, 1.0, atol=1e-3)
