@@ -119,8 +119,9 @@ def build_setup(config: Any, *, devices=None) -> Setup:
   assignments = optimizers.rule_assignment(abstract_params, config.sharding)
   tx, schedule = optimizers.make_optimizer(config.optimizer, config.train.steps,
                                            assignments=assignments)
-  logging.info("optimizer %s: parameter -> rule -> matrix view:\n%s", config.optimizer.name,
-               optimizers.describe_rules(config.optimizer, assignments))
+  # The per-parameter table is for debugging (`--debug` on the launch scripts shows it).
+  logging.debug("optimizer %s: parameter -> rule -> matrix view:\n%s", config.optimizer.name,
+                optimizers.describe_rules(config.optimizer, assignments))
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_sh = mesh_lib.mirror_shardings(abstract_opt, abstract_params, param_sh, mesh)
   repl = mesh_lib.replicated(mesh)
