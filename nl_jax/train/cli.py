@@ -229,12 +229,33 @@ def _root_message(e: BaseException) -> str:
   return " ".join(part.strip() for part in msg.splitlines() if part.strip())
 
 
+# Errors the library raises for things the user controls (data files, a workdir in use, a
+# changed config on resume, a full disk, damaged checkpoints): their messages name the file
+# or field and the fix, so they are printed as one line too.
+_USER_FACING = (
+    ("nl_jax.data.sources", "SourceDataError"),
+    ("nl_jax.data.pipeline", "DataConfigError"),
+    ("nl_jax.train.workdir", "WorkdirLockedError"),
+    ("nl_jax.train.workdir", "ConfigChangedError"),
+    ("nl_jax.train.checkpoint", "CheckpointSaveError"),
+    ("nl_jax.train.checkpoint", "DamagedCheckpointError"),
+)
+
+
+def _one_line(text: str) -> str:
+  return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def user_message(e: BaseException) -> str | None:
   """One line for a user error, None for a bug (which keeps its traceback)."""
   from nl_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
 
   if isinstance(e, UserError):
     return str(e)
+  for module, name in _USER_FACING:
+    cls = getattr(sys.modules.get(module), name, None)
+    if isinstance(cls, type) and isinstance(e, cls):
+      return _one_line(e)
   if isinstance(e, config_lib.ConfigError):
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if lines and lines[0].endswith(":"):

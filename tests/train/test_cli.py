@@ -85,6 +85,14 @@ def test_config_error_and_missing_extra_are_one_line():
   assert cli.user_message(missing) == ('missing optional package pyarrow: pip install -e '
                                        '".[data]" (or pip install pyarrow)')
   assert cli.user_message(RuntimeError("a bug")) is None  # bugs keep their traceback
+  from nl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from nl_jax.train import workdir  # pylint: disable=g-import-not-at-top
+
+  empty = sources.SourceDataError("data file /x.parquet: is empty (0 bytes); remove it from "
+                                  "the paths")
+  assert cli.user_message(empty) == str(empty)
+  locked = workdir.WorkdirLockedError("workdir /w is in use by\nhost h pid 1")
+  assert cli.user_message(locked) == "workdir /w is in use by host h pid 1"
 
 
 # input -> the one line printed (after the program name); all fail before JAX starts except
