@@ -38,6 +38,7 @@ from nl_jax.optim.momentum import (
 from nl_jax.optim.momentum_family import (
     DeepMomentumMemory,
     LearnedDiagonal,
+    LearnedLowRank,
     Polynomial,
     ScaleByDeepMomentumGDState,
     ScaleByExpressiveMomentumState,
@@ -72,6 +73,7 @@ __all__ = [
     "DimensionNumbers",
     "feature_momentum",
     "LearnedDiagonal",
+    "LearnedLowRank",
     "m3",
     "MUON_COEFFS",
     "nonlinear_momentum",

@@ -149,11 +149,78 @@ class Polynomial:
     return c - self.inner_lr * grad / (norm + self.eps)
 
 
+@dataclasses.dataclass(frozen=True)
+class LearnedLowRank:
+  r"""A learned identity-plus-low-rank preconditioner on the input side (a memory, eqs. 39-41).
+
+  For a matrix leaf ``x`` of shape ``(in, out)``, ``P_t(x) = x + U_t V_t^T x`` with
+  ``U, V`` of shape ``(in, rank)``; other leaves use ``P = I``. Before it is applied at step
+  ``t``, ``(U, V)`` take one simultaneous gradient step on
+
+  .. math::
+    \mathcal{L}(U, V) = \tfrac12 \|x + U V^\top x - \tau(x)\|_F^2, \qquad
+    U \leftarrow U - s R (V^\top x)^\top, \quad V \leftarrow V - s\, x R^\top U,
+
+  with ``R = x + U V^T x - tau(x)`` and the normalised step ``s = zeta / (||x||_F^2 + eps)``.
+  ``target="sign"`` is ``tau(x) = rms(x) sign(x)`` (the sign pattern at the scale of ``x``),
+  ``"identity"`` keeps ``P`` at ``I``. ``U`` starts at 0 (so ``P_0 = I``) and ``V`` at
+  ``init_scale * N(0, 1/in)``. On a mesh in explicit mode the factors stay replicated; in auto
+  mode XLA may reshard them after an update (they have no parameter to inherit a sharding
+  from), so pass ``out_shardings`` for the state.
+
+  Attributes:
+    rank: the rank (>= 1).
+    inner_lr: the normalised step ``zeta`` (>= 0).
+    init_scale: scale of ``V`` at init (>= 0).
+    target: ``"sign"``, ``"identity"`` or a callable.
+    seed: seed of ``V``.
+    eps: added to ``||x||_F^2`` (> 0).
+  """
+  rank: int = 2
+  inner_lr: float = 0.1
+  init_scale: float = 1.0
+  target: Any = "sign"
+  seed: int = 0
+  eps: float = 1e-12
+
+  def __post_init__(self):
+    _common.static_int("LearnedLowRank.rank", self.rank)
+    _common.static_int("LearnedLowRank.seed", self.seed, low=0)
+    _common.check_range("LearnedLowRank.inner_lr", self.inner_lr, low=0.0)
+    _common.check_range("LearnedLowRank.init_scale", self.init_scale, low=0.0)
+    _common.check_range("LearnedLowRank.eps", self.eps, low=0.0, low_inclusive=False)
+    _check_target("LearnedLowRank", self.target)
+
+  def init(self, p: Any, key: jax.Array) -> Any:
+    if len(p.shape) != 2:
+      return ()
+    dt = _state_dtype(p)
+    v = self.init_scale * jax.random.normal(key, (p.shape[0], self.rank), dt)
+    return (jnp.zeros((p.shape[0], self.rank), dt), v / jnp.sqrt(p.shape[0]).astype(dt))
+
+  def learn_and_apply(self, uv: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+    if x.ndim != 2:
+      return uv, x
+    u, v = uv
+    rep = _common.replicated_like(x)
+    if callable(self.target) or self.target == "identity":
+      tau = _target(self.target, x)
+    else:
+      tau = jnp.sqrt(jnp.mean(jnp.square(x))) * jnp.sign(x)
+    vx = v.T @ x  # (rank, out)
+    resid = x + u @ vx - tau
+    s = self.inner_lr / (jnp.sum(jnp.square(x)) + self.eps)
+    grad_u = jnp.matmul(resid, vx.T, out_sharding=rep)
+    grad_v = jnp.matmul(x, jnp.matmul(resid.T, u), out_sharding=rep)
+    u, v = u - s * grad_u, v - s * grad_v
+    return (u, v), x + u @ (v.T @ x)
+
+
 def _check_preconditioner(p: Any) -> None:
-  if p is None or callable(p) or isinstance(p, LearnedDiagonal):
+  if p is None or callable(p) or isinstance(p, (LearnedDiagonal, LearnedLowRank)):
     return
-  raise ValueError(f"preconditioner must be None, a callable x -> P(x) or a LearnedDiagonal, "
-                   f"got preconditioner={p!r}.")
+  raise ValueError(f"preconditioner must be None, a callable x -> P(x), a LearnedDiagonal or a "
+                   f"LearnedLowRank, got preconditioner={p!r}.")
 
 
 def _check_feature_map(f: Any) -> None:
@@ -170,7 +237,8 @@ class ScaleByExpressiveMomentumState(NamedTuple):
     count: step count (int32).
     mu: the momentum memory (float32 unless ``mu_dtype``).
     precond: per-leaf diagonal ``d`` of a `LearnedDiagonal` (float32, or float64 for float64
-      parameters), else ``()`` per leaf.
+      parameters), ``(U, V)`` of a `LearnedLowRank` (``()`` for non-matrix leaves), else
+      ``()`` per leaf.
     features: per-leaf coefficients of a learned `Polynomial` (same dtype rule), else ``()``.
   """
   count: jax.Array
@@ -217,15 +285,16 @@ def scale_by_expressive_momentum(alpha: float = 0.9, beta: float = 0.0, *,
     (spec section 3, the project's reading).
 
   ``P_t`` is the identity (None), a stateless callable ``x -> P(x)`` applied per leaf (e.g. a
-  fixed low-rank or diagonal matrix), or a `LearnedDiagonal` memory; ``phi`` is the identity,
-  a callable, or a `Polynomial` (fixed or learned). Under `optax.inject_hyperparams` name a
-  callable ``preconditioner`` / ``feature_map`` in ``static_args``. Learned pieces take their
-  inner step on the current gradient before they are applied.
+  fixed low-rank or diagonal matrix), or a `LearnedDiagonal` / `LearnedLowRank` memory;
+  ``phi`` is the identity, a callable, or a `Polynomial` (fixed or learned). Under
+  `optax.inject_hyperparams` name a callable ``preconditioner`` / ``feature_map`` in
+  ``static_args``. Learned pieces take their inner step on the current gradient before they
+  are applied.
 
   Args:
     alpha: retention in [0, 1].
     beta: erase step in [0, 1] (0: no erase).
-    preconditioner: None, a callable, or a `LearnedDiagonal`.
+    preconditioner: None, a callable, a `LearnedDiagonal` or a `LearnedLowRank`.
     feature_map: None, a callable, or a `Polynomial`.
     normalize_erase: normalise the erase key (True) or use the raw gradient (eq. 49 as printed).
     eps: added to ``||g||_F`` in the normalised erase (> 0).
@@ -243,6 +312,7 @@ def scale_by_expressive_momentum(alpha: float = 0.9, beta: float = 0.0, *,
   _check_preconditioner(preconditioner)
   _check_feature_map(feature_map)
   learned_p = isinstance(preconditioner, LearnedDiagonal)
+  low_rank = isinstance(preconditioner, LearnedLowRank)
   learned_f = isinstance(feature_map, Polynomial) and feature_map.learned
 
   def init_fn(params):
@@ -250,6 +320,11 @@ def scale_by_expressive_momentum(alpha: float = 0.9, beta: float = 0.0, *,
     if learned_p:
       precond = jax.tree.map(
           lambda p: _common.zeros_like(p, _state_dtype(p)) + preconditioner.init, params)
+    elif low_rank:
+      leaves, treedef = jax.tree.flatten(params)
+      keys = jax.random.split(jax.random.key(preconditioner.seed), max(len(leaves), 1))
+      precond = jax.tree.unflatten(
+          treedef, [preconditioner.init(p, k) for p, k in zip(leaves, keys, strict=False)])
     else:
       precond = jax.tree.map(lambda _: (), params)
     if learned_f:
@@ -285,6 +360,10 @@ def scale_by_expressive_momentum(alpha: float = 0.9, beta: float = 0.0, *,
         zeta = preconditioner.inner_lr
         d = d - zeta * (d * x - _target(preconditioner.target, x)) * x / (1.0 + zeta * x * x)
         write = d * x
+      elif low_rank:
+        d, write = preconditioner.learn_and_apply(
+            jax.tree.map(lambda w: w.astype(dtype), d), x)
+        d = jax.tree.map(lambda w, o: w.astype(o.dtype), d, old_d)
       elif preconditioner is not None:
         write = preconditioner(x).astype(dtype)
       else:
@@ -329,7 +408,7 @@ def preconditioned_momentum(learning_rate: optax.ScalarOrSchedule, alpha: float 
   Args:
     learning_rate: scalar or schedule (>= 0).
     alpha: retention in [0, 1].
-    preconditioner: None, a callable, or a `LearnedDiagonal`.
+    preconditioner: None, a callable, a `LearnedDiagonal` or a `LearnedLowRank`.
     weight_decay: decoupled weight decay (multiplied by the learning rate).
     weight_decay_mask: optional mask for the weight decay.
     mu_dtype: dtype of the momentum.
@@ -370,7 +449,7 @@ def feature_momentum(learning_rate: optax.ScalarOrSchedule, alpha: float = 0.9,
     learning_rate: scalar or schedule (>= 0).
     alpha: retention in [0, 1].
     feature_map: a `Polynomial` or a callable.
-    preconditioner: None, a callable, or a `LearnedDiagonal`.
+    preconditioner: None, a callable, a `LearnedDiagonal` or a `LearnedLowRank`.
     weight_decay: decoupled weight decay (multiplied by the learning rate).
     weight_decay_mask: optional mask for the weight decay.
     mu_dtype: dtype of the momentum.
@@ -401,7 +480,7 @@ def delta_momentum_p(learning_rate: optax.ScalarOrSchedule, alpha: float = 0.9,
     learning_rate: scalar or schedule (>= 0).
     alpha: retention in [0, 1].
     beta: erase step in [0, 1].
-    preconditioner: None, a callable, or a `LearnedDiagonal`.
+    preconditioner: None, a callable, a `LearnedDiagonal` or a `LearnedLowRank`.
     normalize: normalise the erase key.
     eps: added to ``||g||`` (> 0).
     weight_decay: decoupled weight decay (multiplied by the learning rate).

@@ -36,6 +36,8 @@ class OptSpec:
   # False where the learning rate is an inner step and a retained memory still moves the
   # weights at learning_rate = 0 (deep_momentum_gd, eq. 50 literally).
   zero_lr_silences: bool = True
+  # Why the auto-mode (slow) sharding check does not apply, or None.
+  auto_sharding_skip: str | None = None
 
   def make(self, learning_rate=None, **overrides):
     kw = dict(self.kwargs, **overrides)
@@ -54,6 +56,10 @@ SPECS = [
     OptSpec("deep_momentum", optim.deep_momentum, {}, 0.03, ("hidden", "seed")),
     OptSpec("preconditioned_momentum", optim.preconditioned_momentum,
             dict(preconditioner=optim.LearnedDiagonal(inner_lr=0.1)), 0.01),
+    OptSpec("preconditioned_momentum_low_rank", optim.preconditioned_momentum,
+            dict(preconditioner=optim.LearnedLowRank(rank=2, inner_lr=0.1)), 0.01,
+            auto_sharding_skip="the (in, rank) factors have no parameter to inherit a sharding "
+            "from; in auto mode XLA reshards them after an update (pass out_shardings)"),
     OptSpec("feature_momentum_learned", optim.feature_momentum,
             dict(feature_map=optim.Polynomial((0.0, 1.0, 0.0), normalize=True,
                                               learned=True)), 0.03),

@@ -120,6 +120,8 @@ def test_state_sharding_preserved(spec, axis_type):
   """
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 (simulated) devices")
+  if axis_type == "auto" and spec.auto_sharding_skip:
+    pytest.skip(spec.auto_sharding_skip)
   kind = jax.sharding.AxisType.Explicit if axis_type == "explicit" else jax.sharding.AxisType.Auto
   mesh = jax.make_mesh((8,), ("x",), axis_types=(kind,))
   def named(spec_):
