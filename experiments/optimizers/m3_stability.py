@@ -115,9 +115,11 @@ def main():
   parser.add_argument("--out", default="experiments/optimizers/results/m3_stability.json")
   args = parser.parse_args()
   out = {"jax": jax.__version__, "device": jax.devices()[0].device_kind, "model": args.model,
-         "runs": [run(v, args.steps, args.model) for v in args.variants.split(",")]}
-  with open(args.out, "w") as f:
-    json.dump(out, f, indent=1)
+         "runs": []}
+  for v in args.variants.split(","):
+    out["runs"].append(run(v, args.steps, args.model))
+    with open(args.out, "w") as f:  # after every variant: a killed run keeps what it measured
+      json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

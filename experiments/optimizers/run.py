@@ -16,8 +16,8 @@
 Every run goes through the real trainer (`nl_jax.train.train_and_evaluate`, the same code as
 ``launch/train.py``) on the embedded corpus with the byte tokenizer; only
 ``config.optimizer`` changes. Each optimizer gets a small learning-rate grid; the best
-learning rate is picked by the final held-out loss. experiments/optim/ holds the optimizer
-quality benchmark on an MLP-Mixer and the step-time benchmark; this adds the LM comparison.
+learning rate is picked by the final held-out loss. mixer_quality.py (MLP-Mixer quality) and
+bench_step_time.py (speed) sit beside it.
 
   python experiments/optimizers/run.py                   # full (see README for time)
   python experiments/optimizers/run.py --shrunk --out /tmp/opt     # seconds, smoke test
@@ -35,7 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from nl_jax.eval import experiment  # noqa: E402
 
-DEFAULT_GRID = "adamw:1e-3|3e-3|1e-2;muon:3e-3|1e-2|3e-2;m3:3e-3|1e-2|3e-2"
+# The trainer's rule assignment (nl_jax.optim.partition) decides which parameters each of these
+# orthogonalises / DGD-preconditions; m3_paper is Algorithm 1 literally (nl_jax.train.optimizers).
+DEFAULT_GRID = ("adamw:1e-3|3e-3|1e-2;muon:3e-3|1e-2|3e-2;m3:3e-3|1e-2|3e-2;"
+                "m3_paper:1e-4|3e-4|1e-3;dgd:3e-2|1e-1|3e-1")
 
 
 def parse(argv=None):
