@@ -123,7 +123,8 @@ def main(argv):
   if _OUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w", encoding="utf-8") as f:
-      json.dump({"workdir": _WORKDIR.value, "step": step, "overrides": overrides, "fresh": _FRESH.value, "fresh_part": _FRESH_PART.value,
+      json.dump({"workdir": _WORKDIR.value, "step": step, "overrides": overrides,
+                 "fresh": _FRESH.value, "fresh_part": _FRESH_PART.value,
                  "call_len": c, "rows": rows}, f, indent=1)
 
 

@@ -56,12 +56,12 @@ the state (streaming). ``sequential_reference`` is the token loop (executable sp
 
 Resets (True at the first token of a new document): every level goes back to its initial
 weights and drops its accumulated gradient; exact in the token loop, and in the segment path
-when documents start on multiples of S (the model's alignment). A level can start from a
-pretrained SwiGLU (spec 6.3): ``ContinuumMemorySystem.load_pretrained``.
+when documents start on multiples of S (the model's alignment); the segment path refuses a
+concrete reset elsewhere with a ValueError (under jit the resets cannot be checked). A level
+can start from a pretrained SwiGLU (spec 6.3): ``ContinuumMemorySystem.load_pretrained``.
 """
 
 import dataclasses
-import functools
 import math
 from typing import NamedTuple
 
@@ -71,6 +71,7 @@ import jax.numpy as jnp
 
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
+from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.types import state_dtype
 
 VARIANTS = ("sequential", "independent")
@@ -89,6 +90,10 @@ class CMSConfig:
     variant: sequential | independent.
     max_step_norm: per sequence and level, the norm of an in-context step lr_l * acc_l is
       clipped to this (None: no clip; see _step_scale).
+    retention: gamma_l per level in (0, 1] (None: 1 each, eq. 71 as written). At each of its
+      steps level l first pulls its weights back toward its initial weights,
+      theta <- theta_0 + gamma_l (theta - theta_0) - lr_l acc_l, so that its in-context drift
+      stays bounded (by about max_step_norm / (1 - gamma_l)) however long the stream.
     objective: local | ntp (see the module docstring).
     remat: jax.checkpoint each segment.
     norm_eps: RMSNorm epsilon.
@@ -101,6 +106,7 @@ class CMSConfig:
   variant: str = "sequential"
   objective: str = "local"
   max_step_norm: float | None = 1.0
+  retention: tuple[float, ...] | None = None
   remat: bool = True
   norm_eps: float = 1e-6
   dtype: str = "float32"
@@ -120,6 +126,12 @@ class CMSConfig:
                          f"expected one per level ({len(cs)})")
       if any(lr < 0 for lr in self.learning_rates):
         raise ValueError(f"{name}.learning_rates must be >= 0, got {self.learning_rates}")
+    if self.retention is not None:
+      if len(self.retention) != len(cs):
+        raise ValueError(f"{name}.retention has {len(self.retention)} entries, expected one "
+                         f"per level ({len(cs)})")
+      if any(not 0.0 < g <= 1.0 for g in self.retention):
+        raise ValueError(f"{name}.retention entries must lie in (0, 1], got {self.retention}")
     if self.variant not in VARIANTS:
       raise ValueError(f"{name}.variant={self.variant!r} is not one of {VARIANTS}")
     if self.objective not in OBJECTIVES:
@@ -135,6 +147,10 @@ class CMSConfig:
   @property
   def segment(self) -> int:
     return min(self.chunk_sizes)
+
+  @property
+  def gammas(self) -> tuple[float, ...]:
+    return tuple(self.retention) if self.retention is not None else (1.0,) * self.n_levels
 
   @property
   def lrs(self) -> tuple[float, ...]:
@@ -254,10 +270,6 @@ def _rows(flag_B, like):
   return flag_B.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def _maybe_step(step_B, scale_B, w, g):
-  return jnp.where(_rows(step_B, w), w - _rows(scale_B, g) * g, w)
-
-
 def _step_scale(cfg, lr, acc):
   """lr, shrunk per sequence so that the step lr * acc has norm <= cfg.max_step_norm.
 
@@ -278,15 +290,27 @@ def _step_scale(cfg, lr, acc):
   return lr * jnp.where(clip, cfg.max_step_norm / jnp.where(clip, norm, 1.0), 1.0)
 
 
-def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B):
+def retain(gamma: float, init: SwiGLUWeights, w: SwiGLUWeights) -> SwiGLUWeights:
+  """theta_0 + gamma (theta - theta_0) (CMSConfig.retention); w leaves [B, ...]."""
+  if gamma == 1.0:
+    return w
+  def one(i, x):
+    i = i[None].astype(x.dtype)
+    return i + gamma * (x - i)
+  return jax.tree.map(one, init, w)
+
+
+def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B, init):
   """Adds grads to the accumulators and steps every level whose boundary end_pos reaches."""
   weights, acc = [], []
   for lvl, c in enumerate(cfg.chunk_sizes):
     a = jax.tree.map(jnp.add, st.acc[lvl], grads[lvl])
     step = complete_B & (end_pos_B % c == 0) & (n_valid_B > 0)
     scale = _step_scale(cfg, cfg.lrs[lvl], a)
-    weights.append(jax.tree.map(functools.partial(_maybe_step, step, scale),
-                                st.weights[lvl], a))
+    base = retain(cfg.gammas[lvl], init[lvl], st.weights[lvl])
+    stepped = jax.tree.map(lambda w, g, scale=scale: w - _rows(scale, g) * g, base, a)
+    weights.append(jax.tree.map(lambda n, o, step=step: jnp.where(_rows(step, o), n, o),
+                                stepped, st.weights[lvl]))
     acc.append(jax.tree.map(lambda g, step=step: jnp.where(_rows(step, g), 0.0, g), a))
   return tuple(weights), tuple(acc)
 
@@ -295,6 +319,8 @@ def cms_scan(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT
   """Chunk-parallel CMS over a call: (y [B, T, D], new state, stats)."""
   b, t, d = x_BxTxD.shape
   s = cfg.segment
+  check_reset_alignment("ContinuumMemorySystem", reset_BxT, st.position, s,
+                        "the smallest of chunk_sizes")
   offset = st.position % s
   n = math.ceil((t + s - 1) / s)
 
@@ -321,7 +347,7 @@ def cms_scan(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT
     # global position after this segment's last slot (slots are aligned to multiples of s)
     end_pos = st.position - offset + (i + 1) * s
     complete = vmask[:, -1]
-    weights, acc = _step_levels(cfg, st, grads, n_valid, end_pos, complete)
+    weights, acc = _step_levels(cfg, st, grads, n_valid, end_pos, complete, params.init)
     # Diagnostics only: no gradient (sqrt has an infinite derivative at an unchanged level).
     upd_k = jax.lax.stop_gradient(jnp.stack([
         jnp.sum(jnp.sqrt(sum(jnp.sum((a - w) ** 2, axis=(1, 2))
@@ -368,7 +394,7 @@ def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTx
                                             None)
     end = st.position + 1
     weights, acc = _step_levels(cfg, st, grads, jnp.ones((b,), jnp.int32), end,
-                                jnp.ones((b,), bool))
+                                jnp.ones((b,), bool), params.init)
     return CMSState(weights, acc, prev_h, prev_valid, end), y[:, 0]
 
   xs = (jnp.moveaxis(x_BxTxD.astype(st.prev_h.dtype), 1, 0)[:, :, None],

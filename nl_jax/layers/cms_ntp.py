@@ -48,7 +48,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nl_jax.layers.cms import CMSConfig, CMSParams, SwiGLUWeights, _mlp, _step_scale
+from nl_jax.layers.cms import CMSConfig, CMSParams, SwiGLUWeights, _mlp, _step_scale, retain
 from nl_jax.layers.norms import rms_norm
 from nl_jax.memory.types import state_dtype
 
@@ -106,7 +106,8 @@ def reset_levels(params: CMSParams, st: NTPState, flag_B: jax.Array) -> NTPState
 
 
 def step_levels(cfg: CMSConfig, st: NTPState, grads: tuple[SwiGLUWeights, ...],
-                length: int) -> tuple[NTPState, jax.Array]:
+                length: int, init: tuple[SwiGLUWeights, ...] | None = None
+                ) -> tuple[NTPState, jax.Array]:
   """Accumulates a segment's gradient and steps the levels whose boundary it reaches.
 
   Args:
@@ -114,6 +115,7 @@ def step_levels(cfg: CMSConfig, st: NTPState, grads: tuple[SwiGLUWeights, ...],
     st: the state the segment ran with (position = stream index of its first token).
     grads: per level the gradient of the segment's loss w.r.t. st.weights.
     length: number of tokens in the segment (static).
+    init: per level the initial weights (needed when cfg.retention is set).
 
   Returns:
     (state after the segment, update_norm [B, k]: Frobenius norm of each level's step).
@@ -125,9 +127,14 @@ def step_levels(cfg: CMSConfig, st: NTPState, grads: tuple[SwiGLUWeights, ...],
     a = jax.tree.map(lambda x, g: x + g.astype(x.dtype), st.acc[lvl], grads[lvl])
     crossed_B = (end_B // c) > (start_B // c)
     scale_B = _step_scale(cfg, cfg.lrs[lvl], a)
+    if cfg.gammas[lvl] != 1.0 and init is None:
+      raise ValueError("cms_ntp.step_levels: CMSConfig.retention needs the initial weights "
+                       "(init=params.init)")
+    base = st.weights[lvl] if init is None else retain(cfg.gammas[lvl], init[lvl],
+                                                       st.weights[lvl])
     w_new = jax.tree.map(
-        lambda w, g, f=crossed_B, s=scale_B: _where_B(f, w - s.reshape((-1,) + (1,) * (g.ndim - 1))
-                                                      * g, w), st.weights[lvl], a)
+        lambda b, w, g, f=crossed_B, s=scale_B: _where_B(
+            f, b - s.reshape((-1,) + (1,) * (g.ndim - 1)) * g, w), base, st.weights[lvl], a)
     acc.append(jax.tree.map(lambda g, f=crossed_B: _where_B(f, jnp.zeros_like(g), g), a))
     weights.append(w_new)
     norms.append(jnp.sqrt(sum(jnp.sum((n - o) ** 2, axis=tuple(range(1, n.ndim)))

@@ -84,8 +84,10 @@ Chunks are aligned to global stream positions (state.position), so a stream spli
 at any point gives the same result as one call (a call that starts mid-chunk is front-padded
 with no-op tokens). Resets (True at the first token of a new packed document): the memories,
 anchors and momenta go back to the initial state. The sequential path resets exactly at the
-token; the chunked path resets at the start of the chunk that holds the reset, which is exact
-when documents start on multiples of both chunk sizes (the model's ``alignment``).
+token; the chunked path is exact when documents start on multiples of both chunk sizes (the
+model's ``alignment``, which the data pipeline guarantees) and refuses a concrete reset
+anywhere else with a ValueError naming the chunk size (as MatrixMemory does); under jit the
+resets are not concrete and cannot be checked.
 """
 
 import dataclasses
@@ -101,6 +103,7 @@ from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
 from nl_jax.layers.projection import project, record_input
 from nl_jax.memory import gates
+from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory, MLPWeights
 from nl_jax.memory.types import MemoryInputs, MemoryState, rule_coefficients
 
@@ -623,6 +626,10 @@ def memory_scan(cfg: SelfModifyingTitansConfig, params: SMTParams, state: SMTMem
   t = inp.xk.shape[2]
   if impl == "auto":
     impl = "chunked" if t >= max(cfg.chunk_size, cfg.proj_chunk_size) else "sequential"
+  if impl == "chunked":
+    for field in ("proj_chunk_size", "chunk_size"):
+      check_reset_alignment("SelfModifyingTitans", inp.reset, state.position,
+                            getattr(cfg, field), field)
   fn = _chunked if impl == "chunked" else _sequential
   return fn(cfg, params, state, inp)
 

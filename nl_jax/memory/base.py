@@ -52,6 +52,30 @@ def straight_through(new, old):
   return jax.tree.map(lambda n, o: sg(n) + (o - sg(o)), new, old)
 
 
+def check_reset_alignment(owner: str, reset, position, chunk_size: int,
+                          field: str = "chunk_size") -> None:
+  """Raises if a concrete reset falls inside a chunk (a chunked path would miss it).
+
+  reset [..., T] (True / nonzero at a document's first token), position [...] (tokens the
+  stream has seen before this call). Under jit the values are tracers and nothing can be
+  checked: the data pipeline's document alignment guarantees it there.
+  """
+  try:
+    reset_np = np.asarray(reset)
+    position_np = np.asarray(position)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return
+  idx = np.arange(reset_np.shape[-1])
+  misaligned = (reset_np != 0) & ((position_np[..., None] + idx) % chunk_size != 0)
+  if misaligned.any():
+    where = tuple(int(i) for i in np.argwhere(misaligned)[0])
+    raise ValueError(f"{owner}: inputs.reset is set at index {where} (global position "
+                     f"{int(position_np[where[:-1]]) + where[-1]}), which is not a multiple of "
+                     f"{field}={chunk_size}; the chunked path resets at chunk starts "
+                     "only. Align documents to the chunk size or use "
+                     "implementation='sequential'.")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FastLevel:
   """Configuration shared by every fast level (subclasses add their shapes).
@@ -236,21 +260,7 @@ class FastLevel:
     return tok
 
   def _check_reset_alignment(self, owner, reset, position):
-    """Raises if a concrete reset falls inside a chunk (the chunked path would miss it)."""
-    try:
-      reset_np = np.asarray(reset)
-      position_np = np.asarray(position)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-      return
-    idx = np.arange(reset_np.shape[-1])
-    misaligned = (reset_np != 0) & ((position_np[..., None] + idx) % self.chunk_size != 0)
-    if misaligned.any():
-      where = tuple(int(i) for i in np.argwhere(misaligned)[0])
-      raise ValueError(f"{owner}: inputs.reset is set at index {where} (global position "
-                       f"{int(position_np[where[:-1]]) + where[-1]}), which is not a multiple of "
-                       f"chunk_size={self.chunk_size}; the chunked path resets at chunk starts "
-                       "only. Align documents to the chunk size or use "
-                       "implementation='sequential'.")
+    check_reset_alignment(owner, reset, position, self.chunk_size)
 
   @staticmethod
   def _apply_reset(flag, carry, fresh):

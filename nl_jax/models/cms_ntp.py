@@ -155,7 +155,7 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
         seg_loss, has_aux=True)(weights)
     new_states, norms = [], []
     for i, st in enumerate(cms_states):
-      st, norm_BxK = cms_ntp.step_levels(cms_cfg, st, grads[i], length)
+      st, norm_BxK = cms_ntp.step_levels(cms_cfg, st, grads[i], length, cms_params[i].init)
       norms.append(jnp.mean(norm_BxK, axis=0))
       new = {"cms": st}
       if mixer_states[i] is not None:

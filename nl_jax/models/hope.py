@@ -61,6 +61,9 @@ class _CMSFields(LMConfig):
     cms_variant: "sequential" (chain, eq. 70) or "independent" (eq. 74).
     cms_objective: "local" (see nl_jax.layers.cms) or "ntp" (the whole model's next-token
       loss; see nl_jax.models.cms_ntp: ~3-4x the compute of "local").
+    cms_max_step_norm: clip of each in-context CMS step's norm (None: eq. 71 unclipped).
+    cms_retention: per level gamma in (0, 1] pulling the level back toward its initial
+      weights at each step (None: 1, eq. 71 as written); see CMSConfig.retention.
     chunk_remat: jax.checkpoint every memory chunk / CMS segment (independent of `remat`,
       which rematerialises whole blocks). Without it the backward keeps every segment's
       per-sequence CMS weights and intermediates (Hope small at T=512, B=16 asked XLA for
@@ -70,6 +73,8 @@ class _CMSFields(LMConfig):
   cms_learning_rates: tuple[float, ...] | None = None
   cms_variant: str = "sequential"
   cms_objective: str = "local"
+  cms_max_step_norm: float | None = 1.0
+  cms_retention: tuple[float, ...] | None = None
   chunk_remat: bool = True
 
   def __post_init__(self):
@@ -80,6 +85,8 @@ class _CMSFields(LMConfig):
     object.__setattr__(self, "cms_chunk_sizes", as_tuple(self.cms_chunk_sizes))
     if self.cms_learning_rates is not None:
       object.__setattr__(self, "cms_learning_rates", as_tuple(self.cms_learning_rates))
+    if self.cms_retention is not None:
+      object.__setattr__(self, "cms_retention", as_tuple(self.cms_retention))
     self.cms_config()  # validates the CMS fields (ValueError naming the field)
 
   def cms_config(self) -> CMSConfig:
@@ -87,10 +94,12 @@ class _CMSFields(LMConfig):
       return CMSConfig(d_model=self.d_model, hidden=self.mlp_hidden,
                        chunk_sizes=self.cms_chunk_sizes, learning_rates=self.cms_learning_rates,
                        variant=self.cms_variant, objective=self.cms_objective,
+                       max_step_norm=self.cms_max_step_norm, retention=self.cms_retention,
                        remat=self.chunk_remat, norm_eps=self.norm_eps, dtype=self.dtype)
     except ValueError as e:
       raise ValueError(f"{type(self).__name__}: {e} (fields cms_chunk_sizes, "
-                       "cms_learning_rates, cms_variant, cms_objective, mlp_hidden)") from e
+                       "cms_learning_rates, cms_variant, cms_objective, cms_max_step_norm, "
+                       "cms_retention, mlp_hidden)") from e
 
   @property
   def alignment(self) -> int:

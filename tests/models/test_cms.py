@@ -108,3 +108,46 @@ def test_load_pretrained_and_bad_config():
     CMSConfig(d_model=4, hidden=6, chunk_sizes=(4, 8), learning_rates=(0.1,))
   with pytest.raises(ValueError, match="variant"):
     CMSConfig(d_model=4, hidden=6, variant="nested")
+
+
+def test_retention_token_loop_and_bounded_drift():
+  """retention: segment-parallel == token loop (float64, forward and gradient), and the drift
+  from the initial weights stays within max_step_norm / (1 - gamma) over a long stream (the
+  long-stream cost found in experiments/stability/README.md comes from an unbounded drift)."""
+  with jax.enable_x64(True):
+    cfg = CMSConfig(d_model=8, hidden=12, chunk_sizes=(2, 6), learning_rates=(0.05, 0.02),
+                    retention=(0.5, 0.8))
+    layer = ContinuumMemorySystem(cfg, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    params = layer.params()
+    x = jax.random.normal(jax.random.key(1), (2, 13, 8), jnp.float64)
+    reset = jnp.zeros(x.shape[:2], bool).at[1, 5].set(True)
+    st = init_state(cfg, params, 2)._replace(position=jnp.array([1, 1], jnp.int32))
+
+    def run(fn):
+      def loss(params, x):
+        y, new = fn(cfg, params, st, x, reset)[:2]
+        return jnp.sum(jnp.sin(y)), (y, new)
+      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+    (_, (y1, s1)), g1 = run(cms_scan)
+    (_, (y2, s2)), g2 = run(sequential_reference)
+    np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-12)
+    _tree_close(s1, s2, rtol=1e-10, atol=1e-12)
+    _tree_close(g1, g2, rtol=1e-9, atol=1e-12)
+
+  def drift_after(cfg, calls):
+    layer = ContinuumMemorySystem(cfg, rngs=nnx.Rngs(0))
+    st = layer.init_memory(1)
+    fn = jax.jit(lambda st, x: layer(x, st, jnp.zeros((1, 64), bool))[1:])
+    out = []
+    for i in range(calls):
+      st, aux = fn(st, jax.random.normal(jax.random.key(i), (1, 64, 8)))
+      out.append(float(aux["level_0/drift"]))
+    return np.array(out)
+
+  base = dict(d_model=8, hidden=12, chunk_sizes=(2, 8), learning_rates=(0.5, 0.5))
+  free = drift_after(CMSConfig(**base), 16)
+  kept = drift_after(CMSConfig(**base, retention=(0.8, 0.8)), 16)
+  assert kept.max() <= 1.0 / (1 - 0.8) + 1e-5 < free.max()
+  with pytest.raises(ValueError, match="retention"):
+    CMSConfig(**base, retention=(1.5, 0.8))

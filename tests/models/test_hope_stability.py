@@ -25,6 +25,7 @@ import numpy as np
 import optax
 import pytest
 
+from nl_jax.layers.cms import CMSConfig, ContinuumMemorySystem
 from nl_jax.layers.self_modifying_titans import SelfModifyingTitans, SelfModifyingTitansConfig
 from nl_jax.models import registry
 
@@ -86,3 +87,25 @@ def test_hope_tiny_fixed_batch_inner_losses_stay_bounded():
     assert inner.max() <= 2.0 * inner[0], inner
     v = np.array([h[f"{block}/smt/v_rms"] for h in history])
     np.testing.assert_allclose(v, 1.0, atol=1e-3)
+
+
+def test_misaligned_reset_refused_by_chunked_paths():
+  """A concrete document reset inside a chunk is refused (the chunked paths would reset at the
+  chunk start instead), naming the chunk size; aligned resets and the token loop are fine."""
+  cfg = SelfModifyingTitansConfig(d_model=16, n_heads=2, head_dim=8, chunk_size=8,
+                                  proj_chunk_size=4)
+  layer = SelfModifyingTitans(cfg, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (1, 16, 16))
+  seg = jnp.ones((1, 16), jnp.int32)
+  for at, field in ((4, "chunk_size=8"), (2, "proj_chunk_size=4")):
+    reset = jnp.zeros((1, 16), bool).at[0, at].set(True)
+    with pytest.raises(ValueError, match=field):
+      layer(x, layer.init_memory(1), seg, reset, implementation="chunked")
+    layer(x, layer.init_memory(1), seg, reset, implementation="sequential")
+  layer(x, layer.init_memory(1), seg, jnp.zeros((1, 16), bool).at[0, 8].set(True))
+
+  cms = ContinuumMemorySystem(CMSConfig(d_model=16, hidden=8, chunk_sizes=(4, 8)),
+                              rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="smallest of chunk_sizes=4"):
+    cms(x, cms.init_memory(1), jnp.zeros((1, 16), bool).at[0, 6].set(True))
+  cms(x, cms.init_memory(1), jnp.zeros((1, 16), bool).at[0, 8].set(True))
