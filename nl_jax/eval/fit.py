@@ -67,7 +67,8 @@ def _loss(model, batch):
 
 def train(model, batches: Iterator[dict], num_steps: int,
           tx: optax.GradientTransformation | None = None, *, log_every: int = 0,
-          callback: Callable[[int, float], None] | None = None) -> dict:
+          callback: Callable[[int, float], None] | None = None,
+          max_seconds: float | None = None) -> dict:
   """Trains ``model`` in place.
 
   Args:
@@ -77,6 +78,10 @@ def train(model, batches: Iterator[dict], num_steps: int,
     tx: optax optimizer (default AdamW, lr 3e-3, warmup-cosine, clip 1.0).
     log_every: print the loss every this many steps (0 = never).
     callback: ``callback(step, loss)`` after every step (e.g. a live plot).
+    max_seconds: stop after the first step that ends this many seconds after the end of
+      step 0 (a wall-clock budget that leaves out step 0, i.e. compilation, which can take
+      minutes for the memory models on a loaded CPU; None = run all ``num_steps``). The
+      schedule of ``tx`` is not shortened: a stopped run ends where its schedule was.
 
   Returns:
     ``{"losses": [...], "seconds": wall time, "diverged_at": None or the first step whose
@@ -106,6 +111,7 @@ def train(model, batches: Iterator[dict], num_steps: int,
 
   align = model_alignment(model)
   losses, t0, diverged_at, last_good = [], time.time(), None, params
+  t_first = None  # end of step 0 (after compilation): the start of the max_seconds budget
   for i in range(num_steps):
     batch = next(batches)
     if batch["tokens"].shape[1] % align:
@@ -126,5 +132,10 @@ def train(model, batches: Iterator[dict], num_steps: int,
       callback(i, loss)
     if log_every and (i % log_every == 0 or i == num_steps - 1):
       print(f"step {i:5d}  loss {loss:.4f}  ({time.time() - t0:.1f}s)", flush=True)
+    t_first = time.time() if t_first is None else t_first
+    if max_seconds is not None and time.time() - t_first >= max_seconds and i < num_steps - 1:
+      print(f"step {i:5d}  loss {loss:.4f}  - time budget of {max_seconds:.0f}s spent, "
+            "training stopped", flush=True)
+      break
   nnx.update(model, params)
   return {"losses": losses, "seconds": time.time() - t0, "diverged_at": diverged_at}

@@ -28,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-from nl_jax.eval.examples import Example, Span, encode
+from nl_jax.eval.examples import Example, Span, encode, make_batch
 
 KEY_TOKENS = "abcdefghijklmnopqrstuvwxyz0123456789"
 VALUE_TOKENS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -82,3 +82,40 @@ def make_example(config: MqarConfig, rng: np.random.Generator) -> Example:
 def make_examples(config: MqarConfig, num_examples: int, seed: int) -> list[Example]:
   rng = np.random.default_rng([seed, config.num_pairs, config.num_queries, config.gap])
   return [make_example(config, rng) for _ in range(num_examples)]
+
+
+def sample_examples(rng: np.random.Generator, num_examples: int, *, min_pairs: int = 1,
+                    max_pairs: int = 16, max_gap: int = 0) -> list[Example]:
+  """Examples of varied sizes: each draws its number of pairs (queries = pairs) uniformly
+  from ``[min_pairs, max_pairs]`` and its gap from ``[0, max_gap]``.
+
+  Training on a range of sizes (as Zoology does) keeps a model from keying on one layout;
+  the test sizes are then fixed `MqarConfig` s, some beyond ``max_pairs`` / ``max_gap``.
+  """
+  if not 1 <= min_pairs <= max_pairs:
+    raise ValueError(f"min_pairs={min_pairs}, max_pairs={max_pairs}: need 1 <= min <= max")
+  if max_gap < 0:
+    raise ValueError(f"max_gap={max_gap} must be >= 0")
+  out = []
+  for _ in range(num_examples):
+    pairs = int(rng.integers(min_pairs, max_pairs + 1))
+    gap = int(rng.integers(0, max_gap + 1))
+    out.append(make_example(MqarConfig(num_pairs=pairs, num_queries=pairs, gap=gap), rng))
+  return out
+
+
+def training_batch(rng: np.random.Generator, batch_size: int, length: int, *,
+                   min_pairs: int = 1, max_pairs: int = 16, max_gap: int = 0,
+                   pad_to_multiple: int = 1) -> dict[str, np.ndarray]:
+  """A training batch of `sample_examples`, right-padded to ``length`` (one shape).
+
+  Returns the `nl_jax.eval.examples.make_batch` dict (loss mask on the answer tokens only),
+  the batch format of `nl_jax.eval.fit.train`.
+  """
+  longest = 4 * max_pairs + max_gap
+  if longest > length:
+    raise ValueError(f"length={length} < 4 * max_pairs + max_gap = {longest} (the longest "
+                     "example); raise length")
+  exs = sample_examples(rng, batch_size, min_pairs=min_pairs, max_pairs=max_pairs,
+                        max_gap=max_gap)
+  return make_batch(exs, pad_to_multiple=pad_to_multiple, length=length)

@@ -1,0 +1,149 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""experiments/in_context: the MQAR training batches and both scripts' pieces end to end."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nl_jax.eval import examples as ex_lib
+from nl_jax.eval import mqar, perplexity
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _script(file):
+  path = os.path.join(ROOT, "experiments", "in_context", file)
+  spec = importlib.util.spec_from_file_location(f"in_context_{file[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_mqar_training_batch_answers_recoverable():
+  rng = np.random.default_rng(0)
+  batch = mqar.training_batch(rng, 16, 96, min_pairs=2, max_pairs=16, max_gap=32,
+                              pad_to_multiple=32)
+  assert batch["tokens"].shape == (16, 96) and batch["loss_mask"].dtype == np.float32
+  ex = mqar.sample_examples(np.random.default_rng(1), 32, min_pairs=2, max_pairs=16,
+                            max_gap=32)
+  for e in ex:
+    n = len(e.meta["mapping"])
+    assert 2 <= n <= 16 and len(e.spans) == n and 4 * n <= len(e.tokens) <= 4 * n + 32
+    # Every answer is the value its query key was given in the context.
+    for span, q in zip(e.spans, e.meta["queries"], strict=True):
+      assert chr(e.tokens[span.start - 1] - 3) == q
+      assert chr(e.tokens[span.start] - 3) == e.meta["mapping"][q]
+  # Loss mask = exactly the positions predicting the answers; oracle scores 1, chance ~0.
+  b = ex_lib.make_batch(ex, length=96)
+  assert b["loss_mask"].sum() == sum(len(e.spans) for e in ex)
+  assert ex_lib.score(ex_lib.oracle_logits_fn(), ex, length=96)["accuracy"] == 1.0
+  assert ex_lib.score(ex_lib.random_logits_fn(0), ex, length=96)["accuracy"] < 0.1
+
+
+def test_mqar_training_batch_validates():
+  rng = np.random.default_rng(0)
+  with pytest.raises(ValueError, match="length=60"):
+    mqar.training_batch(rng, 2, 60, max_pairs=16)
+  with pytest.raises(ValueError, match="min_pairs=5"):
+    mqar.sample_examples(rng, 2, min_pairs=5, max_pairs=4)
+
+
+@pytest.mark.slow
+def test_mqar_script_shrunk(tmp_path):
+  out = _script("mqar.py").main(["--shrunk", "--out", str(tmp_path)])
+  r = out["transformer_pp"][0]
+  assert r["steps_done"] == 2 and len(r["losses"]) == 2
+  assert set(r["accuracy"]) == {"pairs=2", "pairs=4", "pairs=6", "len=16", "len=32"}
+  assert all(0.0 <= a <= 1.0 for a in r["accuracy"].values())
+  with open(tmp_path / "results.json") as f:
+    saved = json.load(f)
+  assert saved["settings"]["shrunk"] is True and "machine" in saved
+  assert saved["results"]["transformer_pp"]["0"]["accuracy"] == r["accuracy"]
+  for png in ("mqar_vs_pairs.png", "mqar_vs_length.png", "mqar_train_loss.png"):
+    assert os.path.getsize(tmp_path / png) > 1000
+  assert "| transformer_pp |" in (tmp_path / "results.md").read_text()
+  # --combine merges earlier result folders into one report without training.
+  merged = _script("mqar.py").main(["--combine", str(tmp_path), "--out", str(tmp_path / "all")])
+  assert merged["transformer_pp"]["0"]["accuracy"] == r["accuracy"]
+  assert os.path.getsize(tmp_path / "all" / "mqar_vs_pairs.png") > 1000
+
+
+def test_mqar_script_test_sizes():
+  script = _script("mqar.py")
+  args = script.parse(["--test-pairs", "4,32", "--length-pairs", "8", "--test-lengths",
+                       "64,512"])
+  cfgs = script.test_configs(args)
+  assert {k: c.length for k, c in cfgs.items()} == {"pairs=4": 16, "pairs=32": 128,
+                                                   "len=64": 64, "len=512": 512}
+  with pytest.raises(ValueError, match="--test-lengths 16"):
+    script.test_configs(script.parse(["--test-lengths", "16"]))
+
+
+def test_lm_tables_from_results(tmp_path):
+  """The aggregation (mean [min-max] over seeds) and plots of the LM script, made-up runs."""
+  script = _script("lm.py")
+  args = script.parse(["--ppl-len", "64", "--twice-len", "32"])
+
+  def run(loss, first, second):
+    nll = np.linspace(3.0, 2.0, 63)
+    twice = {"first_nll": first, "second_nll": second, "per_text": []}
+    return {"train": {"status": "ok", "eval_loss": loss, "last_eval_step": 300,
+                      "eval_curve": [(300, loss)], "train_curve": []},
+            "params": 100, "eval": {"position_nll": nll.tolist(),
+                                    "buckets": perplexity.bucket(nll),
+                                    "twice_context": twice, "twice_segments": twice}}
+
+  results = {"titans": {0: run(2.0, 2.5, 1.5), 1: run(2.2, 2.7, 1.9)}}
+  md = script.tables(results, args)
+  assert "| titans | 100 | 2 | 300/300 | ok/ok | 2.100 [2.000-2.200] |" in md
+  assert "| titans | context | 2.600 [2.500-2.700] | 1.700 [1.500-1.900] | " \
+         "-0.900 [-1.000--0.800] |" in md
+  script.plots(str(tmp_path), results, args)
+  for png in ("loss_by_position.png", "read_twice.png", "eval_loss.png"):
+    assert os.path.getsize(tmp_path / png) > 1000
+
+
+@pytest.mark.slow
+def test_lm_script_shrunk(tmp_path):
+  out = _script("lm.py").main(["--shrunk", "--out", str(tmp_path)])
+  r = out["transformer_pp"][0]
+  assert r["train"]["status"] == "ok" and np.isfinite(r["train"]["eval_loss"])
+  assert len(r["eval"]["position_nll"]) == 63
+  # Without carried state, Transformer++ reads the second copy as if it were new.
+  seg = r["eval"]["twice_segments"]
+  assert seg["second_nll"] == pytest.approx(seg["first_nll"], rel=1e-5)
+  for png in ("loss_by_position.png", "read_twice.png", "eval_loss.png"):
+    assert os.path.getsize(tmp_path / png) > 1000
+
+
+def test_fit_max_seconds_leaves_out_compilation():
+  """A budget of 0 s still runs step 0 (compilation) and stops right after it."""
+  import optax
+
+  from nl_jax.eval import fit
+  from tests.eval.test_runner import _RunningCount
+
+  tokens = np.array([[1, 2, 3, 4, 5, 6, 0, 0]], np.int32)
+  batch = {"tokens": tokens, "targets": np.roll(tokens, -1, axis=1),
+           "segment_ids": (tokens > 0).astype(np.int32),
+           "loss_mask": (tokens > 0).astype(np.float32)}
+  model = _RunningCount(vocab=7)
+  log = fit.train(model, iter([batch] * 5), 5, optax.sgd(0.1), max_seconds=0.0)
+  assert len(log["losses"]) == 1 and float(model.scale[...]) != 1.0
+  log = fit.train(model, iter([batch] * 5), 5, optax.sgd(0.1), max_seconds=600.0)
+  assert len(log["losses"]) == 5
