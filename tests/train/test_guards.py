@@ -32,8 +32,10 @@ def test_growth_warns_once_naming_layer_and_quantity():
   assert len(msgs) == 1 and "block_1/smt inner_loss" in msgs[0] and "1 to 4.5" in msgs[0]
   assert guard.update(40, _row(40.0)) == []         # once per (layer, quantity)
   assert guard.update(50, _row(float("nan"))) == []  # non-finite is the NaN policy's job
-  msgs = guard.update(60, _row(40.0, w1=5.0))
-  assert len(msgs) == 1 and "block_1/smt out_w1_norm" in msgs[0]
+  assert guard.update(60, _row(40.0, w1=5.0)) == []  # weight norms are shown, not watched
+  msgs = guard.update(70, _row(40.0, drift=4.5))
+  assert sorted(m.split(" grew")[0] for m in msgs) == [
+      "memory warning: block_0/cms/level_0 drift", "memory warning: block_0/cms/level_1 drift"]
 
 
 def test_console_fields_per_block():
