@@ -13,6 +13,7 @@
 # limitations under the License.
 """Every source file carries the Apache-2.0 header; the top-level layout is complete."""
 
+import os
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -20,12 +21,19 @@ HEADER = (ROOT / ".license_header.txt").read_text().strip().splitlines()
 SKIP_DIRS = {".venv", ".ci_venv", ".git", "build", "dist", "__pycache__", ".pytest_cache"}
 
 
+def _skipped(name: str) -> bool:
+  # Virtual environments live in the tree (.venv, .venv312, CI's .ci_venv_<name>).
+  return (name in SKIP_DIRS or name.endswith(".egg-info")
+          or name.startswith((".venv", ".ci_venv")))
+
+
 def _sources():
-  for path in ROOT.rglob("*"):
-    if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in path.parts):
-      continue
-    if path.suffix in (".py", ".sh") or path.name == "run":
-      yield path
+  for dirpath, dirnames, filenames in os.walk(ROOT):
+    dirnames[:] = [d for d in dirnames if not _skipped(d)]
+    for name in filenames:
+      path = pathlib.Path(dirpath) / name
+      if path.suffix in (".py", ".sh") or name == "run":
+        yield path
 
 
 def test_every_source_file_has_the_license_header():
