@@ -91,7 +91,7 @@ class Assignment(NamedTuple):
 
 
 def path_str(path: Sequence[Any]) -> str:
-  """A pytree key path as "a/b/0/c" (as `nl_jax.train.mesh.path_str`)."""
+  """A pytree key path as "a/b/0/c" (what the sharding and optimizer-rule regexes match)."""
   parts = []
   for k in path:
     for attr in ("key", "name", "idx"):

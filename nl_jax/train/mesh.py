@@ -37,6 +37,7 @@ from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nl_jax.optim.partition import path_str  # noqa: F401  (re-exported: sharding regexes)
 from nl_jax.train import config as config_lib
 
 BATCH_AXES = ("data", "fsdp")
@@ -51,19 +52,6 @@ def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence[Any] | None = Non
                      f"{int(np.prod(shape))} devices, got {len(devices)}")
   return jax.make_mesh(shape, config_lib.MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                        devices=devices)
-
-
-def path_str(path) -> str:
-  """A pytree key path as "a/b/0/c" (what the sharding regexes match)."""
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
 
 
 def _mesh_axes_size(mesh: Mesh, axes: Sequence[str]) -> int:
