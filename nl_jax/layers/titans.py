@@ -18,12 +18,19 @@ alpha = retention, mu = momentum decay)::
 
     q, k, v = silu(conv4(x W_q)), silu(conv4(x W_k)), silu(conv4(x W_v))   (per head)
     q, k    = q / ||q||, k / ||k||
+    v       = v / ||v||                                    (value_norm="l2", the default)
     eta     = eta_max * sigmoid(x w_eta + b_eta)           in (0, eta_max]
     alpha   = alpha_min + (1 - alpha_min) sigmoid(x w_alpha + b_alpha)   in [alpha_min, 1]
     mu      = mu_max * sigmoid(x w_mu + b_mu)              in [0, mu_max]   (momentum=True)
     M_t     = write(M_{t-1}; k_t -> v_t, eta_t, alpha_t, mu_t)   inner loss 0.5||M(k) - v||^2
     o_t     = M_t(q_t)                                     (read after the write, as Titans)
     y       = W_o (RMSNorm(o) * silu(x W_g))               (output norm + gate + projection)
+
+value_norm departs from Titans (only q and k are normalised there): with v unnormalised its
+scale is free (the read goes through an RMSNorm), grows with training, and the inner gradient
+steps, proportional to ||M(k) - v||, eventually blow the memory's weights up (x10^4 in 30
+steps, then NaN: experiments/stability/README.md, "Titans"). ``value_norm="none"`` restores
+the published form.
 
 The memory is ``nl_jax.memory.MLPMemory`` (memory_depth=2: residual two-layer MLP
 M(x) = x + W1 act(W2 x), anchored semantics, chunk-parallel with chunk size ``chunk_size``)
@@ -40,7 +47,9 @@ model's ``alignment``).
 
 aux (scalars, no gradient): ``inner_loss`` = mean over this call's tokens of
 0.5 ||M_end(k_t) - v_t||^2 at the call's final memory (how well the memory holds what it was
-written), ``eta_mean``, ``alpha_mean`` and ``momentum_mean`` (gate statistics).
+written), ``eta_mean``, ``alpha_mean`` and ``momentum_mean`` (gate statistics), ``v_rms``
+(RMS norm of the values) and ``w1_norm`` / ``w2_norm`` (``m_norm`` for the matrix memory:
+largest Frobenius norm of the final fast weights).
 
 ``memory_kernel`` (memory_depth=1 only): "xla" uses ``MatrixMemory.scan``; "auto" calls
 ``pallas_kernels.memory_scan.memory_scan`` with its own dispatch (the Pallas kernel on TPU/GPU
@@ -55,6 +64,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from nl_jax.layers import diagnostics
 from nl_jax.layers.conv import CausalConv
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
@@ -73,6 +83,7 @@ from nl_jax.memory import (
 )
 
 MEMORY_KERNELS = ("auto", "xla", "pallas")
+VALUE_NORMS = ("none", "l2")
 _LOG = logging.getLogger(__name__)
 
 
@@ -101,6 +112,8 @@ class TitansLayer(nnx.Module):
     memory_implementation: "auto" | "chunked" | "sequential" (the token loop; reference).
     memory_kernel: "auto" | "xla" | "pallas" (see the module docstring).
     first_order: stop gradients through the memory writes.
+    value_norm: "l2" (default: v is L2-normalised like q and k) or "none" (Titans as
+      published: only q and k are). See the module docstring.
     dtype: activation dtype (the memory state is float32).
     param_dtype: parameter dtype.
     rngs: parameter initialisation.
@@ -112,7 +125,7 @@ class TitansLayer(nnx.Module):
                momentum: bool = True, eta_max: float = 1.0, alpha_min: float = 0.0,
                mu_max: float = 0.9, conv_width: int = 4, memory_implementation: str = "auto",
                memory_kernel: str = "auto", first_order: bool = False, norm_eps: float = 1e-6,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               value_norm: str = "l2", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if memory_depth not in (1, 2):
       raise ValueError(f"TitansLayer: memory_depth must be 1 (matrix) or 2 (MLP), got "
                        f"{memory_depth}")
@@ -125,6 +138,8 @@ class TitansLayer(nnx.Module):
     if inner_rule not in ("gd", "dgd", "paper_l2"):
       raise ValueError(f"TitansLayer: inner_rule={inner_rule!r} is not one of "
                        "('gd', 'dgd', 'paper_l2')")
+    if value_norm not in VALUE_NORMS:
+      raise ValueError(f"TitansLayer: value_norm={value_norm!r} is not one of {VALUE_NORMS}")
     if memory_kernel == "pallas" and memory_depth != 1:
       raise ValueError("TitansLayer: memory_kernel='pallas' needs memory_depth=1 (the kernel "
                        "computes the matrix-memory scan); use 'auto' or 'xla'")
@@ -140,6 +155,7 @@ class TitansLayer(nnx.Module):
     self.memory_kernel = memory_kernel
     self.eta_max, self.alpha_min, self.mu_max = eta_max, alpha_min, mu_max
     self.norm_eps = norm_eps
+    self.value_norm = value_norm
     self.dtype = dtype
     semantics = memory_semantics
     if semantics == "auto":
@@ -184,6 +200,12 @@ class TitansLayer(nnx.Module):
     """{"memory": MemoryState with batch axes [B, H], "conv": ConvState [B, W-1, 3 H K]}."""
     return {"memory": self.memory.init_state(self.memory_params(), (batch_size, self.n_heads)),
             "conv": self.qkv_conv.init_state(batch_size)}
+
+  def _memory_weights(self, mem_state: MemoryState):
+    """(names, weights) of the fast memory, for the aux statistics."""
+    if self.memory_depth == 2:
+      return ("w1", "w2"), (mem_state.memory.w1, mem_state.memory.w2)
+    return ("m",), (mem_state.memory,)
 
   def _kernel_implementation(self, reset):
     """The memory_scan implementation to use, or None for MatrixMemory.scan."""
@@ -245,6 +267,8 @@ class TitansLayer(nnx.Module):
     qkv_BxTxC = jax.nn.silu(qkv_BxTxC)
     q, kk, v = jnp.split(qkv_BxTxC.reshape(b, t, 3 * h, k), 3, axis=2)
     q, kk = l2_normalize(q), l2_normalize(kk)
+    if self.value_norm == "l2":
+      v = l2_normalize(v)
     to_heads = lambda a: jnp.moveaxis(a, 1, 2)  # noqa: E731  [B,T,H,K] -> [B,H,T,K]
     logits_BxTxGxH = (project("btd,dgh->btgh", x, self.w_gates, jnp.float32)
                       + self.b_gates[...].astype(jnp.float32))
@@ -273,4 +297,7 @@ class TitansLayer(nnx.Module):
     }
     if mu is not None:
       aux["momentum_mean"] = jnp.mean(mu)
+    aux["v_rms"] = diagnostics.rms(v)
+    for name, w in zip(*self._memory_weights(mem_state)):
+      aux[f"{name}_norm"] = diagnostics.max_weight_norm(w)
     return y_BxTxD, {"memory": mem_state, "conv": conv_state}, aux

@@ -61,6 +61,9 @@ class TitansConfig(LMConfig):
     memory_implementation: "auto" | "chunked" | "sequential".
     memory_kernel: "auto" | "xla" | "pallas" (matrix memory scan kernel, memory_depth=1).
     first_order: stop gradients through the memory writes.
+    value_norm: "l2" (default: v L2-normalised like q and k; departs from Titans, where v is
+      not normalised: without it seed 1 of the in-context LM run diverged at step 151, see
+      experiments/stability/README.md) or "none" (Titans as published).
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
@@ -89,6 +92,7 @@ class TitansConfig(LMConfig):
   memory_implementation: str = "auto"
   memory_kernel: str = "auto"
   first_order: bool = False
+  value_norm: str = "l2"
 
   def __post_init__(self):
     super().__post_init__()
@@ -125,7 +129,7 @@ class TitansConfig(LMConfig):
                 mu_max=self.mu_max, conv_width=self.conv_width,
                 memory_implementation=self.memory_implementation,
                 memory_kernel=self.memory_kernel, first_order=self.first_order,
-                norm_eps=self.norm_eps)
+                norm_eps=self.norm_eps, value_norm=self.value_norm)
 
 
 class TitansBlock(nnx.Module):

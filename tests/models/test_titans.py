@@ -160,3 +160,17 @@ def test_bad_inputs_and_configs():
     registry.model_config("titans", "tiny", memory_kernel="pallas")
   with pytest.raises(ValueError, match="needs memory_depth=1"):
     nnx.eval_shape(lambda: TitansLayer(16, 2, 8, memory_kernel="pallas", rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("input_scale", [1.0, 4.0, 16.0])
+def test_memory_bounded_whatever_the_value_scale(input_scale):
+  """512 tokens in one call at random init: finite, with the fast weights bounded, however
+  large the layer input (training grows the value branch). With the published unnormalised v
+  (value_norm="none") the weights reach 2.2 at 4x and overflow to NaN at 16x (checked)."""
+  layer = TitansLayer(64, 4, 16, chunk_size=16, rngs=nnx.Rngs(0))
+  x = input_scale * jax.random.normal(jax.random.key(1), (2, 512, 64))
+  y, _, aux = layer(x, layer.init_memory(2), None, jnp.ones((2, 512), jnp.int32))
+  assert bool(jnp.all(jnp.isfinite(y)))
+  assert float(aux["v_rms"]) == pytest.approx(1.0, abs=1e-3)
+  for key in ("w1_norm", "w2_norm", "inner_loss"):
+    assert np.isfinite(float(aux[key])) and float(aux[key]) < 1.0, (key, float(aux[key]))
