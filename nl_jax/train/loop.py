@@ -450,42 +450,61 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
             "nan_skips": int(jax.device_get(train_state["nan_skips"])),
             "resumed_from": latest, "already_done": step >= tcfg.steps}
   last_saved = latest
+  start_time = time.perf_counter()
+
+  def report(at: int, metrics) -> None:
+    """Host side of step ``at``: fetch its metrics, check them, log them."""
+    host = _host_metrics(metrics)
+    if at == (latest or 0) + 1:
+      logger.progress.message(f"compiled the train step and ran step {at} in "
+                              f"{time.perf_counter() - start_time:.1f}s")
+      logger.start(at)
+    if not host.pop("finite"):
+      bad = sorted(k for k, v in host.items() if not math.isfinite(v))
+      result["nan_skips"] += 1
+      msg = (f"non-finite metric(s) {bad} at step {at} (values "
+             f"{ {k: host[k] for k in bad} }); the update of this step was dropped")
+      if tcfg.nan_policy == "raise":
+        raise NonFiniteError(msg + "; nan_policy='raise' (set --config.train.nan_policy="
+                             "skip to continue)")
+      if result["nan_skips"] > tcfg.nan_skip_budget:
+        raise NonFiniteError(msg + f"; {result['nan_skips']} skipped steps exceed "
+                             f"train.nan_skip_budget={tcfg.nan_skip_budget}")
+      logging.warning("%s; skipping (%d of budget %d)", msg, result["nan_skips"],
+                      tcfg.nan_skip_budget)
+    result["train_loss"] = host["loss"]
+    logger.step(at, host["loss"])
+    if at % tcfg.log_every == 0 or at == tcfg.steps:
+      logger.train(at, host)
+      growth_guard.update(at, host)
+
   try:
-    start_time = time.perf_counter()
     if step < tcfg.steps:
       logger.progress.message("compiling the train step...")
+    # Step t's metrics are fetched only after step t+1 is dispatched, so the host never waits
+    # for the device between steps. Steps that evaluate, sample or save need the parameters
+    # (donated to the next step), so they are reported before anything else happens.
+    pending = None
     while step < tcfg.steps:
       batch = global_batch(setup, next(train_iter))
       params, train_state, metrics = train_step(params, train_state, batch, rest)
       step += 1
-      host = _host_metrics(metrics)
       # A save overlaps only this one step: its commit (or failure, which stops the run here)
       # comes before the step is reported, so a SIGKILL loses <= checkpoint_every steps.
       checkpointer.poll(wait=True)
-      if step == (latest or 0) + 1:
-        logger.progress.message(f"compiled the train step and ran step {step} in "
-                                f"{time.perf_counter() - start_time:.1f}s")
-        logger.start(step)
-      if not host.pop("finite"):
-        bad = sorted(k for k, v in host.items() if not math.isfinite(v))
-        result["nan_skips"] += 1
-        msg = (f"non-finite metric(s) {bad} at step {step} (values "
-               f"{ {k: host[k] for k in bad} }); the update of this step was dropped")
-        if tcfg.nan_policy == "raise":
-          raise NonFiniteError(msg + "; nan_policy='raise' (set --config.train.nan_policy="
-                               "skip to continue)")
-        if result["nan_skips"] > tcfg.nan_skip_budget:
-          raise NonFiniteError(msg + f"; {result['nan_skips']} skipped steps exceed "
-                               f"train.nan_skip_budget={tcfg.nan_skip_budget}")
-        logging.warning("%s; skipping (%d of budget %d)", msg, result["nan_skips"],
-                        tcfg.nan_skip_budget)
-      result["train_loss"] = host["loss"]
-      logger.step(step, host["loss"])
-      if step % tcfg.log_every == 0 or step == tcfg.steps:
-        logger.train(step, host)
-        growth_guard.update(step, host)
-      if tcfg.eval_batches and (
-          (tcfg.eval_every and step % tcfg.eval_every == 0) or step == tcfg.steps):
+      if pending is not None:
+        report(*pending)
+      pending = (step, metrics)
+      evaluate_now = bool(tcfg.eval_batches) and (
+          (tcfg.eval_every and step % tcfg.eval_every == 0) or step == tcfg.steps)
+      preempted = preemption.flag or (pcount > 1 and checkpointer.reached_preemption(step))
+      save_now = ((tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0)
+                  or step == tcfg.steps or preempted)
+      if not (evaluate_now or save_now):
+        continue
+      report(*pending)
+      pending = None
+      if evaluate_now:
         loss, count = evaluate(setup, eval_step, params, rest)
         logger.eval(step, loss, count)
         result["eval_loss"] = loss
@@ -494,9 +513,7 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
               sampling.model_on_one_device(setup.graphdef, params, rest),
               sampling.tokenizer_of(data_cfg), tcfg.sample_prompt, tcfg.sample_tokens)
           logger.sample(step, tcfg.sample_prompt, text)
-      preempted = preemption.flag or (pcount > 1 and checkpointer.reached_preemption(step))
-      if (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or (
-          step == tcfg.steps) or preempted:
+      if save_now:
         checkpointer.save(step, params, train_state, train_iter)
         last_saved = step
       if preempted:

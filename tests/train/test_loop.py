@@ -105,6 +105,35 @@ def test_nan_skip_within_budget_then_exceeded(tmp_path, monkeypatch, compile_cac
         tiny_config(steps=4, nan_policy="skip", nan_skip_budget=1), str(tmp_path / "b"))
 
 
+def test_metrics_of_a_step_are_fetched_after_the_next_step_is_dispatched(
+    tmp_path, monkeypatch, compile_cache):
+  """No host synchronisation per step: step t's metrics reach the host only once step t+1
+  is queued; steps that save or evaluate (they need the donated parameters) report first."""
+  del compile_cache
+  events = []
+  real_make, real_host = loop.make_train_step, loop._host_metrics  # pylint: disable=protected-access
+
+  def make_train_step(setup):
+    step_fn = real_make(setup)
+
+    def dispatch(*args):
+      out = step_fn(*args)
+      events.append("dispatch")
+      return out
+    return dispatch
+
+  def host_metrics(metrics):
+    events.append("fetch")
+    return real_host(metrics)
+
+  monkeypatch.setattr(loop, "make_train_step", make_train_step)
+  monkeypatch.setattr(loop, "_host_metrics", host_metrics)
+  loop.train_and_evaluate(tiny_config(steps=6, checkpoint_every=3), str(tmp_path))
+  # Steps 1-2: fetched after the next dispatch; 3 saves: fetched at once; 4-5 deferred; 6 last.
+  assert events == ["dispatch", "dispatch", "fetch", "dispatch", "fetch", "fetch",
+                    "dispatch", "dispatch", "fetch", "dispatch", "fetch", "fetch"], events
+
+
 def test_8_devices_match_1_device_and_restore_onto_4(tmp_path, compile_cache):
   del compile_cache
   devices = jax.devices()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 17's long runs: every Hope option for 1,000 steps (the default for 3,000 is run
+# separately). Usage: experiments/stability/run_options.sh <runs_dir> [name ...]
+# Each run writes <runs_dir>/<name>/ (metrics.jsonl, checkpoints) and <runs_dir>/<name>.log;
+# rerunning resumes. Pin to one core with `taskset -c 1` to run beside another job.
+set -euo pipefail
+runs=${1:?usage: run_options.sh <runs_dir> [name ...]}
+shift
+py=${PYTHON:-python}
+cfg=experiments/configs
+declare -A args=(
+  [readme_m3]="--config=$cfg/hope_tiny.py --config.model.d_model=128 --config.optimizer.name=m3"
+  [hope_attention]="--config=$cfg/hope_attention_tiny.py"
+  [paper_l2]="--config=$cfg/hope_tiny.py --config.model.inner_rule=paper_l2"
+  [gd]="--config=$cfg/hope_tiny.py --config.model.inner_rule=gd"
+  [ntp]="--config=$cfg/hope_tiny.py --config.model.cms_objective=ntp"
+  [momentum]="--config=$cfg/hope_tiny.py --config.model.momentum=True"
+  [adaptive_q]="--config=$cfg/hope_tiny.py --config.model.adaptive_q=True"
+)
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=(readme_m3 hope_attention paper_l2 ntp momentum adaptive_q gd)
+for name in "${names[@]}"; do
+  [ -n "${args[$name]+x}" ] || { echo "run_options.sh: unknown run '$name' (known: ${!args[*]})"; exit 2; }
+  echo "== $name $(date -u +%H:%M:%S)"
+  # shellcheck disable=SC2086
+  $py launch/train.py ${args[$name]} --workdir="$runs/$name" --config.train.steps=1000 \
+    --config.train.eval_every=250 --config.train.checkpoint_every=250 \
+    > "$runs/$name.log" 2>&1 || echo "== $name failed: see $runs/$name.log"
+done
