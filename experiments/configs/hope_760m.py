@@ -13,6 +13,10 @@
 # limitations under the License.
 """Hope (self-modifying Titans + CMS), 760M parameters, pretraining on 30e9 tokens.
 
+The model is ``common.HOPE_REFERENCE``, the ablations' reference Hope: the default profile
+with inner momentum and adaptive q (the paper's literal choices are one switch away:
+``--config.model.profile=paper``; the differences are tabulated in nl_jax/models/hope.py).
+
 bf16 activations, rematerialization, FSDP over every device, AdamW (peak lr 4e-4,
 cosine), 4096-token rows, 128 rows (0.5M tokens) per step. Real data comes from the
 environment (``files`` arg, see experiments/configs/common.py); without it the embedded
@@ -34,4 +38,5 @@ from experiments.configs import common
 
 def get_config(arg=None):
   """The training config (``arg``: None, "smoke" or "files"; see common.py)."""
-  return common.paper("hope", "760m", arg, tokens=30e9, learning_rate=4e-4)
+  return common.paper("hope", "760m", arg, tokens=30e9, learning_rate=4e-4,
+                      model_overrides=common.HOPE_REFERENCE)

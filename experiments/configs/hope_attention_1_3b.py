@@ -13,6 +13,10 @@
 # limitations under the License.
 """Hope-Attention (softmax attention + CMS), 1.3B parameters, pretraining on 100e9 tokens.
 
+The model is the default profile (CMS objective local and each in-context step clipped at
+norm 1.0, where the paper has the next-token objective and no clip:
+``--config.model.profile=paper``; table in nl_jax/models/hope.py).
+
 bf16 activations, rematerialization, FSDP over every device, AdamW (peak lr 3e-4,
 cosine), 4096-token rows, 128 rows (0.5M tokens) per step. Real data comes from the
 environment (``files`` arg, see experiments/configs/common.py); without it the embedded

@@ -68,6 +68,11 @@ Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConf
   reads it, and its initial weights get no gradient.
 * Two chunk sizes (9.9): ``chunk_size`` for the output memory, ``proj_chunk_size`` for the
   k, v, (q,) eta and alpha memories.
+* anchored_step (eq. 90 has no 1/C): ``"mean"`` (default) divides the anchored gradient step
+  of every token by its memory's chunk size (a chunk's C gradients, all taken at the same
+  anchor, are averaged like a TTT / Titans mini-batch), ``"sum"`` takes eq. 90's step
+  literally (each token's full step; C identical tokens then move the weights C times as far
+  as one exact step, see nl_jax.memory.mlp). The erase and the decay are never scaled.
 
 Chunk-parallel anchored semantics (spec 5.4): inside a chunk every k, v, eta, alpha and vhat
 comes from the memories' anchor (the state at the end of the previous chunk, a causal reading
@@ -110,6 +115,7 @@ from nl_jax.memory.types import MemoryInputs, MemoryState, rule_coefficients
 SMT_RULES = ("dgd", "paper_l2", "gd")
 SMT_READS = ("pre", "post", "anchor")
 VALUE_NORMS = ("l2", "none")
+ANCHORED_STEPS = ("mean", "sum")
 IMPLEMENTATIONS = ("auto", "chunked", "sequential")
 
 
@@ -138,6 +144,8 @@ class SelfModifyingTitansConfig:
     stop_target_grad: no outer gradient through vhat.
     value_norm: "l2" (default: v_t is L2-normalised like k_t) or "none" (the paper's
       equations: only q and k are normalised). See the module docstring.
+    anchored_step: "mean" (default: each anchored gradient step divided by the memory's chunk
+      size) or "sum" (eq. 90 literally, no 1/C). See the module docstring.
     conv_width: width of the causal depthwise conv on the q/k/v branch.
     implementation: auto (chunked when the call has at least one full chunk) | chunked |
       sequential.
@@ -165,6 +173,7 @@ class SelfModifyingTitansConfig:
   alpha_bias_init: float = 4.0
   stop_target_grad: bool = False
   value_norm: str = "l2"
+  anchored_step: str = "mean"
   conv_width: int = 4
   implementation: str = "auto"
   remat: bool = True
@@ -182,7 +191,8 @@ class SelfModifyingTitansConfig:
       if v is not None and (not isinstance(v, int) or v < 1):
         raise ValueError(f"{name}.{f} must be None or a positive int, got {v!r}")
     choices = {"rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
-               "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS}
+               "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS,
+               "anchored_step": ANCHORED_STEPS}
     for f, allowed in choices.items():
       if getattr(self, f) not in allowed:
         raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
@@ -216,7 +226,7 @@ class SelfModifyingTitansConfig:
                      out_dim=out_dim, activation=self.activation, residual=residual,
                      rule=self.rule, semantics="anchored", chunk_size=chunk,
                      momentum=self.momentum, read_at=read_at, remat=False,
-                     implementation="chunked")
+                     implementation="chunked", anchored_step=self.anchored_step)
 
   @property
   def proj_memory(self) -> MLPMemory:
@@ -506,9 +516,10 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs):
 def _token_write(cfg, residual, chunk, w, s, anchor, k, vhat, eta, alpha, mu):
   """One token of eq. 88 for one memory (no batch / head axes): decay + anchored gradient.
 
-  The steps follow MLPMemory (anchored_step='mean'): both are divided by the memory's chunk
-  size, and under dgd the output-side weight's step is normalised by its own input,
-  eta / (1 + eta ||h||^2) with h = act(w2 k) at the anchor.
+  The steps follow MLPMemory: both are divided by the memory's chunk size when
+  cfg.anchored_step == "mean" (eq. 90 as printed has no 1/C: "sum"), and under dgd the
+  output-side weight's step is normalised by its own input, eta / (1 + eta ||h||^2) with
+  h = act(w2 k) at the anchor.
   """
   act = ACTIVATIONS[cfg.activation]
   coef = rule_coefficients(cfg.rule, eta, jnp.sum(k * k))
@@ -519,7 +530,8 @@ def _token_write(cfg, residual, chunk, w, s, anchor, k, vhat, eta, alpha, mu):
   grads = jax.grad(inner_loss)(anchor)
   hidden = act(anchor.w2 @ k)
   lr1 = eta / (1.0 + eta * jnp.sum(hidden * hidden)) if cfg.rule == "dgd" else coef.lr
-  step = MLPWeights(w1=lr1 / chunk * grads.w1, w2=coef.lr / chunk * grads.w2)
+  scale = 1.0 / chunk if cfg.anchored_step == "mean" else 1.0
+  step = MLPWeights(w1=scale * lr1 * grads.w1, w2=scale * coef.lr * grads.w2)
   decay = MLPWeights(w1=alpha * w.w1, w2=alpha * w.w2 - coef.erase * jnp.outer(w.w2 @ k, k))
   if cfg.momentum:
     s = jax.tree.map(lambda sv, gv: mu * sv - gv, s, step)

@@ -34,10 +34,54 @@ CMS chunk) with every fast state carried; Hope-Attention's queries then see the 
 of the call's earlier segments through a key/value buffer (Attention.attend_with_buffer), so
 its attention still covers the whole call. Pass ``targets`` / ``loss_mask`` for the last
 token of a call to count (the trainer does).
+
+The paper as one switch: ``profile`` ("default" or "paper"; ``--config.model.profile=paper``)
+sets every field below that is left unset (None) to its literal reading of the paper; a field
+set explicitly wins over the profile (``profile="paper", cms_objective="local"`` is the paper's
+model with the local CMS objective). ``config.choice(name)`` / ``config.choices()`` give the
+values the model runs with. Hope-Attention has the two CMS rows.
+
+======================  ==========================================  =========  ===
+field                   paper (profile="paper")                     default    why it differs
+======================  ==========================================  =========  ===
+``smt_anchored_step``   ``sum``: eq. 90's anchored step, no 1/C     ``mean``   (1)
+``inner_rule``          ``paper_l2``: eq. 88 / 93 as printed        ``dgd``    (2)
+``value_norm``          ``none``: only q and k are L2-normalised    ``l2``     (3)
+``momentum``            ``True``: Table 6 ablates "w/o momentum"    ``False``  (4)
+``adaptive_q``          ``True``: eq. 88 writes M_q; Table 6        ``False``  (5)
+                        ablates "w/o inner-projection q"
+``cms_objective``       ``ntp``: the model's next-token loss        ``local``  (6)
+``cms_max_step_norm``   ``inf``: eq. 71's step unclipped            ``1.0``    (7)
+======================  ==========================================  =========  ===
+
+(1) A chunk's C gradients are all taken at the same anchor: summed, C identical tokens move
+    the weights C times as far as one exact step and repeated tokens diverge; the mean is the
+    TTT / Titans mini-batch step (nl_jax.memory.mlp).
+(2) Eq. 88 erases the key direction twice (factor alpha - 2 eta along k, a sign flip for
+    eta > alpha / 2; spec 9.1); DGD's exact step c = eta / (1 + eta ||k||^2) keeps the factor
+    in (0, 1] (and the output-side weight's step is normalised by its own input).
+(3) With v unnormalised, ||v|| grew with training, the self-generated targets M(v) amplified
+    the memories at every write and Hope tiny hit NaN at step 308
+    (experiments/stability/README.md).
+(4) Eq. 88 as printed has none (and it costs a momentum state per memory). The paper-scale
+    configs and the ablations' reference set it (experiments/configs/common.py
+    ``HOPE_REFERENCE``).
+(5) The text calls q the only non-adaptive projection (spec 9.6; and it costs a fifth
+    memory). ``HOPE_REFERENCE`` sets it with momentum.
+(6) About a third of ntp's step time (ntp runs the model segment by segment, second order).
+(7) A chunk's summed gradient grows with C_l and with repeated tokens; an unclipped step
+    makes the fast MLP diverge within a few chunks (nl_jax.layers.cms._step_scale).
+
+Open choices the profile leaves as they are, because the paper gives no value or the default
+already is its reading: the anchored index of eq. 90 (the previous chunk's end, spec 9.3),
+``read_at="pre"`` (eq. 94: o_t = M_{t-1}(q_t)), the form of the momentum (Titans', spec 9.7),
+the gates' squashing, chunk sizes, widths, learning rates, ``cms_retention=None`` (eq. 71) and
+``cms_variant="sequential"`` (eq. 97).
 """
 
 import dataclasses
 import math
+from typing import Any, ClassVar
 
 import flax.nnx as nnx
 import jax
@@ -55,13 +99,19 @@ from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
 class _CMSFields(LMConfig):
   """CMS fields shared by Hope and Hope-Attention (mlp_hidden = hidden width of each level).
 
+  Fields marked (profile) are None by default: the value then comes from ``profile`` (table in
+  the module docstring); a value set explicitly wins.
+
   Attributes:
+    profile: "default" or "paper" (every unset (profile) field at its literal paper reading).
     cms_chunk_sizes: chunk size C_l of each CMS level (multiples of the smallest).
     cms_learning_rates: in-context learning rate of each level (None: 1e-3 each).
     cms_variant: "sequential" (chain, eq. 70) or "independent" (eq. 74).
-    cms_objective: "local" (see nl_jax.layers.cms) or "ntp" (the whole model's next-token
-      loss; see nl_jax.models.cms_ntp: ~3-4x the compute of "local").
-    cms_max_step_norm: clip of each in-context CMS step's norm (None: eq. 71 unclipped).
+    cms_objective: (profile: "local" / paper "ntp") "local" (see nl_jax.layers.cms) or "ntp"
+      (the whole model's next-token loss; see nl_jax.models.cms_ntp: ~3-4x the compute of
+      "local").
+    cms_max_step_norm: (profile: 1.0 / paper inf) clip of each in-context CMS step's norm
+      (inf: eq. 71 unclipped).
     cms_retention: per level gamma in (0, 1] pulling the level back toward its initial
       weights at each step (None: 1, eq. 71 as written); see CMSConfig.retention.
     chunk_remat: jax.checkpoint every memory chunk / CMS segment (independent of `remat`,
@@ -69,16 +119,26 @@ class _CMSFields(LMConfig):
       per-sequence CMS weights and intermediates (Hope small at T=512, B=16 asked XLA for
       48 GB on CPU).
   """
+  # profile -> the values of the (profile) fields left unset.
+  PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+      "default": dict(cms_objective="local", cms_max_step_norm=1.0),
+      "paper": dict(cms_objective="ntp", cms_max_step_norm=math.inf),
+  }
+
+  profile: str = "default"
   cms_chunk_sizes: tuple[int, ...] = (16, 64)
   cms_learning_rates: tuple[float, ...] | None = None
   cms_variant: str = "sequential"
-  cms_objective: str = "local"
-  cms_max_step_norm: float | None = 1.0
+  cms_objective: str | None = None
+  cms_max_step_norm: float | None = None
   cms_retention: tuple[float, ...] | None = None
   chunk_remat: bool = True
 
   def __post_init__(self):
     super().__post_init__()
+    if self.profile not in self.PROFILES:
+      raise ValueError(f"{type(self).__name__}.profile={self.profile!r} is not one of "
+                       f"{tuple(self.PROFILES)}")
     # A single level may be given as a scalar (command-line overrides such as
     # "cms_chunk_sizes=16").
     as_tuple = lambda v: (v,) if isinstance(v, (int, float)) else tuple(v)  # noqa: E731
@@ -89,13 +149,27 @@ class _CMSFields(LMConfig):
       object.__setattr__(self, "cms_retention", as_tuple(self.cms_retention))
     self.cms_config()  # validates the CMS fields (ValueError naming the field)
 
+  def choice(self, name: str) -> Any:
+    """The value the model uses for (profile) field `name`: the field if set, else the
+    profile's."""
+    value = getattr(self, name)
+    return self.PROFILES[self.profile][name] if value is None else value
+
+  def choices(self) -> dict[str, Any]:
+    """Every (profile) field with the value the model uses."""
+    return {name: self.choice(name) for name in self.PROFILES[self.profile]}
+
   def cms_config(self) -> CMSConfig:
+    max_norm = self.choice("cms_max_step_norm")
     try:
+      if not max_norm > 0:
+        raise ValueError(f"cms_max_step_norm must be > 0 (inf: no clip), got {max_norm}")
       return CMSConfig(d_model=self.d_model, hidden=self.mlp_hidden,
                        chunk_sizes=self.cms_chunk_sizes, learning_rates=self.cms_learning_rates,
-                       variant=self.cms_variant, objective=self.cms_objective,
-                       max_step_norm=self.cms_max_step_norm, retention=self.cms_retention,
-                       remat=self.chunk_remat, norm_eps=self.norm_eps, dtype=self.dtype)
+                       variant=self.cms_variant, objective=self.choice("cms_objective"),
+                       max_step_norm=None if max_norm == math.inf else max_norm,
+                       retention=self.cms_retention, remat=self.chunk_remat,
+                       norm_eps=self.norm_eps, dtype=self.dtype)
     except ValueError as e:
       raise ValueError(f"{type(self).__name__}: {e} (fields cms_chunk_sizes, "
                        "cms_learning_rates, cms_variant, cms_objective, cms_max_step_norm, "
@@ -118,18 +192,22 @@ class HopeConfig(_CMSFields):
   * 760m: 24 x 1536, 12 heads x 128, CMS 2 levels x 1600 (chunks 64, 512), untied 32K vocab.
   * 1_3b: 24 x 2048, 16 heads x 128, CMS 2 levels x 2240 (chunks 64, 512), tied 32K vocab.
 
-  Attributes (self-modifying Titans; see nl_jax.layers.self_modifying_titans):
+  Attributes (self-modifying Titans; see nl_jax.layers.self_modifying_titans; (profile) fields
+  are None by default and take the profile's value, see _CMSFields):
     smt_chunk_size: chunk of the output memory.
     smt_proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
-    inner_rule: dgd | paper_l2 | gd.
-    momentum: inner momentum.
-    adaptive_q: q is a fast memory.
+    smt_anchored_step: (profile: "mean" / paper "sum") "mean" divides each anchored gradient
+      step by the memory's chunk size, "sum" is eq. 90 as printed (no 1/C).
+    inner_rule: (profile: "dgd" / paper "paper_l2") dgd | paper_l2 | gd.
+    momentum: (profile: False / paper True) inner momentum.
+    adaptive_q: (profile: False / paper True) q is a fast memory.
     static_projections: projections without their memory, subset of ("k", "v") (ablation).
     read_at: pre | post | anchor.
     memory_hidden: hidden width of the vector memories (None: head_dim).
     eta_max, alpha_min, mu_max: gate ranges.
     stop_target_grad: no outer gradient through the self-generated targets.
-    value_norm: "l2" (default, v L2-normalised like k) or "none" (the paper's equations).
+    value_norm: (profile: "l2" / paper "none") "l2" (v L2-normalised like k) or "none" (the
+      paper's equations).
     memory_activation: sigma of eq. 89 in every memory (silu).
     gate_hidden: hidden width of the eta / alpha memories (None: head_dim // 2).
     eta_bias_init, alpha_bias_init: initial logits of the eta / alpha gates.
@@ -153,11 +231,19 @@ class HopeConfig(_CMSFields):
                    dtype="bfloat16"),
   }
 
+  PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+      "default": dict(_CMSFields.PROFILES["default"], smt_anchored_step="mean",
+                      inner_rule="dgd", momentum=False, adaptive_q=False, value_norm="l2"),
+      "paper": dict(_CMSFields.PROFILES["paper"], smt_anchored_step="sum",
+                    inner_rule="paper_l2", momentum=True, adaptive_q=True, value_norm="none"),
+  }
+
   smt_chunk_size: int = 16
   smt_proj_chunk_size: int = 16
-  inner_rule: str = "dgd"
-  momentum: bool = False
-  adaptive_q: bool = False
+  smt_anchored_step: str | None = None
+  inner_rule: str | None = None
+  momentum: bool | None = None
+  adaptive_q: bool | None = None
   static_projections: tuple[str, ...] = ()
   read_at: str = "pre"
   memory_hidden: int | None = None
@@ -165,7 +251,7 @@ class HopeConfig(_CMSFields):
   alpha_min: float = 0.5
   mu_max: float = 0.9
   stop_target_grad: bool = False
-  value_norm: str = "l2"
+  value_norm: str | None = None
   memory_activation: str = "silu"
   gate_hidden: int | None = None
   eta_bias_init: float = -2.0
@@ -182,12 +268,13 @@ class HopeConfig(_CMSFields):
     try:
       return SelfModifyingTitansConfig(
           d_model=self.d_model, n_heads=self.n_heads, head_dim=self.head_dim,
-          memory_hidden=self.memory_hidden, rule=self.inner_rule, momentum=self.momentum,
-          mu_max=self.mu_max, adaptive_q=self.adaptive_q,
-          static_projections=self.static_projections, chunk_size=self.smt_chunk_size,
-          proj_chunk_size=self.smt_proj_chunk_size, read_at=self.read_at,
+          memory_hidden=self.memory_hidden, rule=self.choice("inner_rule"),
+          momentum=self.choice("momentum"), mu_max=self.mu_max,
+          adaptive_q=self.choice("adaptive_q"), static_projections=self.static_projections,
+          chunk_size=self.smt_chunk_size, proj_chunk_size=self.smt_proj_chunk_size,
+          anchored_step=self.choice("smt_anchored_step"), read_at=self.read_at,
           eta_max=self.eta_max, alpha_min=self.alpha_min,
-          stop_target_grad=self.stop_target_grad, value_norm=self.value_norm,
+          stop_target_grad=self.stop_target_grad, value_norm=self.choice("value_norm"),
           activation=self.memory_activation, gate_hidden=self.gate_hidden,
           eta_bias_init=self.eta_bias_init, alpha_bias_init=self.alpha_bias_init,
           conv_width=self.conv_width,
@@ -298,7 +385,7 @@ class Hope(CausalLM):
 
   def forward_embedded(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):
     """CausalLM.forward_embedded, or the segment driver when cms_objective == "ntp"."""
-    if self.config.cms_objective == "ntp":
+    if self.config.choice("cms_objective") == "ntp":
       return ntp_forward_embedded(self, x_BxTxD, memory_state, ctx)
     return super().forward_embedded(x_BxTxD, memory_state, ctx)
 
@@ -313,6 +400,6 @@ class HopeAttention(CausalLM):
 
   def forward_embedded(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):
     """CausalLM.forward_embedded, or the segment driver when cms_objective == "ntp"."""
-    if self.config.cms_objective == "ntp":
+    if self.config.choice("cms_objective") == "ntp":
       return ntp_forward_embedded(self, x_BxTxD, memory_state, ctx)
     return super().forward_embedded(x_BxTxD, memory_state, ctx)

@@ -83,6 +83,8 @@ def test_chunked_equals_sequential_all_options_float64():
     dict(rule="gd", read_at="anchor", chunk_size=2, proj_chunk_size=4),
     dict(chunk_size=1, proj_chunk_size=1),                       # per-token recurrence
     dict(stop_target_grad=True, momentum=True, chunk_size=4, proj_chunk_size=4),
+    dict(anchored_step="sum", value_norm="none", momentum=True, chunk_size=4,  # no 1/C
+         proj_chunk_size=2),
 ])
 def test_chunked_equals_sequential_options_float64(opts):
   with jax.enable_x64(True):
@@ -123,6 +125,8 @@ def test_bad_config_raises():
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, read_at="later")
   with pytest.raises(ValueError, match="static_projections"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, static_projections=("q",))
+  with pytest.raises(ValueError, match=r"anchored_step='max' is not one of \('mean', 'sum'\)"):
+    SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, anchored_step="max")
 
 
 def test_static_projections_chunked_equals_sequential_and_skip_memory():

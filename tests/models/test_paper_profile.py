@@ -1,0 +1,388 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The paper as one switch: ``profile="paper"`` (Hope, Hope-Attention).
+
+The profile sets exactly the documented values (the table in nl_jax/models/hope.py and
+README.md's departures table), explicit fields win over it, every field round-trips through
+the command line, the paper-scale configs and the ablations' reference are one model, and
+the layers under the paper profile equal re-derivations written here from the paper's
+equations: self-modifying Titans token by token from eqs. 84, 88, 90 and 94 (float64, numpy),
+and the CMS token by token from eq. 71 with the next-token loss (float64 reference, float32
+model).
+"""
+
+import dataclasses
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from nl_jax.layers.self_modifying_titans import (
+  SelfModifyingTitans,
+  SMTInputs,
+  init_memory_state,
+  memory_scan,
+)
+from nl_jax.models import hope, registry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The documented table: field -> (paper, default).
+TABLE = {
+    "smt_anchored_step": ("sum", "mean"),
+    "inner_rule": ("paper_l2", "dgd"),
+    "value_norm": ("none", "l2"),
+    "momentum": (True, False),
+    "adaptive_q": (True, False),
+    "cms_objective": ("ntp", "local"),
+    "cms_max_step_norm": (math.inf, 1.0),
+}
+CMS_ROWS = ("cms_objective", "cms_max_step_norm")
+
+
+def _rows(name):
+  return TABLE if name == "hope" else {k: TABLE[k] for k in CMS_ROWS}
+
+
+def _load(path: Path, module_name: str):
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# ---------------------------------------------------------------------------------------------
+# The profile's values, explicit fields, the docs
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["hope", "hope_attention"])
+def test_profiles_set_exactly_the_documented_values(name):
+  for col, profile in enumerate(("paper", "default")):
+    cfg = registry.model_config(name, "tiny", profile=profile)
+    assert cfg.choices() == {k: v[col] for k, v in _rows(name).items()}
+    cms = cfg.cms_config()
+    assert cms.objective == TABLE["cms_objective"][col]
+    assert cms.max_step_norm == (None if profile == "paper" else 1.0)  # None: no clip
+    if name == "hope":
+      smt = cfg.smt_config()
+      got = (smt.anchored_step, smt.rule, smt.value_norm, smt.momentum, smt.adaptive_q)
+      assert got == tuple(TABLE[k][col] for k in ("smt_anchored_step", "inner_rule",
+                                                  "value_norm", "momentum", "adaptive_q"))
+  # the default profile is the model as it was before profiles existed
+  assert registry.model_config(name, "tiny") == registry.model_config(name, "tiny",
+                                                                      profile="default")
+
+
+def test_explicit_fields_win_over_the_profile():
+  cfg = registry.model_config("hope", "tiny", profile="paper", cms_objective="local",
+                              momentum=False, cms_max_step_norm=2.0)
+  want = {k: v[0] for k, v in TABLE.items()}
+  want.update(cms_objective="local", momentum=False, cms_max_step_norm=2.0)
+  assert cfg.choices() == want
+  assert cfg.cms_config().max_step_norm == 2.0 and not cfg.smt_config().momentum
+  cfg = registry.model_config("hope", "tiny", value_norm="none", smt_anchored_step="sum")
+  assert cfg.smt_config().value_norm == "none" and cfg.smt_config().anchored_step == "sum"
+  assert cfg.smt_config().rule == "dgd"
+  with pytest.raises(ValueError, match=r"HopeConfig.profile='literal' is not one of "
+                     r"\('default', 'paper'\)"):
+    registry.model_config("hope", "tiny", profile="literal")
+  with pytest.raises(ValueError, match=r"cms_max_step_norm must be > 0"):
+    registry.model_config("hope_attention", "tiny", cms_max_step_norm=0.0)
+  with pytest.raises(ValueError, match="anchored_step"):
+    registry.model_config("hope", "tiny", smt_anchored_step="median")
+
+
+def _fmt(v, quote):
+  return quote + ("True" if v is True else "False" if v is False else str(v)) + quote
+
+
+def test_docs_tabulate_exactly_the_profile():
+  """README.md's departures table and the Hope module docstring list every field of the
+  profile with its paper and default value, and nothing else."""
+  readme = (ROOT / "README.md").read_text()
+  table = readme.split("| field (`--config.model.<field>`) |", 1)[1].split("\n\n", 1)[0]
+  rows = [re.split(r"(?<!\\)\|", r)[1:-1] for r in table.splitlines()[2:]]
+  got = {cells[0].strip().strip("`"): cells for cells in rows}
+  assert set(got) == set(TABLE)
+  for field, (paper, default) in TABLE.items():
+    assert got[field][1].strip().startswith(_fmt(paper, "`")), field
+    assert got[field][2].strip() == _fmt(default, "`"), field
+  rows = [re.split(r"\s{2,}", r) for r in hope.__doc__.splitlines()
+          if re.match(r"``\w+``\s{2,}", r)]
+  got = {cells[0].strip("`"): cells for cells in rows}
+  assert set(got) == set(TABLE)
+  for field, (paper, default) in TABLE.items():
+    assert got[field][1].startswith(_fmt(paper, "``")), field
+    assert got[field][2] == _fmt(default, "``"), field
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line and the experiment configs
+# ---------------------------------------------------------------------------------------------
+
+def _cli_model(monkeypatch, name, *overrides):
+  """The model config launch/train.py builds from --config=<name>_tiny.py and overrides."""
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True)
+  argv = ["prog", f"--config={ROOT / 'experiments' / 'configs' / f'{name}_tiny.py'}",
+          *overrides]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+  fv(argv)
+  return registry.config_from_dict(name, fv.config.model.to_dict())
+
+
+@pytest.mark.parametrize("name", ["hope", "hope_attention"])
+def test_every_profile_field_round_trips_through_the_command_line(monkeypatch, name):
+  rows = _rows(name)
+  paper = {k: v[0] for k, v in rows.items()}
+  default = {k: v[1] for k, v in rows.items()}
+  assert _cli_model(monkeypatch, name).choices() == default
+  cfg = _cli_model(monkeypatch, name, "--config.model.profile=paper")
+  assert cfg.profile == "paper" and cfg.choices() == paper
+  # every field set on the command line wins over the profile, either way
+  flag = lambda k, v: f"--config.model.{k}={_fmt(v, '')}"  # noqa: E731
+  cfg = _cli_model(monkeypatch, name, "--config.model.profile=paper",
+                   *(flag(k, v) for k, v in default.items()))
+  assert cfg.profile == "paper" and cfg.choices() == default
+  cfg = _cli_model(monkeypatch, name, *(flag(k, v) for k, v in paper.items()))
+  assert cfg.profile == "default" and cfg.choices() == paper
+
+
+def test_paper_scale_configs_and_the_ablation_reference_are_one_model():
+  ablations = _load(ROOT / "experiments" / "ablations" / "run.py", "_ablations_run")
+  for size in ("760m", "1_3b"):
+    module = _load(ROOT / "experiments" / "configs" / f"hope_{size}.py", f"_hope_{size}")
+    got = registry.config_from_dict("hope", module.get_config().model.to_dict())
+    ref = registry.model_config("hope", size, **ablations.REFERENCE)
+    assert (got.profile, got.choices()) == (ref.profile, ref.choices())
+    assert got.choices()["momentum"] and got.choices()["adaptive_q"]
+  # every ablation row is a difference from that reference
+  assert ablations.ROWS["hope"] == {}
+  assert all(row == "no_cms" or set(row) <= {f.name for f in dataclasses.fields(
+      hope.HopeConfig)} for row in ablations.ROWS.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-modifying Titans = eqs. 84, 88, 90, 94 token by token (float64)
+# ---------------------------------------------------------------------------------------------
+
+def _silu(z):
+  return z / (1.0 + np.exp(-z))
+
+
+def _sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+def _mem(w, x, residual):
+  """Eq. 89: M(x) = x + W1 silu(W2 x) (scalar memories: W1 silu(W2 x), no residual)."""
+  y = w[0] @ _silu(w[1] @ x)
+  return y + x if residual else y
+
+
+def _inner_grad(w, k, target, residual):
+  """Gradient of 0.5 ||M(k) - target||^2 w.r.t. (W1, W2) (eq. 93 drops the factor 2)."""
+  z = w[1] @ k
+  s = _sigmoid(z)
+  err = _mem(w, k, residual) - target
+  return np.outer(err, _silu(z)), np.outer((w[0].T @ err) * s * (1.0 + z * (1.0 - s)), k)
+
+
+def _l2norm(x):
+  return x / np.sqrt(x @ x + 1e-6)  # the layer's epsilon
+
+
+def _write(w, s, anchor, k, target, eta, alpha, mu, residual):
+  """Eq. 88 with eq. 90's anchored gradient, no 1/C: M (alpha I - eta k k^T) on the input-side
+  weight W2 (spec 9.4), plus Titans' momentum S <- mu S - eta grad (spec 9.7)."""
+  g = _inner_grad(anchor, k, target, residual)
+  s = (mu * s[0] - eta * g[0], mu * s[1] - eta * g[1])
+  decay = (alpha * w[0], alpha * w[1] - eta * np.outer(w[1] @ k, k))
+  return (decay[0] + s[0], decay[1] + s[1]), s
+
+
+def _smt_reference(init, bias, xk, xv, xq, mu, eta_max, alpha_min, cp, co):
+  """One sequence and head. init: name -> (W1, W2) for k, v, q, eta, alpha, out; x* [T, d].
+
+  Returns (o [T, d], name -> (W1, W2) at the end)."""
+  residual = {"k": True, "v": True, "q": True, "eta": False, "alpha": False, "out": True}
+  w = dict(init)
+  anchor = dict(init)
+  mom = {n: (np.zeros_like(a), np.zeros_like(b)) for n, (a, b) in init.items()}
+  out = []
+  for t in range(xk.shape[0]):
+    # eq. 90 (causal anchor, spec 9.3): k, v, q, eta, alpha and every target from the state
+    # at the end of the previous chunk.
+    k = _l2norm(_mem(anchor["k"], xk[t], True))
+    v = _mem(anchor["v"], xv[t], True)        # the paper normalises only q and k
+    q = _l2norm(_mem(anchor["q"], xq[t], True))  # q is a memory too
+    eta = eta_max * _sigmoid(_mem(anchor["eta"], xk[t], False)[0] + bias[0])
+    alpha = alpha_min + (1 - alpha_min) * _sigmoid(_mem(anchor["alpha"], xk[t], False)[0]
+                                                   + bias[1])
+    out.append(_mem(w["out"], q, True))       # eq. 94: o_t = M_{memory, t-1}(q_t)
+    for n in w:
+      vhat = _mem(anchor[n], v, residual[n])  # eq. 84: each memory's own target
+      w[n], mom[n] = _write(w[n], mom[n], anchor[n], k, vhat, eta, alpha, mu[t], residual[n])
+    for n in w:
+      if (t + 1) % (co if n == "out" else cp) == 0:
+        anchor[n] = w[n]
+  return np.stack(out), w
+
+
+def _smt_setup(seed, b=2, t=11):
+  cfg = registry.model_config("hope", "tiny", profile="paper", d_model=8, n_heads=2, head_dim=4,
+                              smt_chunk_size=4, smt_proj_chunk_size=2).smt_config()
+  cfg = dataclasses.replace(cfg, dtype="float64", param_dtype="float64")
+  params = SelfModifyingTitans(cfg, rngs=nnx.Rngs(seed)).params()
+  # Larger memory weights than at init, so every memory's state matters to the outputs.
+  params = params._replace(proj_init=jax.tree.map(lambda w: 2.0 * w, params.proj_init),
+                           gate_init=jax.tree.map(lambda w: 4.0 * w, params.gate_init),
+                           out_init=jax.tree.map(lambda w: 3.0 * w, params.out_init))
+  ks = jax.random.split(jax.random.key(seed + 100), 4)
+  xk, xv, xq = (jax.random.normal(k, (b, 2, t, 4), jnp.float64) for k in ks[:3])
+  mu = 0.8 * jax.nn.sigmoid(jax.random.normal(ks[3], (b, 2, t), jnp.float64))
+  return cfg, params, SMTInputs(xk, xv, xq, mu, jnp.zeros((b, t), bool))
+
+
+def test_smt_under_the_paper_profile_equals_eqs_88_90_token_by_token():
+  """Chunk sizes 4 (output memory) and 2 (the others), T = 11 (ragged), float64: both paths
+  of the layer equal the token loop above (fails under the default profile: 1/C, DGD's
+  normalised step, no momentum, static q, normalised v)."""
+  with jax.enable_x64(True):
+    cfg, params, inp = _smt_setup(0)
+    state = init_memory_state(cfg, params, 2)
+    got = {impl: jax.jit(lambda s, i, impl=impl: memory_scan(cfg, params, s, i, impl)[:2])(
+        state, inp) for impl in ("chunked", "sequential")}
+  p = jax.tree.map(np.asarray, params)
+  for bi in range(2):
+    for h in range(2):
+      init = {n: (p.proj_init.w1[i, h], p.proj_init.w2[i, h]) for i, n in enumerate("kvq")}
+      init.update({n: (p.gate_init.w1[i, h], p.gate_init.w2[i, h])
+                   for i, n in enumerate(("eta", "alpha"))})
+      init["out"] = (p.out_init.w1[h], p.out_init.w2[h])
+      o, w = _smt_reference(init, p.gate_bias[:, h], *(np.asarray(x[bi, h]) for x in inp[:3]),
+                            np.asarray(inp.mu[bi, h]), cfg.eta_max, cfg.alpha_min,
+                            cfg.proj_chunk_size, cfg.chunk_size)
+      assert np.abs(o).max() > 0.1
+      for impl, (o_got, st) in got.items():
+        np.testing.assert_allclose(o_got[bi, h], o, rtol=1e-9, atol=1e-10, err_msg=impl)
+        mems = {n: (st.proj.memory.w1[bi, i, h], st.proj.memory.w2[bi, i, h])
+                for i, n in enumerate("kvq")}
+        mems.update({n: (st.gates.memory.w1[bi, i, h], st.gates.memory.w2[bi, i, h])
+                     for i, n in enumerate(("eta", "alpha"))})
+        mems["out"] = (st.out.memory.w1[bi, h], st.out.memory.w2[bi, h])
+        for n, (w1, w2) in mems.items():
+          np.testing.assert_allclose(w1, w[n][0], rtol=1e-9, atol=1e-10, err_msg=f"{impl} {n}")
+          np.testing.assert_allclose(w2, w[n][1], rtol=1e-9, atol=1e-10, err_msg=f"{impl} {n}")
+
+
+# ---------------------------------------------------------------------------------------------
+# CMS = eq. 71 with the next-token loss, token by token
+# ---------------------------------------------------------------------------------------------
+
+def _rms(x, scale, eps):
+  return x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
+
+
+def _token_loss(weights, r, target, mask, norms, final, table, eps):
+  """Next-token loss of one token of one sequence: the CMS chain of eq. 70 (pre-norm residual
+  SwiGLU levels) on the block's mixer output r [D], then the final norm and tied read-out."""
+  for (w_gate, w_up, w_down), scale in zip(weights, norms, strict=True):
+    h = _rms(r, scale, eps)
+    r = r + (jax.nn.silu(h @ w_gate) * (h @ w_up)) @ w_down
+  logits = _rms(r, final, eps) @ table.T
+  return mask * -jax.nn.log_softmax(logits)[target], logits
+
+
+def _cms_reference(model, r_BxTxD, targets, mask):
+  """Eq. 71: each level sums its tokens' gradients (at its weights, frozen in its chunk) and
+  steps theta <- theta - lr * sum once every C_l tokens, unclipped. Float64, one layer."""
+  cfg = model.config
+  cms = model.blocks[0].cms.params()
+  f64 = lambda x: jnp.asarray(np.asarray(x), jnp.float64)  # noqa: E731
+  norms = f64(cms.norm)
+  final, table = f64(model.final_norm.scale[...]), f64(model.embed.embedding[...])
+  b = r_BxTxD.shape[0]
+  weights = [tuple(jnp.broadcast_to(f64(x), (b,) + x.shape) for x in w) for w in cms.init]
+  acc = jax.tree.map(jnp.zeros_like, weights)
+  grad = jax.jit(jax.vmap(jax.grad(_token_loss, has_aux=True),
+                          in_axes=(0, 0, 0, 0, None, None, None, None)), static_argnums=7)
+  logits, step_norms = [], []
+  for t in range(r_BxTxD.shape[1]):
+    g, lg = grad(weights, f64(r_BxTxD[:, t]), targets[:, t], f64(mask[:, t]), norms, final,
+                 table, cfg.norm_eps)
+    logits.append(lg)
+    acc = jax.tree.map(jnp.add, acc, g)
+    for lvl, (c, lr) in enumerate(zip(cfg.cms_chunk_sizes, cfg.cms_learning_rates,
+                                      strict=True)):
+      if (t + 1) % c == 0:
+        step_norms.append(lr * jnp.sqrt(sum(jnp.sum(a * a, axis=(1, 2)) for a in acc[lvl])))
+        weights[lvl] = tuple(w - lr * a for w, a in zip(weights[lvl], acc[lvl], strict=True))
+        acc[lvl] = jax.tree.map(jnp.zeros_like, acc[lvl])
+  return jnp.stack(logits, axis=1), weights, acc, jnp.stack(step_norms)
+
+
+@pytest.mark.parametrize("name", ["hope", pytest.param("hope_attention",
+                                                     marks=pytest.mark.slow)])
+def test_cms_under_the_paper_profile_equals_eq_71_token_by_token(name):
+  """One layer, levels C = (4, 8), T = 12 (level 1 ends with a partial chunk). The layer's
+  mixer output (checked by its own tests) feeds both; the model (float32) equals the float64
+  token loop within float32 tolerance, and the unclipped steps are far beyond the default
+  clip (fails under the default profile: local objective, clip 1.0)."""
+  extra = dict(smt_chunk_size=4, smt_proj_chunk_size=2) if name == "hope" else {}
+  cfg = registry.model_config(name, "tiny", profile="paper", vocab_size=32, d_model=16,
+                              n_layers=1, n_heads=2, head_dim=8, mlp_hidden=24,
+                              cms_chunk_sizes=(4, 8), cms_learning_rates=(0.5, 0.3), **extra)
+  model = registry.build_model(cfg, rngs=nnx.Rngs(0))
+  b, t = 2, 12
+  tokens = jax.random.randint(jax.random.key(1), (b, t), 0, cfg.vocab_size, jnp.int32)
+  targets = jnp.concatenate([tokens[:, 1:], jnp.zeros((b, 1), jnp.int32)], axis=1)
+  mask = jnp.ones((b, t), jnp.float32).at[:, -1].set(0.0)
+  graphdef, params = nnx.split(model)
+
+  @jax.jit
+  def run(params):
+    m = nnx.merge(graphdef, params)
+    logits, state, _ = m(tokens, targets=targets, loss_mask=mask)
+    blk = m.blocks[0]
+    x = m.embed(tokens)
+    seg = jnp.ones((b, t), jnp.int32)
+    if name == "hope":
+      y = blk.smt(blk.smt_norm(x), blk.smt.init_memory(b), seg, jnp.zeros((b, t), bool))[0]
+    else:
+      y = blk.attn(blk.attn_norm(x), jnp.broadcast_to(jnp.arange(t), (b, t)), seg)
+    return logits, state["block_0"]["cms"], x + y
+
+  logits, state, r = run(params)
+  with jax.enable_x64(True):
+    want, weights, acc, step_norms = jax.tree.map(np.asarray, _cms_reference(model, r, targets,
+                                                                             mask))
+  assert step_norms.min() > 1.0  # the default clip (1.0) would change every step
+  scale = np.abs(want).max()
+  np.testing.assert_allclose(logits, want, rtol=2e-5, atol=2e-5 * scale)
+  for lvl in range(2):
+    for f in range(3):
+      for got, ref in ((state.weights, weights), (state.acc, acc)):
+        ref = ref[lvl][f]
+        np.testing.assert_allclose(got[lvl][f], ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max(),
+                                   err_msg=f"level {lvl} field {f}")
