@@ -99,19 +99,19 @@ from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
 class _CMSFields(LMConfig):
   """CMS fields shared by Hope and Hope-Attention (mlp_hidden = hidden width of each level).
 
-  Fields marked (profile) are None by default: the value then comes from ``profile`` (table in
-  the module docstring); a value set explicitly wins.
+  Profile fields are None by default: their value then comes from ``profile`` (table in the
+  module docstring); a value set explicitly wins.
 
   Attributes:
-    profile: "default" or "paper" (every unset (profile) field at its literal paper reading).
+    profile: "default" or "paper" (every unset profile field at its literal paper reading).
     cms_chunk_sizes: chunk size C_l of each CMS level (multiples of the smallest).
     cms_learning_rates: in-context learning rate of each level (None: 1e-3 each).
     cms_variant: "sequential" (chain, eq. 70) or "independent" (eq. 74).
-    cms_objective: (profile: "local" / paper "ntp") "local" (see nl_jax.layers.cms) or "ntp"
-      (the whole model's next-token loss; see nl_jax.models.cms_ntp: ~3-4x the compute of
-      "local").
-    cms_max_step_norm: (profile: 1.0 / paper inf) clip of each in-context CMS step's norm
-      (inf: eq. 71 unclipped).
+    cms_objective: (profile field: default "local", paper "ntp") "local" (see
+      nl_jax.layers.cms) or "ntp" (the whole model's next-token loss; see
+      nl_jax.models.cms_ntp: ~3-4x the compute of "local").
+    cms_max_step_norm: (profile field: default 1.0, paper inf) clip of each in-context CMS
+      step's norm (inf: eq. 71 unclipped).
     cms_retention: per level gamma in (0, 1] pulling the level back toward its initial
       weights at each step (None: 1, eq. 71 as written); see CMSConfig.retention.
     chunk_remat: jax.checkpoint every memory chunk / CMS segment (independent of `remat`,
@@ -119,7 +119,7 @@ class _CMSFields(LMConfig):
       per-sequence CMS weights and intermediates (Hope small at T=512, B=16 asked XLA for
       48 GB on CPU).
   """
-  # profile -> the values of the (profile) fields left unset.
+  # profile -> the values of the profile fields left unset.
   PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
       "default": dict(cms_objective="local", cms_max_step_norm=1.0),
       "paper": dict(cms_objective="ntp", cms_max_step_norm=math.inf),
@@ -150,13 +150,13 @@ class _CMSFields(LMConfig):
     self.cms_config()  # validates the CMS fields (ValueError naming the field)
 
   def choice(self, name: str) -> Any:
-    """The value the model uses for (profile) field `name`: the field if set, else the
+    """The value the model uses for profile field `name`: the field if set, else the
     profile's."""
     value = getattr(self, name)
     return self.PROFILES[self.profile][name] if value is None else value
 
   def choices(self) -> dict[str, Any]:
-    """Every (profile) field with the value the model uses."""
+    """Every profile field with the value the model uses."""
     return {name: self.choice(name) for name in self.PROFILES[self.profile]}
 
   def cms_config(self) -> CMSConfig:
@@ -192,22 +192,22 @@ class HopeConfig(_CMSFields):
   * 760m: 24 x 1536, 12 heads x 128, CMS 2 levels x 1600 (chunks 64, 512), untied 32K vocab.
   * 1_3b: 24 x 2048, 16 heads x 128, CMS 2 levels x 2240 (chunks 64, 512), tied 32K vocab.
 
-  Attributes (self-modifying Titans; see nl_jax.layers.self_modifying_titans; (profile) fields
+  Attributes (self-modifying Titans; see nl_jax.layers.self_modifying_titans; profile fields
   are None by default and take the profile's value, see _CMSFields):
     smt_chunk_size: chunk of the output memory.
     smt_proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
-    smt_anchored_step: (profile: "mean" / paper "sum") "mean" divides each anchored gradient
-      step by the memory's chunk size, "sum" is eq. 90 as printed (no 1/C).
-    inner_rule: (profile: "dgd" / paper "paper_l2") dgd | paper_l2 | gd.
-    momentum: (profile: False / paper True) inner momentum.
-    adaptive_q: (profile: False / paper True) q is a fast memory.
+    smt_anchored_step: (profile field: default "mean", paper "sum") "mean" divides each
+      anchored gradient step by the memory's chunk size, "sum" is eq. 90 as printed (no 1/C).
+    inner_rule: (profile field: default "dgd", paper "paper_l2") dgd | paper_l2 | gd.
+    momentum: (profile field: default False, paper True) inner momentum.
+    adaptive_q: (profile field: default False, paper True) q is a fast memory.
     static_projections: projections without their memory, subset of ("k", "v") (ablation).
     read_at: pre | post | anchor.
     memory_hidden: hidden width of the vector memories (None: head_dim).
     eta_max, alpha_min, mu_max: gate ranges.
     stop_target_grad: no outer gradient through the self-generated targets.
-    value_norm: (profile: "l2" / paper "none") "l2" (v L2-normalised like k) or "none" (the
-      paper's equations).
+    value_norm: (profile field: default "l2", paper "none") "l2" (v L2-normalised like k) or
+      "none" (the paper's equations).
     memory_activation: sigma of eq. 89 in every memory (silu).
     gate_hidden: hidden width of the eta / alpha memories (None: head_dim // 2).
     eta_bias_init, alpha_bias_init: initial logits of the eta / alpha gates.
