@@ -32,6 +32,7 @@ import optax
 from nl_jax.eval import text as text_lib
 from nl_jax.eval.examples import encode, make_batch
 from nl_jax.eval.runner import model_alignment
+from nl_jax.losses import masked_cross_entropy
 
 
 def lm_batch(rng: np.random.Generator, batch_size: int, seq_len: int,
@@ -60,9 +61,8 @@ def examples_batch(make_examples: Callable[[np.random.Generator], list], rng,
 
 def _loss(model, batch):
   logits_BxTxV, _, _ = model(batch["tokens"], None, segment_ids=batch["segment_ids"])
-  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
-  mask = batch["loss_mask"]
-  return jnp.sum(ce_BxT * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  total, count = masked_cross_entropy(logits_BxTxV, batch["targets"], batch["loss_mask"])
+  return total / jnp.maximum(count, 1.0)
 
 
 def train(model, batches: Iterator[dict], num_steps: int,

@@ -66,16 +66,8 @@ import jax
 import jax.numpy as jnp
 
 from nl_jax.layers import cms_ntp
+from nl_jax.losses import masked_cross_entropy
 from nl_jax.models.common import SequenceContext, advance_stream, constrain_activations
-
-
-def _segment_ce(logits_BxSxV, targets_BxS, mask_BxS):
-  """Sum of masked token cross-entropies and the number of counted tokens."""
-  logits = logits_BxSxV.astype(jnp.promote_types(logits_BxSxV.dtype, jnp.float32))
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets_BxS[..., None], axis=-1)[..., 0]
-  mask = mask_BxS.astype(logits.dtype)
-  return jnp.sum(nll * mask), jnp.sum(mask)
 
 
 def _mixer(block, x_BxSxD, state, kv, seg, segment_ids_BxT):
@@ -148,7 +140,7 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
         new_kv.append(kv_i)
         aux.update({f"block_{i}/{k}": v for k, v in m_aux.items()})
       logits = model.head(x)
-      loss, count = _segment_ce(logits, seg["targets"], seg["loss_mask"])
+      loss, count = masked_cross_entropy(logits, seg["targets"], seg["loss_mask"])
       return loss, (logits, mixer_states, new_kv, aux, count)
 
     (loss, (logits, mixer_states, new_kv, aux, count)), grads = jax.value_and_grad(

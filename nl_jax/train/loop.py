@@ -46,6 +46,7 @@ from flax import nnx
 
 from nl_jax import data as data_lib
 from nl_jax.layers import projection
+from nl_jax.losses import masked_cross_entropy
 from nl_jax.models import common as model_common
 from nl_jax.train import checkpoint as ckpt_lib
 from nl_jax.train import config as config_lib
@@ -65,15 +66,6 @@ def _registry():
   from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
 
   return registry
-
-
-def masked_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
-                         loss_mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(sum of masked token losses, number of masked-in tokens), in float32."""
-  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  mask_BxT = loss_mask_BxT.astype(jnp.float32)
-  return jnp.sum(losses_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 
 @dataclasses.dataclass
