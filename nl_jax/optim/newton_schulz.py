@@ -11,7 +11,11 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Newton-Schulz orthogonalization used by M3: the XLA iteration and the Pallas kernels' entry.
+"""Newton-Schulz orthogonalization used by M3: weights as matrix stacks, presets, sharding.
+
+The iteration itself lives in ``pallas_kernels/newton_schulz/reference.py`` (the executable
+spec that the Pallas kernels are tested against); this module runs it with XLA or dispatches
+to the kernels.
 
 A Newton-Schulz step applies an odd matrix polynomial to ``X`` (wide, ``m <= n``):
 
@@ -32,6 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from nl_jax.optim import _common
+from pallas_kernels.newton_schulz import api as ns_api
+from pallas_kernels.newton_schulz import reference as ns_reference
+from pallas_kernels.newton_schulz.config import NewtonSchulzConfig
+
+# The iteration is owned by the kernels' executable spec; its old name here stays importable.
+newton_schulz_wide = ns_reference.newton_schulz_reference
 
 # Keller Jordan's quintic coefficients (Muon): maximal slope at 0, converges to a band ~[0.7, 1.1].
 MUON_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -152,21 +162,6 @@ def matrix_fans(shape: tuple[int, ...], dim_nums: Any | None = None) -> tuple[in
   return view.flat_shape[1], view.flat_shape[2]
 
 
-def newton_schulz_wide(x: jax.Array, coeffs: tuple[tuple[float, float, float], ...],
-                       eps: float) -> jax.Array:
-  """Runs the iteration on a float32 stack ``(batch, m, n)`` with ``m <= n``."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
-  x = x / (norm + eps)
-  for a, b, c in coeffs:
-    gram = jnp.einsum("bij,bkj->bik", x, x)
-    if c == 0.0:
-      poly = b * gram
-    else:
-      poly = b * gram + c * jnp.einsum("bij,bjk->bik", gram, gram)
-    x = a * x + jnp.einsum("bij,bjk->bik", poly, x)
-  return x
-
-
 def _reshard(x: jax.Array, mesh: Any, spec: jax.sharding.PartitionSpec) -> jax.Array:
   return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec))
 
@@ -184,19 +179,18 @@ def _iterate(stack: jax.Array, coeffs: tuple[tuple[float, float, float], ...], e
              implementation: str | None, mesh: Any) -> jax.Array:
   """Runs the iteration on a float32 wide stack with the requested implementation.
 
-  The Pallas kernels (``pallas_kernels.newton_schulz``, imported here so that importing
-  nl_jax.optim does not import Pallas) are opaque to the SPMD partitioner, so a stack spread
-  over a mesh stays on XLA under "auto"; "pallas" on a mesh raises.
+  The Pallas kernels (``pallas_kernels.newton_schulz``; its api module loads Pallas only when a
+  kernel runs) are opaque to the SPMD partitioner, so a stack spread over a mesh stays on XLA
+  under "auto"; "pallas" on a mesh raises.
   """
   if implementation in (None, "xla") or (implementation == "auto" and mesh is not None):
     return _newton_schulz_jit(stack, coeffs, eps)
   if mesh is not None:
     raise ValueError("implementation='pallas' does not run on a device mesh (the kernel is not "
                      "partitionable); use 'auto' or 'xla'")
-  from pallas_kernels.newton_schulz import NewtonSchulzConfig, api
   if implementation == "auto":
     return _kernel_jit(stack, coeffs, eps, None, None)
-  platform = api._platform()
+  platform = ns_api._platform()
   if platform in ("tpu", "gpu"):
     return _kernel_jit(stack, coeffs, eps, platform, None)
   # No accelerator: the TPU kernel in interpret mode (slow; for tests).
@@ -204,8 +198,7 @@ def _iterate(stack: jax.Array, coeffs: tuple[tuple[float, float, float], ...], e
 
 
 def _kernel(stack, coeffs, eps, backend, config):
-  from pallas_kernels.newton_schulz import api
-  return api.newton_schulz(stack, coeffs, eps, implementation=backend, config=config)
+  return ns_api.newton_schulz(stack, coeffs, eps, implementation=backend, config=config)
 
 
 _kernel_jit = jax.jit(_kernel, static_argnums=(1, 2, 3, 4))
