@@ -40,7 +40,6 @@ Which source to use at scale:
 import glob
 import importlib.util
 import os
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
@@ -117,17 +116,13 @@ def _undecodable(path: str, record: str, e: UnicodeDecodeError) -> SourceDataErr
 
 def _tfrecord_index(path: str, record: bytes) -> str:
   """'record <i>' of the first record of a TFRecord file equal to ``record`` (error path)."""
-  with open(path, "rb") as f:
-    i = 0
-    while True:
-      header = f.read(12)
-      if len(header) < 12:
-        return "a record"
-      (n,) = struct.unpack("<Q", header[:8])
-      if f.read(n) == bytes(record):
+  try:
+    for i, payload in enumerate(tfrecord.read_records(path, verify=False)):
+      if payload == bytes(record):
         return f"record {i}"
-      f.seek(4, os.SEEK_CUR)
-      i += 1
+  except ValueError:  # a truncated tail: the record is not numbered
+    pass
+  return "a record"
 
 
 class DecodeRecord(grain.transforms.Map):
@@ -224,10 +219,6 @@ def array_record_documents(
 # TFRecord -------------------------------------------------------------------------------
 
 
-# The maintained CRC-32C (google-crc32c) behind the TFRecord framing.
-_masked_crc32c = tfrecord.masked_crc32c
-
-
 def write_tfrecord(
     path: str | os.PathLike, documents: Iterable[Document], record_format: str = "text"
 ) -> str:
@@ -257,14 +248,14 @@ def tfrecord_check(path: str) -> None:
   """Raises naming ``path`` unless it starts with a complete TFRecord record."""
   _check_file(path)
   with open(path, "rb") as f:
-    header = f.read(12)
-    if len(header) < 12:
-      raise SourceDataError(f"data file {path}: not a TFRecord file (only {len(header)} "
-                            "bytes, a record header takes 12)")
-    (n,) = struct.unpack("<Q", header[:8])
-    if n > os.path.getsize(path) - 16:
-      raise SourceDataError(f"data file {path}: not a TFRecord file (its first record "
-                            f"claims {n} bytes, the file has {os.path.getsize(path)})")
+    header = f.read(tfrecord.HEADER_BYTES)
+  if len(header) < tfrecord.HEADER_BYTES:
+    raise SourceDataError(f"data file {path}: not a TFRecord file (only {len(header)} "
+                          f"bytes, a record header takes {tfrecord.HEADER_BYTES})")
+  n = tfrecord.payload_length(header)
+  if n > os.path.getsize(path) - tfrecord.HEADER_BYTES - tfrecord.FOOTER_BYTES:
+    raise SourceDataError(f"data file {path}: not a TFRecord file (its first record "
+                          f"claims {n} bytes, the file has {os.path.getsize(path)})")
 
 
 # Parquet --------------------------------------------------------------------------------

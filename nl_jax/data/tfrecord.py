@@ -14,15 +14,17 @@
 """TFRecord framing (length, masked CRC-32C, payload, masked CRC-32C) without TensorFlow.
 
 The CRC comes from ``google-crc32c`` (a maintained C implementation, with its own fallback),
-installed by the ``data``, ``monitoring`` and ``test`` extras. Used by
-`nl_jax.data.sources.write_tfrecord` and by the TensorBoard event reader of
-`nl_jax.train.metrics`.
+installed by the ``data``, ``monitoring`` and ``test`` extras. The one copy of the
+framing: `nl_jax.data.sources` writes, locates and checks records with it, and the TensorBoard
+event reader of `nl_jax.train.metrics` reads event files with it.
 """
 
 import struct
 from collections.abc import Iterator
 
 _MASK_DELTA = 0xA282EAD8
+HEADER_BYTES = 12  # payload length (uint64) + its masked CRC
+FOOTER_BYTES = 4  # the payload's masked CRC
 
 
 def _crc32c(data: bytes) -> int:
@@ -50,21 +52,34 @@ def frame(data: bytes) -> bytes:
           + struct.pack("<I", masked_crc32c(data)))
 
 
-def read_records(path: str) -> Iterator[bytes]:
-  """The payloads of a TFRecord file; ValueError naming the byte offset on a bad CRC."""
+def payload_length(header: bytes) -> int:
+  """The payload length a record header stores (its first 8 bytes, little-endian uint64)."""
+  return struct.unpack("<Q", header[:8])[0]
+
+
+def read_records(path: str, *, verify: bool = True) -> Iterator[bytes]:
+  """The payloads of a TFRecord file, read record by record.
+
+  Args:
+    path: the file.
+    verify: check both CRCs of every record (False: only the framing, e.g. to locate a record).
+
+  Raises:
+    ValueError: naming the byte offset of a truncated record or (``verify``) a bad CRC.
+  """
   with open(path, "rb") as f:
-    data = f.read()
-  pos = 0
-  while pos < len(data):
-    header = data[pos:pos + 8]
-    if len(header) < 8:
-      raise ValueError(f"{path}: truncated record header at byte {pos}")
-    (length,) = struct.unpack("<Q", header)
-    if struct.unpack("<I", data[pos + 8:pos + 12])[0] != masked_crc32c(header):
-      raise ValueError(f"{path}: bad length CRC at byte {pos}")
-    payload = data[pos + 12:pos + 12 + length]
-    stored = data[pos + 12 + length:pos + 16 + length]
-    if len(stored) < 4 or struct.unpack("<I", stored)[0] != masked_crc32c(payload):
-      raise ValueError(f"{path}: bad data CRC at byte {pos}")
-    pos += 16 + length
-    yield payload
+    pos = 0
+    while header := f.read(HEADER_BYTES):
+      if len(header) < HEADER_BYTES:
+        raise ValueError(f"{path}: truncated record header at byte {pos}")
+      if verify and struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+        raise ValueError(f"{path}: bad length CRC at byte {pos}")
+      length = payload_length(header)
+      payload = f.read(length)
+      stored = f.read(FOOTER_BYTES)
+      if len(payload) < length or len(stored) < FOOTER_BYTES:
+        raise ValueError(f"{path}: truncated record at byte {pos}")
+      if verify and struct.unpack("<I", stored)[0] != masked_crc32c(payload):
+        raise ValueError(f"{path}: bad data CRC at byte {pos}")
+      pos += HEADER_BYTES + length + FOOTER_BYTES
+      yield payload

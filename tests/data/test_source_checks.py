@@ -21,7 +21,7 @@ import re
 import pytest
 
 from nl_jax import data
-from nl_jax.data import sources
+from nl_jax.data import sources, tfrecord
 
 needs_pyarrow = pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None,
                                    reason="needs pyarrow")
@@ -100,13 +100,9 @@ def _write_raw_array_record(path, records):
 
 
 def _write_raw_tfrecord(path, records):
-  import struct  # pylint: disable=g-import-not-at-top
-
   with open(path, "wb") as f:
     for r in records:
-      length = struct.pack("<Q", len(r))
-      f.write(length + struct.pack("<I", sources._masked_crc32c(length)))  # pylint: disable=protected-access
-      f.write(r + struct.pack("<I", sources._masked_crc32c(r)))  # pylint: disable=protected-access
+      f.write(tfrecord.frame(r))
   return str(path)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from nl_jax import data
-from nl_jax.data import sources, tokenizers
+from nl_jax.data import sources, tfrecord, tokenizers
 
 DOCS = [f"Document {i}: " + "word " * (i % 7 + 1) + "é\n" for i in range(40)]
 
@@ -88,7 +88,24 @@ def test_tfrecord_crc_matches_reference():
   # CRC-32C check value from RFC 3720 (iSCSI): crc32c(b"123456789") = 0xE3069283.
   crc = 0xE3069283
   masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-  assert sources._masked_crc32c(b"123456789") == masked  # pylint: disable=protected-access
+  assert tfrecord.masked_crc32c(b"123456789") == masked
+
+
+def test_tfrecord_framing_round_trip_and_errors(tmp_path):
+  records = [b"", b"one", b"\x00\xff" * 300]
+  path = tmp_path / "r.tfrecord"
+  path.write_bytes(b"".join(tfrecord.frame(r) for r in records))
+  assert list(tfrecord.read_records(str(path))) == records
+  data_bytes = bytearray(path.read_bytes())
+  data_bytes[-1] ^= 1  # the last record's data CRC
+  path.write_bytes(bytes(data_bytes))
+  second = 2 * tfrecord.HEADER_BYTES + 2 * tfrecord.FOOTER_BYTES + len(b"one")
+  with pytest.raises(ValueError, match=f"bad data CRC at byte {second}"):
+    list(tfrecord.read_records(str(path)))
+  assert list(tfrecord.read_records(str(path), verify=False)) == records
+  path.write_bytes(bytes(data_bytes[:-2]))
+  with pytest.raises(ValueError, match=f"truncated record at byte {second}"):
+    list(tfrecord.read_records(str(path), verify=False))
 
 
 def test_tfrecord_files_through_pipeline(tmp_path):
