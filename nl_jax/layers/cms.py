@@ -28,6 +28,52 @@ variant:
   residual sub-blocks, spec 7.2's recommended reading; the residuals are our choice).
 * ``independent`` (eq. 74, head-wise): y = x + sum_l a_l MLP_l(rmsnorm(x)) with learned
   aggregation weights ``agg`` [k] (init 1 / k).
+* ``nested`` (eq. 72, spec 6.2): the chain of ``sequential``, but the initial state of each
+  level but the slowest is learned in context by the next slower level, which re-initialises
+  it from that state at the end of each of its own chunks. Levels are listed fastest first,
+  each C_{l+1} a multiple of C_l; objective "local" only. Our reading of eq. 72 below.
+
+Nested CMS, our reading of eq. 72, theta^(f_{s+1})_0 = argmin_Phi E_{T ~ C^(s)} [l(Theta, T;
+Phi)]: "level s meta-learns the initial state of level s+1, which is re-initialised at the end
+of its context, after ceil(C^(s) / C^(s+1)) steps". The paper numbers levels slowest first;
+its levels s, s+1 are our levels l+1 (parent), l (child). Per level l < k - 1::
+
+    phi_l <- phi0_l = level_{l}_init         (stream start, document start)
+    level l's own steps (eq. 71), every C_l tokens:
+      theta_l <- phi_l + gamma_l (theta_l - phi_l) - s(lr_l, acc_l) acc_l
+    at each end of level l's context (every C_{l+1} tokens = C_{l+1} / C_l of its steps):
+      phi_l <- phi0_l + gamma_{l+1} (phi_l - phi0_l) - s(lr_{l+1}, macc_l) macc_l
+      theta_l <- phi_l;  acc_l, macc_l <- 0
+    macc_l = sum over the context of grad L_l(theta_{l,t}; t) (the gradients of level l's own
+    steps), s(lr, a) = lr clipped so that ||s a|| <= max_step_norm (_step_scale)
+
+* What the parent learns is a state of its own, phi_l (``CMSState.meta_init``, level l's
+  shapes), not its own fast weights theta_{l+1}: those are another MLP at another place of the
+  chain. (Restarting level l from theta_{l+1} would make the two levels the same function
+  after every re-initialisation and leave every ``level_{l}_init`` but the slowest unused.)
+  Level l+1 thus holds two fast states: theta_{l+1}, its MLP in the chain (eq. 71), and phi_l
+  (the per-sequence state grows by phi_l and macc_l, two copies of each level but the slowest).
+* Its objective is level l's loss over the context as a function of level l's starting point
+  (l(Theta, T; Phi) with T the C_{l+1} tokens of the context). The gradient is taken to first
+  order (first-order MAML: d theta_{l,t} / d phi_l ~ I through level l's own steps), which is
+  the sum macc_l of level l's gradients over the context; the exact second-order
+  meta-gradient (an inner differentiation through each context) is not implemented.
+* The step is level l+1's: its learning rate, clip and retention (gamma_{l+1}, toward
+  phi0_l); level l's own retention pulls toward phi_l, the weights it restarts from. Level l's
+  own step at the end of the context is superseded by the re-initialisation.
+* Consequences (tested): with lr_{l+1} = lr_l, no clip and no retention, phi_l after a context
+  is exactly where level l's own steps took it, so re-initialising is a no-op and nested equals
+  sequential; the variant differs from sequential when the parent moves the start more slowly
+  than the child adapts (lr_{l+1} < lr_l: the child adapts within each context, its start keeps
+  what is common to all contexts) or with the clip. lr_{l+1} = 0 restarts level l from
+  ``level_{l}_init`` every C_{l+1} tokens. One level: nested is sequential.
+* The slowest level has no parent: its initial state is the outer parameter, trained by
+  backprop as in ``sequential`` (eq. 73). The outer gradient flows through everything (the
+  chain, the levels' steps, phi's steps and the re-initialisations), so every
+  ``level_{l}_init`` learns as the starting value of phi_l and theta_l.
+* Contexts are windows of global stream positions, [m C_{l+1}, (m + 1) C_{l+1}): after a
+  document start inside one, level l's first context is its rest (as a level's first chunk is
+  in the other variants). A stream split across calls carries phi_l and macc_l in the state.
 
 objective="local" (implemented in this module; documented exactly): level l is an associative
 memory that predicts, from the input of its MLP at the previous token, the input of its MLP at
@@ -52,13 +98,17 @@ positions (every C_l must be a multiple of S): inside a segment no level changes
 chain runs in parallel; after each segment the levels whose boundary it reaches step. A call
 that starts mid-segment is front-padded with masked tokens. A level whose chunk is longer than
 the call acts as a plain MLP during the call and keeps its accumulated gradient and position in
-the state (streaming). ``sequential_reference`` is the token loop (executable spec).
+the state (streaming). ``sequential_reference`` is the token loop (executable spec; for
+``nested``, ``nested_reference``, written from the equations above, shares no stepping code
+with the segment path). The nested re-initialisations fall on level boundaries, hence on
+segment ends.
 
 Resets (True at the first token of a new document): every level goes back to its initial
-weights and drops its accumulated gradient; exact in the token loop, and in the segment path
-when documents start on multiples of S (the model's alignment); the segment path refuses a
-concrete reset elsewhere with a ValueError (under jit the resets cannot be checked). A level
-can start from a pretrained SwiGLU (spec 6.3): ``ContinuumMemorySystem.load_pretrained``.
+weights and drops its accumulated gradient (nested: phi_l and macc_l too); exact in the token
+loop, and in the segment path when documents start on multiples of S (the model's alignment);
+the segment path refuses a concrete reset elsewhere with a ValueError (under jit the resets
+cannot be checked). A level can start from a pretrained SwiGLU (spec 6.3):
+``ContinuumMemorySystem.load_pretrained``.
 """
 
 import dataclasses
@@ -74,7 +124,7 @@ from nl_jax.layers.norms import rms_norm
 from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.types import state_dtype
 
-VARIANTS = ("sequential", "independent")
+VARIANTS = ("sequential", "independent", "nested")
 OBJECTIVES = ("local", "ntp")
 
 
@@ -87,7 +137,7 @@ class CMSConfig:
     hidden: hidden width of every level's SwiGLU.
     chunk_sizes: C_l per level (each a multiple of the smallest).
     learning_rates: lr_l per level (>= 0; 0 keeps a level at its initial weights).
-    variant: sequential | independent.
+    variant: sequential | independent | nested (see the module docstring).
     max_step_norm: per sequence and level, the norm of an in-context step lr_l * acc_l is
       clipped to this (None: no clip; see _step_scale).
     retention: gamma_l per level in (0, 1] (None: 1 each, eq. 71 as written). At each of its
@@ -136,6 +186,14 @@ class CMSConfig:
       raise ValueError(f"{name}.variant={self.variant!r} is not one of {VARIANTS}")
     if self.objective not in OBJECTIVES:
       raise ValueError(f"{name}.objective={self.objective!r} is not one of {OBJECTIVES}")
+    if self.variant == "nested":
+      if any(b % a for a, b in zip(cs, cs[1:])):
+        raise ValueError(f"{name}.chunk_sizes={cs}: variant='nested' lists its levels fastest "
+                         "first, each chunk size a multiple of the one before (level l+1 "
+                         "re-initialises level l at the end of each of its chunks, eq. 72)")
+      if self.objective != "local":
+        raise ValueError(f"{name}.objective={self.objective!r}: variant='nested' is "
+                         "implemented for objective='local' only")
     for f in ("d_model", "hidden"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
         raise ValueError(f"{name}.{f} must be a positive int, got {getattr(self, f)!r}")
@@ -178,12 +236,17 @@ class CMSState(NamedTuple):
   weights / acc: per level the fast weights and the gradient accumulated since its last step;
   prev_h [k, ...]: per level the last token's normalised input ([B, k, d]); prev_valid [B]:
   prev_h holds a token of the current document; position [B]: tokens seen.
+  meta_init / meta_acc (variant="nested" only, else empty): per level l < k - 1 its
+  meta-learned initial weights phi_l (learned by level l + 1) and the sum of level l's
+  gradients since level l + 1's last step.
   """
   weights: tuple[SwiGLUWeights, ...]
   acc: tuple[SwiGLUWeights, ...]
   prev_h: jax.Array
   prev_valid: jax.Array
   position: jax.Array
+  meta_init: tuple[SwiGLUWeights, ...] = ()
+  meta_acc: tuple[SwiGLUWeights, ...] = ()
 
 
 def _mlp(w: SwiGLUWeights, x_BxSxD):
@@ -200,8 +263,10 @@ def init_state(cfg: CMSConfig, params: CMSParams, batch_size: int) -> CMSState:
                                                           (b,) + a.shape), w)
                   for w in params.init)
   acc = tuple(jax.tree.map(jnp.zeros_like, w) for w in weights)
+  n_meta = cfg.n_levels - 1 if cfg.variant == "nested" else 0
   return CMSState(weights, acc, jnp.zeros((b, cfg.n_levels, cfg.d_model), dt),
-                  jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32))
+                  jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32),
+                  meta_init=weights[:n_meta], meta_acc=acc[:n_meta])
 
 
 def _segment(cfg, params, st: CMSState, x_BxSxD, valid_BxS, reset_BxS, first_reset):
@@ -222,7 +287,7 @@ def _segment(cfg, params, st: CMSState, x_BxSxD, valid_BxS, reset_BxS, first_res
   pair = vmask & prev_ok & ~reset_BxS
   hs = []
   outs = []
-  if cfg.variant == "sequential":
+  if cfg.variant in ("sequential", "nested"):
     for lvl in range(k):
       h = rms_norm(x, params.norm[lvl], cfg.norm_eps)
       hs.append(h)
@@ -262,8 +327,13 @@ def _reset(cfg, params, st: CMSState, flag_B) -> CMSState:
   weights = tuple(jax.tree.map(lambda i, w: sel(jnp.broadcast_to(i, w.shape), w), init, w)
                   for init, w in zip(params.init, st.weights, strict=True))
   acc = tuple(jax.tree.map(lambda a: sel(jnp.zeros_like(a), a), a) for a in st.acc)
+  # nested: the meta-learned initial states go back to the outer ones too (a new document)
+  meta_init = tuple(jax.tree.map(lambda i, w: sel(jnp.broadcast_to(i, w.shape), w), init, w)
+                    for init, w in zip(params.init, st.meta_init, strict=False))
+  meta_acc = tuple(jax.tree.map(lambda a: sel(jnp.zeros_like(a), a), a) for a in st.meta_acc)
   return st._replace(weights=weights, acc=acc, prev_valid=sel(jnp.zeros_like(st.prev_valid),
-                                                              st.prev_valid))
+                                                              st.prev_valid),
+                     meta_init=meta_init, meta_acc=meta_acc)
 
 
 def _rows(flag_B, like):
@@ -290,29 +360,58 @@ def _step_scale(cfg, lr, acc):
   return lr * jnp.where(clip, cfg.max_step_norm / jnp.where(clip, norm, 1.0), 1.0)
 
 
-def retain(gamma: float, init: SwiGLUWeights, w: SwiGLUWeights) -> SwiGLUWeights:
-  """theta_0 + gamma (theta - theta_0) (CMSConfig.retention); w leaves [B, ...]."""
+def retain(gamma: float, init: SwiGLUWeights, w: SwiGLUWeights,
+           batched: bool = False) -> SwiGLUWeights:
+  """theta_0 + gamma (theta - theta_0) (CMSConfig.retention); w leaves [B, ...], init leaves
+  without the batch axis (or [B, ...] when batched)."""
   if gamma == 1.0:
     return w
   def one(i, x):
-    i = i[None].astype(x.dtype)
+    i = (i if batched else i[None]).astype(x.dtype)
     return i + gamma * (x - i)
   return jax.tree.map(one, init, w)
 
 
-def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B, init):
-  """Adds grads to the accumulators and steps every level whose boundary end_pos reaches."""
+def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B, init) -> CMSState:
+  """Adds grads to the accumulators and steps every level whose boundary end_pos reaches.
+
+  variant="nested": a level's own step pulls (retention) toward its meta-learned initial
+  weights phi_l, and level l + 1's step also steps phi_l with the sum of level l's gradients
+  over its chunk and re-initialises level l to it (module docstring).
+  """
+  nested = cfg.variant == "nested"
+  steps = [complete_B & (end_pos_B % c == 0) & (n_valid_B > 0) for c in cfg.chunk_sizes]
   weights, acc = [], []
-  for lvl, c in enumerate(cfg.chunk_sizes):
+  for lvl in range(cfg.n_levels):
     a = jax.tree.map(jnp.add, st.acc[lvl], grads[lvl])
-    step = complete_B & (end_pos_B % c == 0) & (n_valid_B > 0)
+    step = steps[lvl]
     scale = _step_scale(cfg, cfg.lrs[lvl], a)
-    base = retain(cfg.gammas[lvl], init[lvl], st.weights[lvl])
+    if nested and lvl < cfg.n_levels - 1:
+      base = retain(cfg.gammas[lvl], st.meta_init[lvl], st.weights[lvl], batched=True)
+    else:
+      base = retain(cfg.gammas[lvl], init[lvl], st.weights[lvl])
     stepped = jax.tree.map(lambda w, g, scale=scale: w - _rows(scale, g) * g, base, a)
     weights.append(jax.tree.map(lambda n, o, step=step: jnp.where(_rows(step, o), n, o),
                                 stepped, st.weights[lvl]))
     acc.append(jax.tree.map(lambda g, step=step: jnp.where(_rows(step, g), 0.0, g), a))
-  return tuple(weights), tuple(acc)
+  meta_init, meta_acc = [], []
+  for lvl in range(len(st.meta_init)):
+    parent = lvl + 1
+    m = jax.tree.map(jnp.add, st.meta_acc[lvl], grads[lvl])
+    step = steps[parent]
+    scale = _step_scale(cfg, cfg.lrs[parent], m)
+    base = retain(cfg.gammas[parent], init[lvl], st.meta_init[lvl])
+    phi = jax.tree.map(lambda p, g, scale=scale: p - _rows(scale, g) * g, base, m)
+    phi = jax.tree.map(lambda n, o, step=step: jnp.where(_rows(step, o), n, o), phi,
+                       st.meta_init[lvl])
+    meta_init.append(phi)
+    meta_acc.append(jax.tree.map(lambda g, step=step: jnp.where(_rows(step, g), 0.0, g), m))
+    # The end of level lvl's context: it restarts from phi (its own step at this boundary,
+    # taken above, is dropped; its accumulator is already empty since C_lvl divides C_parent).
+    weights[lvl] = jax.tree.map(lambda n, o, step=step: jnp.where(_rows(step, o), n, o), phi,
+                                weights[lvl])
+  return st._replace(weights=tuple(weights), acc=tuple(acc), meta_init=tuple(meta_init),
+                     meta_acc=tuple(meta_acc))
 
 
 def cms_scan(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT):
@@ -347,13 +446,13 @@ def cms_scan(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT
     # global position after this segment's last slot (slots are aligned to multiples of s)
     end_pos = st.position - offset + (i + 1) * s
     complete = vmask[:, -1]
-    weights, acc = _step_levels(cfg, st, grads, n_valid, end_pos, complete, params.init)
+    new = _step_levels(cfg, st, grads, n_valid, end_pos, complete, params.init)
     # Diagnostics only: no gradient (sqrt has an infinite derivative at an unchanged level).
     upd_k = jax.lax.stop_gradient(jnp.stack([
         jnp.sum(jnp.sqrt(sum(jnp.sum((a - w) ** 2, axis=(1, 2))
                              for a, w in zip(nw, ow, strict=True))))
-        for nw, ow in zip(weights, st.weights, strict=True)]))
-    st = CMSState(weights, acc, prev_h, prev_valid, st.position)
+        for nw, ow in zip(new.weights, st.weights, strict=True)]))
+    st = new._replace(prev_h=prev_h, prev_valid=prev_valid)
     return st, (y, upd_k)
 
   fn = jax.checkpoint(body) if cfg.remat else body
@@ -384,7 +483,10 @@ def level_drift(params: CMSParams, weights) -> dict:
 
 def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT):
   """Token loop (executable spec): output with the current weights, accumulate that token's
-  gradient, step the levels whose chunk ends at this token."""
+  gradient, step the levels whose chunk ends at this token (variant="nested":
+  nested_reference)."""
+  if cfg.variant == "nested":
+    return nested_reference(cfg, params, st, x_BxTxD, reset_BxT)
   b, t, d = x_BxTxD.shape
 
   def step(st, inp):
@@ -393,13 +495,93 @@ def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTx
     y, grads, prev_h, prev_valid = _segment(cfg, params, st, x_B1D, jnp.ones((b, 1)), r_B1,
                                             None)
     end = st.position + 1
-    weights, acc = _step_levels(cfg, st, grads, jnp.ones((b,), jnp.int32), end,
-                                jnp.ones((b,), bool), params.init)
-    return CMSState(weights, acc, prev_h, prev_valid, end), y[:, 0]
+    new = _step_levels(cfg, st, grads, jnp.ones((b,), jnp.int32), end, jnp.ones((b,), bool),
+                       params.init)
+    return new._replace(prev_h=prev_h, prev_valid=prev_valid, position=end), y[:, 0]
 
   xs = (jnp.moveaxis(x_BxTxD.astype(st.prev_h.dtype), 1, 0)[:, :, None],
         jnp.moveaxis(reset_BxT, 1, 0)[:, :, None])
   st, y = jax.lax.scan(step, st, xs)
+  return jnp.moveaxis(y, 0, 1).astype(x_BxTxD.dtype), st
+
+
+def nested_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT):
+  """Token loop of variant="nested", written from eqs. 70-72 (executable spec).
+
+  It shares no stepping code with cms_scan. Per token (p = stream position after it; phi_l the
+  meta-learned initial weights of level l, phi0_l = ``level_{l}_init``, the top level's phi
+  is its phi0)::
+
+    a document starts here -> theta_l, phi_l <- phi0_l, accumulators <- 0 (every level)
+    h_l = rmsnorm_l(x_l);  x_{l+1} = x_l + MLP_{theta_l}(h_l);  y = x_k           (eq. 70)
+    g_l = grad_theta 0.5 ||MLP_{theta_l}(h_l at the previous token) - h_l||^2
+          (0 when the previous token is not of this document)
+    acc_l += g_l;  macc_l += g_l (l < k - 1)
+    for every l with p % C_l == 0:                                                 (eq. 71)
+      theta_l <- phi_l + gamma_l (theta_l - phi_l) - s(lr_l, acc_l) acc_l;  acc_l <- 0
+    for every l < k - 1 with p % C_{l+1} == 0 (the end of level l's context):     (eq. 72)
+      phi_l <- phi0_l + gamma_{l+1} (phi_l - phi0_l) - s(lr_{l+1}, macc_l) macc_l;  macc_l <- 0
+      theta_l <- phi_l;  acc_l <- 0
+  with s(lr, a) = lr clipped so that ||s a|| <= max_step_norm (_step_scale).
+  """
+  b = x_BxTxD.shape[0]
+  k = cfg.n_levels
+  dt = st.prev_h.dtype
+  outer = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a.astype(dt), (b,) + a.shape), w)
+                for w in params.init)
+  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
+
+  def where(flag_B, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(_rows(flag_B, o), n, o), new, old)
+
+  def mlp(w, h_BxD):
+    return _mlp(w, h_BxD[:, None])[:, 0]
+
+  def token(st, inp):
+    x, r_B = inp
+    fresh = CMSState(outer, zeros(outer), st.prev_h, jnp.zeros((b,), bool), st.position,
+                     outer[:k - 1], zeros(outer[:k - 1]))
+    st = where(r_B, fresh, st)
+    hs, grads = [], []
+    for lvl in range(k):
+      h = rms_norm(x, params.norm[lvl], cfg.norm_eps)
+
+      def loss(w, h_prev=st.prev_h[:, lvl], h=h):
+        err = mlp(w, h_prev) - jax.lax.stop_gradient(h)
+        return 0.5 * jnp.sum(jnp.sum(err * err, axis=-1) * st.prev_valid)
+
+      grads.append(jax.grad(loss)(st.weights[lvl]))
+      hs.append(h)
+      x = x + mlp(st.weights[lvl], h)
+    p = st.position + 1
+    theta, acc = list(st.weights), []
+    phi = list(st.meta_init) + [outer[k - 1]]
+    for lvl, c in enumerate(cfg.chunk_sizes):
+      a = jax.tree.map(jnp.add, st.acc[lvl], grads[lvl])
+      s = _step_scale(cfg, cfg.lrs[lvl], a)
+      gamma = cfg.gammas[lvl]
+      stepped = jax.tree.map(lambda th, ph, g, s=s, gamma=gamma: ph + gamma * (th - ph)
+                             - _rows(s, g) * g, theta[lvl], phi[lvl], a)
+      theta[lvl] = where(p % c == 0, stepped, theta[lvl])
+      acc.append(where(p % c == 0, zeros(a), a))
+    meta_init, meta_acc = [], []
+    for lvl in range(k - 1):
+      m = jax.tree.map(jnp.add, st.meta_acc[lvl], grads[lvl])
+      s = _step_scale(cfg, cfg.lrs[lvl + 1], m)
+      gamma = cfg.gammas[lvl + 1]
+      new_phi = jax.tree.map(lambda ph, ph0, g, s=s, gamma=gamma: ph0 + gamma * (ph - ph0)
+                             - _rows(s, g) * g, phi[lvl], outer[lvl], m)
+      end_of_context = p % cfg.chunk_sizes[lvl + 1] == 0
+      meta_init.append(where(end_of_context, new_phi, phi[lvl]))
+      meta_acc.append(where(end_of_context, zeros(m), m))
+      theta[lvl] = where(end_of_context, meta_init[lvl], theta[lvl])
+      acc[lvl] = where(end_of_context, zeros(acc[lvl]), acc[lvl])
+    new = CMSState(tuple(theta), tuple(acc), jnp.stack(hs, axis=1), jnp.ones((b,), bool), p,
+                   tuple(meta_init), tuple(meta_acc))
+    return new, x
+
+  xs = (jnp.moveaxis(x_BxTxD.astype(dt), 1, 0), jnp.moveaxis(reset_BxT, 1, 0))
+  st, y = jax.lax.scan(token, st, xs)
   return jnp.moveaxis(y, 0, 1).astype(x_BxTxD.dtype), st
 
 

@@ -106,7 +106,10 @@ class _CMSFields(LMConfig):
     profile: "default" or "paper" (every unset profile field at its literal paper reading).
     cms_chunk_sizes: chunk size C_l of each CMS level (multiples of the smallest).
     cms_learning_rates: in-context learning rate of each level (None: 1e-3 each).
-    cms_variant: "sequential" (chain, eq. 70) or "independent" (eq. 74).
+    cms_variant: "sequential" (chain, eq. 70), "independent" (eq. 74) or "nested" (eq. 72:
+      the chain, each level's initial state learned in context by the next slower level and
+      restored at the end of each of its chunks; cms_chunk_sizes fastest first, each a
+      multiple of the one before; cms_objective "local" only; see nl_jax.layers.cms).
     cms_objective: (profile field: default "local", paper "ntp") "local" (see
       nl_jax.layers.cms) or "ntp" (the whole model's next-token loss; see
       nl_jax.models.cms_ntp: ~3-4x the compute of "local").

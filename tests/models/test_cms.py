@@ -108,7 +108,7 @@ def test_load_pretrained_and_bad_config():
   with pytest.raises(ValueError, match="learning_rates"):
     CMSConfig(d_model=4, hidden=6, chunk_sizes=(4, 8), learning_rates=(0.1,))
   with pytest.raises(ValueError, match="variant"):
-    CMSConfig(d_model=4, hidden=6, variant="nested")
+    CMSConfig(d_model=4, hidden=6, variant="stacked")
 
 
 def test_retention_bounds_drift():
