@@ -187,7 +187,7 @@ class CMSConfig:
     if self.objective not in OBJECTIVES:
       raise ValueError(f"{name}.objective={self.objective!r} is not one of {OBJECTIVES}")
     if self.variant == "nested":
-      if any(b % a for a, b in zip(cs, cs[1:])):
+      if any(b % a for a, b in zip(cs, cs[1:], strict=False)):
         raise ValueError(f"{name}.chunk_sizes={cs}: variant='nested' lists its levels fastest "
                          "first, each chunk size a multiple of the one before (level l+1 "
                          "re-initialises level l at the end of each of its chunks, eq. 72)")
