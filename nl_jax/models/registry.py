@@ -44,7 +44,6 @@ import flax.nnx as nnx
 import jax
 import numpy as np
 
-MODEL_NAMES = ("hope", "hope_attention", "titans", "transformer_pp")
 PRESET_NAMES = ("tiny", "small", "760m", "1_3b")
 
 # name -> (module, config class, model class). Imported lazily: nl_jax.models.hope may not exist
@@ -55,6 +54,8 @@ _ENTRIES = {
     "titans": ("nl_jax.models.titans", "TitansConfig", "Titans"),
     "transformer_pp": ("nl_jax.models.transformer_pp", "TransformerPPConfig", "TransformerPP"),
 }
+# The one list of model names (the training config's ``model_name`` is checked against it).
+MODEL_NAMES = tuple(_ENTRIES)
 
 
 def _load(name: str):

@@ -36,10 +36,10 @@ from typing import Any
 
 import ml_collections
 
-MODEL_NAMES = ("hope", "hope_attention", "titans", "transformer_pp")
-OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor", "muon", "m3", "m3_paper", "dgd",
-              "delta_momentum", "deep_momentum")
-SCHEDULES = ("constant", "warmup_constant", "warmup_cosine", "warmup_linear", "warmup_rsqrt")
+# The name lists are owned by the registries that build the named things; re-exported here.
+from nl_jax.models.registry import MODEL_NAMES
+from nl_jax.train.optimizers import OPTIMIZERS, SCHEDULES
+
 NAN_POLICIES = ("raise", "skip")
 MESH_AXES = ("data", "fsdp", "tensor")
 

@@ -13,7 +13,7 @@
 # limitations under the License.
 """Optimizer and learning-rate schedule from ``config.optimizer``.
 
-Any of `nl_jax.train.config.OPTIMIZERS`: optax's ``adamw``/``adam``/``sgd``/``lion``/
+Any of `OPTIMIZERS` (the keys of the table below, the one list of names): optax's ``adamw``/``adam``/``sgd``/``lion``/
 ``adafactor``/``muon`` (``optax.contrib.muon``) and nl_jax's ``m3``, ``dgd``,
 ``delta_momentum``, ``deep_momentum``. Common fields (``b1``, ``b2``, ``eps``, ``momentum``,
 ``weight_decay``) are passed where the optimizer has them; ``optimizer.kwargs`` adds any
@@ -49,30 +49,42 @@ from nl_jax import optim
 from nl_jax.optim import partition
 
 
+def _warmup(lr: float, warmup: int) -> optax.Schedule:
+  return optax.linear_schedule(0.0, lr, max(warmup, 1))
+
+
+def _warmup_rsqrt(lr: float, warmup: int, decay: int, end: float) -> optax.Schedule:
+  del decay, end
+
+  def rsqrt(step):
+    step = jax.numpy.maximum(step, 1)
+    return lr * jax.numpy.minimum(step / max(warmup, 1), (max(warmup, 1) / step) ** 0.5)
+  return rsqrt
+
+
+# name -> schedule(lr, warmup_steps, decay_steps, end_lr); the keys are `SCHEDULES`.
+_SCHEDULES = {
+    "constant": lambda lr, warmup, decay, end: optax.constant_schedule(lr),
+    "warmup_constant": lambda lr, warmup, decay, end: optax.join_schedules(
+        [_warmup(lr, warmup), optax.constant_schedule(lr)], [warmup]),
+    "warmup_cosine": lambda lr, warmup, decay, end: optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup, max(decay, warmup + 1), end),
+    "warmup_linear": lambda lr, warmup, decay, end: optax.join_schedules(
+        [_warmup(lr, warmup), optax.linear_schedule(lr, end, max(decay - warmup, 1))], [warmup]),
+    "warmup_rsqrt": _warmup_rsqrt,
+}
+SCHEDULES = tuple(_SCHEDULES)
+
+
 def make_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
-  """The learning-rate schedule (``optimizer.schedule``) as a function of the step."""
+  """The learning-rate schedule (``optimizer.schedule``, one of `SCHEDULES`) of the step."""
   lr = float(opt_cfg.learning_rate)
   warmup = int(opt_cfg.warmup_steps)
   decay = int(opt_cfg.decay_steps) or int(total_steps)
   end = lr * float(opt_cfg.end_lr_fraction)
-  name = opt_cfg.schedule
-  if name == "constant":
-    return optax.constant_schedule(lr)
-  if name == "warmup_constant":
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [warmup])
-  if name == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(decay, warmup + 1), end)
-  if name == "warmup_linear":
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, max(warmup, 1)),
-         optax.linear_schedule(lr, end, max(decay - warmup, 1))], [warmup])
-  if name == "warmup_rsqrt":
-    def rsqrt(step):
-      step = jax.numpy.maximum(step, 1)
-      return lr * jax.numpy.minimum(step / max(warmup, 1), (max(warmup, 1) / step) ** 0.5)
-    return rsqrt
-  raise ValueError(f"optimizer.schedule: unknown schedule {name!r}")
+  if opt_cfg.schedule not in _SCHEDULES:
+    raise ValueError(f"optimizer.schedule: unknown schedule {opt_cfg.schedule!r}")
+  return _SCHEDULES[opt_cfg.schedule](lr, warmup, decay, end)
 
 
 def _decay_mask(params):
@@ -92,6 +104,8 @@ _FUNCTIONS = {
     "delta_momentum": lambda: optim.delta_momentum,
     "deep_momentum": lambda: optim.deep_momentum,
 }
+# The valid ``optimizer.name`` values (`nl_jax.train.config` checks against this list).
+OPTIMIZERS = tuple(_FUNCTIONS)
 
 # config field -> the optimizer argument names it feeds (first one the signature has).
 _COMMON = {
