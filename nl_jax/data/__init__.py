@@ -34,6 +34,7 @@ from nl_jax.data.pipeline import (
     check_sources,
     config_from,
     default_config_dict,
+    fineweb_edu_config,
     make_eval_iterator,
     make_process_iterator,
     make_train_iterator,
@@ -43,7 +44,6 @@ from nl_jax.data.pipeline import (
     vocab_size,
 )
 from nl_jax.data.shakespeare import list_works, load_corpus
-from nl_jax.data.sources import fineweb_edu_config
 from nl_jax.data.tokenizers import (
     BOS_ID,
     EOS_ID,

@@ -73,7 +73,8 @@ the latter when flags are unparsed).
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -177,6 +178,25 @@ def default_config_dict(**overrides):
       # A typed reference: a plain None field cannot be overridden from the command line.
       fields[name] = ml_collections.FieldReference(None, field_type=int)
   return ml_collections.ConfigDict(fields)
+
+
+def fineweb_edu_config(paths: str | os.PathLike | Sequence[str], **overrides) -> DataConfig:
+  """A `DataConfig` for FineWeb-Edu (or any Parquet dump with a ``text`` column).
+
+  FineWeb-Edu is not downloaded here: fetch it yourself (e.g. the ``sample/10BT`` Parquet
+  shards from the Hugging Face hub) and pass a glob, e.g.
+  ``fineweb_edu_config("/data/fineweb-edu/sample/10BT/*.parquet", tokenizer="spm:/m.model",
+  seq_len=4096, batch_size=512)``.
+
+  Args:
+    paths: a glob or a list of Parquet files/globs.
+    **overrides: other `DataConfig` fields.
+  """
+  if isinstance(paths, (str, os.PathLike)):
+    paths = (str(paths),)
+  fields = {"name": "parquet", "paths": tuple(str(p) for p in paths), "text_column": "text"}
+  fields.update(overrides)
+  return DataConfig(**fields)
 
 
 def config_from(config: Any) -> DataConfig:

@@ -31,8 +31,8 @@ Which source to use at scale:
 * **Parquet** (FineWeb-Edu ships as Parquet with a ``text`` column; needs ``pyarrow``):
   streamed file by file, interleaved, and shuffled within a window
   (``DataConfig.shuffle_window``). Files are sharded across processes, so use at least
-  ``shard_count`` files. `fineweb_edu_config` builds the config for a user-supplied glob,
-  e.g. ``fineweb_edu_config("/data/fineweb-edu/sample/10BT/*.parquet")``.
+  ``shard_count`` files. `nl_jax.data.fineweb_edu_config` builds the config for a
+  user-supplied glob, e.g. ``fineweb_edu_config("/data/fineweb-edu/sample/10BT/*.parquet")``.
 * **TFRecord**: streamed like Parquet through grain's TF-free reader. Records must be raw
   bytes in one of the record formats above (not ``tf.train.Example`` protos).
 """
@@ -405,25 +405,4 @@ def interleaved_file_documents(
   if shuffle and shuffle_window > 1:
     ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
   return ds
-
-
-def fineweb_edu_config(paths: str | Sequence[str], **overrides):
-  """A `DataConfig` for FineWeb-Edu (or any Parquet dump with a ``text`` column).
-
-  FineWeb-Edu is not downloaded here: fetch it yourself (e.g. the ``sample/10BT`` Parquet
-  shards from the Hugging Face hub) and pass a glob, e.g.
-  ``fineweb_edu_config("/data/fineweb-edu/sample/10BT/*.parquet", tokenizer="spm:/m.model",
-  seq_len=4096, batch_size=512)``.
-
-  Args:
-    paths: a glob or a list of Parquet files/globs.
-    **overrides: other `DataConfig` fields.
-  """
-  from nl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-
-  if isinstance(paths, (str, os.PathLike)):
-    paths = (str(paths),)
-  fields = {"name": "parquet", "paths": tuple(str(p) for p in paths), "text_column": "text"}
-  fields.update(overrides)
-  return pipeline.DataConfig(**fields)
 

@@ -139,9 +139,9 @@ def test_parquet_through_pipeline(tmp_path):
   pytest.importorskip("pyarrow")
   for i in range(2):
     sources.write_parquet(tmp_path / f"fw-{i}.parquet", DOCS[i::2], row_group_size=5)
-  config = sources.fineweb_edu_config(str(tmp_path / "fw-*.parquet"), seq_len=16,
-                                      batch_size=2, shard_index=0, shard_count=1,
-                                      eval_paths=(str(tmp_path / "fw-*.parquet"),))
+  config = data.fineweb_edu_config(str(tmp_path / "fw-*.parquet"), seq_len=16,
+                                   batch_size=2, shard_index=0, shard_count=1,
+                                   eval_paths=(str(tmp_path / "fw-*.parquet"),))
   assert config.name == "parquet" and config.text_column == "text"
   docs = list(data.pipeline.document_dataset(
       data.validate_config(dataclasses.replace(config, shuffle=False, num_epochs=1)), "train"))
@@ -166,6 +166,6 @@ def test_parquet_without_pyarrow_names_the_package(tmp_path):
 
 
 def test_fineweb_edu_config_validates(tmp_path):
-  config = sources.fineweb_edu_config(str(tmp_path / "none-*.parquet"))
+  config = data.fineweb_edu_config(str(tmp_path / "none-*.parquet"))
   with pytest.raises(data.DataConfigError, match="field 'paths'"):
     data.validate_config(config)
