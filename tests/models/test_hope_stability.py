@@ -109,3 +109,58 @@ def test_misaligned_reset_refused_by_chunked_paths():
   with pytest.raises(ValueError, match="smallest of chunk_sizes=4"):
     cms(x, cms.init_memory(1), jnp.zeros((1, 16), bool).at[0, 6].set(True))
   cms(x, cms.init_memory(1), jnp.zeros((1, 16), bool).at[0, 8].set(True))
+
+
+def _repeated_strings(key, batch, half, alphabet):
+  """[batch, 2 half] int32: a random string of `half` symbols, then the same string again."""
+  s = jax.random.randint(key, (batch, half), 0, alphabet, jnp.int32)
+  return jnp.concatenate([s, s], axis=1)
+
+
+def _nll(logits_BxTxV, targets_BxT):
+  logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1))
+
+
+@pytest.mark.slow  # ~200 train steps of Hope tiny: about a minute on a quiet core
+def test_second_reading_lower_after_training_on_repeated_text():
+  """Trained briefly on strings that repeat, Hope reads a new string twice with its memory
+  carried between the two calls and its weights frozen: the second reading is much cheaper.
+
+  The strings are random, so the first reading cannot be predicted from the weights (its
+  loss stays near log(alphabet)); only the memory written during the first call can lower the
+  second one.
+  """
+  half, alphabet, batch = 32, 16, 16
+  model = registry.build_model(registry.model_config("hope", "tiny"), rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+
+  def loss_fn(p, seq_BxT):
+    m = nnx.merge(graphdef, p, rest)
+    logits, _, _ = m(seq_BxT[:, :-1], m.init_memory(seq_BxT.shape[0]))
+    return _nll(logits, seq_BxT[:, 1:])
+
+  @jax.jit
+  def step(p, o, key):
+    loss, g = jax.value_and_grad(loss_fn)(p, _repeated_strings(key, batch, half, alphabet))
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, loss
+
+  for i in range(200):
+    params, opt, _ = step(params, opt, jax.random.key(100 + i))
+
+  @jax.jit
+  def read_twice(p, text_BxT):
+    m = nnx.merge(graphdef, p, rest)
+    memory = m.init_memory(text_BxT.shape[0])
+    inputs, targets = text_BxT[:, :-1], text_BxT[:, 1:]
+    first, memory, _ = m(inputs, memory)
+    second, _, _ = m(inputs, memory)
+    return _nll(first, targets), _nll(second, targets)
+
+  text = jax.random.randint(jax.random.key(7), (8, half + 1), 0, alphabet, jnp.int32)
+  first, second = (float(x) for x in read_twice(params, text))
+  assert first > 0.8 * np.log(alphabet), (first, second)  # the string is new: no recall
+  assert second < first - 0.5, (first, second)
