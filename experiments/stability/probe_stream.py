@@ -61,7 +61,7 @@ def load(workdir: str, step: int | None, overrides: dict):
     config = json.load(f)
   fields = config_lib.to_plain(config["model"])
   fields.update(overrides)
-  model_cfg = registry.config_from_dict(config["model_name"], fields)
+  model_cfg = registry.config_from_saved(config["model_name"], fields)
   abstract = nnx.eval_shape(lambda: registry.build_model(model_cfg, rngs=nnx.Rngs(0)))
   graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
   target = nnx.to_pure_dict(abs_params)

@@ -20,8 +20,10 @@ from nl_jax.models.registry import (
     MODEL_NAMES,
     build_model,
     config_from_dict,
+    config_from_saved,
     count_params,
     model_config,
 )
 
-__all__ = ["MODEL_NAMES", "build_model", "config_from_dict", "count_params", "model_config"]
+__all__ = ["MODEL_NAMES", "build_model", "config_from_dict", "config_from_saved", "count_params",
+           "model_config"]

@@ -116,6 +116,10 @@ class LMConfig:
     rope_theta: RoPE base.
   """
   PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+  # Fields added with a default that changed the model: the value a saved config that lacks
+  # the field meant (what the code did before the field existed). Used when a saved run is
+  # loaded (registry.config_from_saved), never for new configs.
+  SAVED_BEFORE: ClassVar[dict[str, Any]] = {}
 
   vocab_size: int = 259
   d_model: int = 64

@@ -234,6 +234,8 @@ class HopeConfig(_CMSFields):
                    dtype="bfloat16"),
   }
 
+  # Saved before value_norm existed (the fix of experiments/stability): v was not normalised.
+  SAVED_BEFORE: ClassVar[dict[str, Any]] = {"value_norm": "none"}
   PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
       "default": dict(_CMSFields.PROFILES["default"], smt_anchored_step="mean",
                       inner_rule="dgd", momentum=False, adaptive_q=False, value_norm="l2"),

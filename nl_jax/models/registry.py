@@ -35,6 +35,7 @@ within 5% of the name, checked by a test).
 
 import dataclasses
 import importlib
+import logging
 import types
 import typing
 from collections.abc import Mapping
@@ -158,6 +159,21 @@ def config_from_dict(name: str, d: Mapping):
                      f"{sorted(fields)}")
   kwargs = {k: _coerce(cls.__name__, k, v, hints.get(k, Any)) for k, v in d.items()}
   return cls(**kwargs)
+
+
+def config_from_saved(name: str, d: Mapping):
+  """Config of model `name` from a saved run's mapping (a workdir's ``config.json``).
+
+  As `config_from_dict`, except that a field the saved mapping lacks and whose default changed
+  the model when it was added (``SAVED_BEFORE`` of the config class) takes the value the run
+  was trained with, not today's default (logged).
+  """
+  cls = config_class(name)
+  legacy = {k: v for k, v in getattr(cls, "SAVED_BEFORE", {}).items() if k not in d}
+  if legacy:
+    logging.warning("saved %s config predates field(s) %s: using the values it was trained "
+                    "with", name, legacy)
+  return config_from_dict(name, {**legacy, **d})
 
 
 def model_name_of(config) -> str:

@@ -20,6 +20,7 @@ segment (packed documents).
 """
 
 import dataclasses
+from typing import Any, ClassVar
 
 import flax.nnx as nnx
 import jax
@@ -93,6 +94,7 @@ class TitansConfig(LMConfig):
   memory_kernel: str = "auto"
   first_order: bool = False
   value_norm: str = "l2"
+  SAVED_BEFORE: ClassVar[dict[str, Any]] = {"value_norm": "none"}
 
   def __post_init__(self):
     super().__post_init__()

@@ -425,7 +425,7 @@ def load_for_eval(workdir_or_checkpoint_dir: str, *, step: int | None = None):
   Returns:
     ``(model, config)``: the ``nnx.Module`` with the trained parameters (on the default
     device) and the run's training config (``ml_collections.ConfigDict``; the model config
-    dataclass is ``registry.config_from_dict(config.model_name, config.model)``).
+    dataclass is ``registry.config_from_saved(config.model_name, config.model)``).
 
   Raises:
     FileNotFoundError: no workdir or no committed checkpoint there.
@@ -440,7 +440,7 @@ def load_for_eval(workdir_or_checkpoint_dir: str, *, step: int | None = None):
   workdir, dir_step = _find_run(workdir_or_checkpoint_dir)
   with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
-  model_cfg = registry.config_from_dict(
+  model_cfg = registry.config_from_saved(
       config.model_name, config_lib.to_plain(config.model.to_dict()))
   model = nnx.eval_shape(lambda: registry.build_model(model_cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_params, rest = nnx.split(model, nnx.Param, ...)

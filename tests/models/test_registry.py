@@ -102,3 +102,16 @@ def test_config_from_dict_round_trip_and_type_errors():
     registry.config_from_dict("transformer_pp", {"sliding_window": 2.5})
   with pytest.raises(ValueError, match=r"unknown config field\(s\) \['foo'\]"):
     registry.config_from_dict("titans", {"foo": 1})
+
+
+@pytest.mark.parametrize("name", ["titans", "hope"])
+def test_saved_config_without_value_norm_loads_as_trained(name):
+  """A run saved before value_norm existed was trained with unnormalised v: loading it must
+  not switch to today's default (l2), while a new config still gets the default."""
+  saved = dataclasses.asdict(registry.model_config(name, "tiny"))
+  del saved["value_norm"]
+  saved = {k: list(v) if isinstance(v, tuple) else v for k, v in saved.items()}
+  old = registry.config_from_saved(name, saved)
+  assert old.value_norm == "none"
+  assert registry.config_from_saved(name, {**saved, "value_norm": "l2"}).value_norm == "l2"
+  assert registry.config_from_dict(name, saved).value_norm != "none"
