@@ -1,4 +1,17 @@
 #!/usr/bin/env bash
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 # Issue 17's long runs: every Hope option for 1,000 steps (the default for 3,000 is run
 # separately). Usage: experiments/stability/run_options.sh <runs_dir> [name ...]
 # Each run writes <runs_dir>/<name>/ (metrics.jsonl, checkpoints) and <runs_dir>/<name>.log;
