@@ -103,6 +103,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from nl_jax.layers import diagnostics
 from nl_jax.layers.conv import CausalConv, ConvState
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
@@ -744,17 +745,11 @@ class SelfModifyingTitans(nnx.Module):
            "update_norm": _update_norm(state["memory"].out.memory, mem.out.memory),
            "v_rms": jnp.sqrt(stats["v_sq_sum"] / n_tok),
            "vhat_rms": jnp.sqrt(stats["vhat_sq_sum"] / n_tok),
-           "out_w1_norm": _weight_norm(mem.out.memory.w1),
-           "out_w2_norm": _weight_norm(mem.out.memory.w2),
-           "proj_w1_norm": _weight_norm(mem.proj.memory.w1),
-           "gate_w1_norm": _weight_norm(mem.gates.memory.w1)}
+           "out_w1_norm": diagnostics.max_weight_norm(mem.out.memory.w1),
+           "out_w2_norm": diagnostics.max_weight_norm(mem.out.memory.w2),
+           "proj_w1_norm": diagnostics.max_weight_norm(mem.proj.memory.w1),
+           "gate_w1_norm": diagnostics.max_weight_norm(mem.gates.memory.w1)}
     return y.astype(x_BxTxD.dtype), {"memory": mem, "conv": conv_state}, aux
-
-
-def _weight_norm(w: jax.Array) -> jax.Array:
-  """Largest Frobenius norm over sequences, memories and heads (diagnostic only)."""
-  w = jax.lax.stop_gradient(w)
-  return jnp.max(jnp.sqrt(jnp.sum(w * w, axis=(-2, -1))))
 
 
 def _update_norm(before: MLPWeights, after: MLPWeights) -> jax.Array:
