@@ -11,25 +11,56 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Test-session setup: 8 simulated CPU devices for the sharding tests."""
+"""Test-session setup: 8 simulated CPU devices, and XLA's CPU backend at -O0."""
 
 import os
 
-# Must happen before jax initialises its backend; every test then sees 8 CPU devices.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+def _with_flag(flags: str, name: str, value: str) -> str:
+  """Adds --name=value to an XLA_FLAGS string unless the caller already set that flag."""
+  return flags if f"--{name}=" in flags else f"{flags} --{name}={value}".strip()
+
+
+# Must happen before jax initialises its backend (subprocesses of the launch tests inherit it).
+_flags = os.environ.get("XLA_FLAGS", "")
+# Every test sees 8 CPU devices (the sharding tests).
+_flags = _with_flag(_flags, "xla_force_host_platform_device_count", "8")
+# The suite is compile-bound: ~85% of its time is XLA's backend compile of small programs that
+# then run for milliseconds. LLVM at -O0 halves that compile (tests/models/test_hope.py and
+# test_cms_ntp.py: 368 s -> 204 s on one core) and leaves the arithmetic as written (no
+# fast-math either way), so no tolerance changes; the programs run ~3x slower, which only the
+# few multi-step tests feel. Set XLA_FLAGS=--xla_backend_optimization_level=2 to test at the
+# level users run.
+_flags = _with_flag(_flags, "xla_backend_optimization_level", "0")
+os.environ["XLA_FLAGS"] = _flags
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 import pytest  # noqa: E402
 
 
+def _memory_map_count() -> int:
+  try:
+    with open("/proc/self/maps", "rb") as f:
+      return sum(1 for _ in f)
+  except OSError:  # not Linux: no map count to watch, clear after every test
+    return _MAX_MAPS
+
+
+# vm.max_map_count is 65530 by default; clear well before it.
+_MAX_MAPS = 30000
+
+
 @pytest.fixture(autouse=True)
 def _clear_jax_caches():
-  """Drops compiled executables after each test.
+  """Drops compiled executables once they hold too many memory mappings.
 
   Parameterised tests compile hundreds of distinct programs; each keeps LLVM code mappings
   alive, and one process can exhaust vm.max_map_count (65530) long before memory runs out.
+  Clearing after every test instead recompiles the same small eager ops (the same shapes
+  and dtypes) in every test: thousands of compiles in the memory tests alone.
   """
   yield
-  import jax
-  jax.clear_caches()
+  if _memory_map_count() >= _MAX_MAPS:
+    import jax
+    jax.clear_caches()
