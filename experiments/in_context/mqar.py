@@ -65,6 +65,10 @@ def parse(argv=None):
   p.add_argument("--length-pairs", type=int, default=8)
   p.add_argument("--test-lengths", default="48,96,192,384")
   p.add_argument("--eval-examples", type=int, default=100)
+  p.add_argument("--block", type=int, default=8,
+                 help="block size of the placement table: queries whose pair was written "
+                      "in an earlier block vs the same block (8 = the smallest CMS chunk of "
+                      "the tiny Hope, whose CMS takes a block in at the block's end)")
   p.add_argument("--combine", default="",
                  help="comma-separated result folders of earlier runs (same task settings) "
                       "to merge into one table and plots in --out; trains nothing")
@@ -126,7 +130,7 @@ def run_one(model_name: str, seed: int, args) -> dict:
          "steps_done": len(log["losses"]), "train_seconds": log["seconds"],
          "diverged_at": log["diverged_at"],
          "final_loss": float(np.mean(log["losses"][-20:])),
-         "losses": log["losses"], "accuracy": {}}
+         "losses": log["losses"], "accuracy": {}, "placement": {}}
   configs = test_configs(args)
   # One padded length for every test set: one compiled forward (right padding changes no
   # causal prediction), which costs less than a compile per length on a CPU.
@@ -136,9 +140,13 @@ def run_one(model_name: str, seed: int, args) -> dict:
     res = ex_lib.score(logits_fn, exs, batch_size=min(50, len(exs)), pad_to_multiple=align,
                        length=eval_len)
     out["accuracy"][label] = res["accuracy"]
+    out["placement"][label] = mqar.accuracy_by_placement(exs, res["per_example"], args.block)
   print(f"   {model_name} seed {seed}: {out['steps_done']} steps, {out['train_seconds']:.0f}s, "
         f"final loss {out['final_loss']:.3f}; " + ", ".join(
             f"{k} {100 * v:.0f}" for k, v in out["accuracy"].items()), flush=True)
+  print(f"   by placement (block {args.block}; earlier / same block): " + ", ".join(
+      f"{k} {100 * v['earlier_block']:.0f}/{100 * v['same_block']:.0f}"
+      for k, v in out["placement"].items()), flush=True)
   return out
 
 
@@ -151,6 +159,28 @@ def aggregate(runs: dict[int, dict], label: str) -> tuple[float, float, float]:
 def _cell(stats: tuple[float, float, float], n: int) -> str:
   mean, lo, hi = stats
   return f"{mean:.1f}" if n == 1 else f"{mean:.1f} [{lo:.0f}-{hi:.0f}]"
+
+
+def placement_table(results: dict, labels: list[str], block: int) -> str:
+  """Accuracy (%, mean over seeds) of queries whose pair is in an earlier block / the same
+  block (`nl_jax.eval.mqar.accuracy_by_placement`); runs saved without it are left out."""
+  rows = []
+  for m, runs in results.items():
+    if not all("placement" in r for r in runs.values()):
+      continue
+    cells = []
+    for lab in labels:
+      pair = []
+      for kind in ("earlier_block", "same_block"):
+        vals = [r["placement"][lab][kind] for r in runs.values()]
+        pair.append("-" if any(np.isnan(v) for v in vals) else f"{100 * np.mean(vals):.0f}")
+      cells.append(" / ".join(pair))
+    rows.append([m] + cells)
+  if not rows:
+    return ""
+  return (f"\nBy placement: accuracy (%) of the queries whose pair was written in an earlier "
+          f"{block}-token block / in the same block as the query (- = no such query).\n\n"
+          + experiment.markdown_table(["model"] + labels, rows) + "\n")
 
 
 def plot(path: str, results: dict, labels: list[str], xs: list[int], xlabel: str,
@@ -219,6 +249,7 @@ def report(path: str, results: dict, args, extra: dict | None = None) -> str:
   table = experiment.markdown_table(header, rows)
   table += ("\n\nAccuracy in %: mean over seeds [min-max]. Trained on "
             f"{args.train_pairs} pairs with gaps 0-{args.train_gap} tokens.\n")
+  table += placement_table(results, labels, args.block)
   pair_labels = [lab for lab in labels if lab.startswith("pairs=")]
   len_labels = [lab for lab in labels if lab.startswith("len=")]
   plot(os.path.join(path, "mqar_vs_pairs.png"), results, pair_labels,
@@ -246,7 +277,7 @@ def combine(dirs: list[str], args) -> dict:
   for d in dirs:
     with open(os.path.join(d, "results.json"), encoding="utf-8") as f:
       saved = json.load(f)
-    shared = {k: saved["settings"][k] for k in _SHARED}
+    shared = {k: saved["settings"].get(k) for k in _SHARED}
     if first is None:
       first = shared
       for k, v in saved["settings"].items():

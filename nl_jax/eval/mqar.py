@@ -119,3 +119,30 @@ def training_batch(rng: np.random.Generator, batch_size: int, length: int, *,
   exs = sample_examples(rng, batch_size, min_pairs=min_pairs, max_pairs=max_pairs,
                         max_gap=max_gap)
   return make_batch(exs, pad_to_multiple=pad_to_multiple, length=length)
+
+
+def pair_positions(example: Example) -> list[int]:
+  """For each query (span order), the position of its pair's value token in the context."""
+  value_at = {k: 2 * j + 1 for j, k in enumerate(example.meta["mapping"])}
+  return [value_at[q] for q in example.meta["queries"]]
+
+
+def accuracy_by_placement(examples: list[Example], per_example: list[list[bool]],
+                          block: int) -> dict[str, float]:
+  """Accuracy of the queries whose pair was written in an earlier ``block``-token block than
+  the query's own position (``earlier_block``), and of those in the same block.
+
+  A model whose memory only takes in a block of tokens at the block's end (the CMS levels
+  of Hope: a level with chunk C updates at positions C, 2C, ...) can recall only the first
+  kind; attention and token-level memories have no such boundary. Each entry is nan when no
+  query falls in that class. ``per_example`` is `nl_jax.eval.examples.score`'s.
+  """
+  if block < 1:
+    raise ValueError(f"block={block} must be >= 1")
+  hits: dict[str, list[bool]] = {"earlier_block": [], "same_block": []}
+  for ex, flags in zip(examples, per_example, strict=True):
+    for span, value_pos, ok in zip(ex.spans, pair_positions(ex), flags, strict=True):
+      read_pos = span.start - 1  # the query token, where the answer is predicted
+      kind = "earlier_block" if value_pos // block < read_pos // block else "same_block"
+      hits[kind].append(ok)
+  return {k: float(np.mean(v)) if v else float("nan") for k, v in hits.items()}

@@ -63,12 +63,38 @@ def test_mqar_training_batch_validates():
     mqar.sample_examples(rng, 2, min_pairs=5, max_pairs=4)
 
 
+def test_mqar_accuracy_by_placement_separates_earlier_and_same_block():
+  """A reader that only knows the pairs of earlier 8-token blocks (like a memory that takes a
+  block in at its end) scores 1 on those queries and 0 on the others; the split counts every
+  query once."""
+  exs = mqar.make_examples(mqar.MqarConfig(num_pairs=6, num_queries=6), 20, 0)
+  block = 8
+  per_example, n_earlier = [], 0
+  for ex in exs:
+    flags = []
+    for span, value_pos in zip(ex.spans, mqar.pair_positions(ex), strict=True):
+      assert ex.tokens[value_pos] == ex.tokens[span.start]  # the pair's value is the answer
+      assert ex.tokens[value_pos - 1] == ex.tokens[span.start - 1]  # its key is the query
+      flags.append(value_pos // block < (span.start - 1) // block)
+      n_earlier += flags[-1]
+    per_example.append(flags)
+  acc = mqar.accuracy_by_placement(exs, per_example, block)
+  assert acc == {"earlier_block": 1.0, "same_block": 0.0}
+  assert 0 < n_earlier < 120  # both kinds occur: pairs at 0-11, queries at 12-23
+  # One block as long as the examples: every query is in the same block as its pair.
+  acc = mqar.accuracy_by_placement(exs, per_example, 64)
+  assert np.isnan(acc["earlier_block"]) and acc["same_block"] == pytest.approx(n_earlier / 120)
+  with pytest.raises(ValueError, match="block=0"):
+    mqar.accuracy_by_placement(exs, per_example, 0)
+
+
 @pytest.mark.slow
 def test_mqar_script_shrunk(tmp_path):
   out = _script("mqar.py").main(["--shrunk", "--out", str(tmp_path)])
   r = out["transformer_pp"][0]
   assert r["steps_done"] == 2 and len(r["losses"]) == 2
   assert set(r["accuracy"]) == {"pairs=2", "pairs=4", "pairs=6", "len=16", "len=32"}
+  assert set(r["placement"]) == set(r["accuracy"])
   assert all(0.0 <= a <= 1.0 for a in r["accuracy"].values())
   with open(tmp_path / "results.json") as f:
     saved = json.load(f)
