@@ -11,29 +11,24 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Test-session setup: 8 simulated CPU devices, and XLA's CPU backend at -O0."""
+"""Test-session setup: 8 simulated CPU devices, and XLA's cheapest compile."""
 
 import os
 
-
-def _with_flag(flags: str, name: str, value: str) -> str:
-  """Adds --name=value to an XLA_FLAGS string unless the caller already set that flag."""
-  return flags if f"--{name}=" in flags else f"{flags} --{name}={value}".strip()
-
-
-# Must happen before jax initialises its backend (subprocesses of the launch tests inherit it).
-_flags = os.environ.get("XLA_FLAGS", "")
-# Every test sees 8 CPU devices (the sharding tests).
-_flags = _with_flag(_flags, "xla_force_host_platform_device_count", "8")
-# The suite is compile-bound: ~85% of its time is XLA's backend compile of small programs that
-# then run for milliseconds. LLVM at -O0 halves that compile (tests/models/test_hope.py and
-# test_cms_ntp.py: 368 s -> 204 s on one core) and leaves the arithmetic as written (no
-# fast-math either way), so no tolerance changes; the programs run ~3x slower, which only the
-# few multi-step tests feel. Set XLA_FLAGS=--xla_backend_optimization_level=2 to test at the
-# level users run.
-_flags = _with_flag(_flags, "xla_backend_optimization_level", "0")
-os.environ["XLA_FLAGS"] = _flags
+# Must happen before jax initialises its backend; set in the environment so that the
+# subprocesses of the launch and data tests get the same.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  # Every test sees 8 CPU devices (the sharding tests).
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The suite is compile-bound: ~85% of its time is XLA's backend compile of small programs that
+# then run for milliseconds. jax_disable_most_optimizations (LLVM at -O0, no expensive LLVM
+# passes; the HLO passes still run) halves that compile (tests/models/test_hope.py and
+# test_cms_ntp.py: 368 s -> 204 s on one core) and keeps the arithmetic as written (no
+# fast-math either way), so no tolerance moves; the programs run ~3x slower, which only the
+# few multi-step tests feel. JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests at the level users run.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 
 import pytest  # noqa: E402
