@@ -158,7 +158,7 @@ def aggregate(runs: dict[int, dict], label: str) -> tuple[float, float, float]:
 
 def _cell(stats: tuple[float, float, float], n: int) -> str:
   mean, lo, hi = stats
-  return f"{mean:.1f}" if n == 1 else f"{mean:.1f} [{lo:.0f}-{hi:.0f}]"
+  return f"{mean:.1f}" if n == 1 else f"{mean:.1f} [{lo:.1f}-{hi:.1f}]"
 
 
 def placement_table(results: dict, labels: list[str], block: int) -> str:
