@@ -75,7 +75,10 @@ def test_mqar_accuracy_by_placement_separates_earlier_and_same_block():
     for span, value_pos in zip(ex.spans, mqar.pair_positions(ex), strict=True):
       assert ex.tokens[value_pos] == ex.tokens[span.start]  # the pair's value is the answer
       assert ex.tokens[value_pos - 1] == ex.tokens[span.start - 1]  # its key is the query
-      flags.append(value_pos // block < (span.start - 1) // block)
+      # Layout: values at 1, 3, ..., 11, queries read at 12, 14, ..., 22. Only values 9 and 11
+      # share the block [8, 16) with a query (those read at 12 and 14).
+      same = value_pos >= 8 and span.start - 1 < 16
+      flags.append(not same)
       n_earlier += flags[-1]
     per_example.append(flags)
   acc = mqar.accuracy_by_placement(exs, per_example, block)
