@@ -93,26 +93,36 @@ needs the whole model, so the model runs the call segment by segment and drives 
 nl_jax.layers.cms_ntp); the layer's ``init_memory`` returns that state and calling the layer
 itself raises a ValueError.
 
-Chunk-parallel path: the call is cut into segments of S = min_l C_l tokens aligned to global
-positions (every C_l must be a multiple of S): inside a segment no level changes, so the whole
-chain runs in parallel; after each segment the levels whose boundary it reaches step. A call
-that starts mid-segment is front-padded with masked tokens. A level whose chunk is longer than
-the call acts as a plain MLP during the call and keeps its accumulated gradient and position in
-the state (streaming). ``sequential_reference`` is the token loop (executable spec; for
-``nested``, ``nested_reference``, written from the equations above, shares no stepping code
-with the segment path). The nested re-initialisations fall on level boundaries, hence on
-segment ends.
+Chunk-parallel path (``cms_scan``): each level runs on its own clock, a scan over its own chunks
+of C_l tokens aligned to global stream positions, carrying only its own state (fast weights,
+accumulator, previous input; phi_l and macc_l when nested); the chain feeds level l's output
+sequence to level l + 1. Within a chunk a level's weights are frozen, so one MLP pass over
+[h_{t-1}, h_t ...] gives both its outputs and its in-context gradient. A call that starts
+mid-chunk is front-padded with masked tokens; a call whose state was created for it
+(``start_aligned``: position 0, e.g. the trainer's step) needs no front padding and runs
+ceil(T / C_l) chunks. A level whose chunk is longer than the call acts as a plain MLP during
+the call and keeps its accumulated gradient and position in the state (streaming).
+``sequential_reference`` is the token loop (executable spec; for ``nested``,
+``nested_reference``, written from the equations above); neither shares stepping code with
+``cms_scan``. The nested re-initialisations fall on the parent's chunk ends, which are ends of
+the child's chunks.
 
 Resets (True at the first token of a new document): every level goes back to its initial
-weights and drops its accumulated gradient (nested: phi_l and macc_l too); exact in the token
-loop, and in the segment path when documents start on multiples of S (the model's alignment);
-the segment path refuses a concrete reset elsewhere with a ValueError (under jit the resets
-cannot be checked). A level can start from a pretrained SwiGLU (spec 6.3):
+weights and drops its accumulated gradient (nested: phi_l and macc_l too). Exact anywhere, in
+the token loop and in the chunked path: a level's weights change only at its chunk ends and at
+resets, so within a chunk the tokens before its first reset read the carried weights, those
+from it on the initial weights, and only the gradient after the last reset is kept.
+
+meta_gradient (CMSConfig): "exact" differentiates the outer loss through the in-context
+gradients (second order); "first_order" treats them as constants (same forward, a backward
+about half the time; experiments/BENCHMARKS.md, and its quality cost in
+experiments/in_context/README.md).
+
+A level can start from a pretrained SwiGLU (spec 6.3):
 ``ContinuumMemorySystem.load_pretrained``.
 """
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import flax.nnx as nnx
@@ -121,11 +131,12 @@ import jax.numpy as jnp
 
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
-from nl_jax.memory.base import check_reset_alignment
+from nl_jax.memory import aligned_chunks
 from nl_jax.memory.types import state_dtype
 
 VARIANTS = ("sequential", "independent", "nested")
 OBJECTIVES = ("local", "ntp")
+META_GRADIENTS = ("exact", "first_order")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -145,7 +156,13 @@ class CMSConfig:
       theta <- theta_0 + gamma_l (theta - theta_0) - lr_l acc_l, so that its in-context drift
       stays bounded (by about max_step_norm / (1 - gamma_l)) however long the stream.
     objective: local | ntp (see the module docstring).
-    remat: jax.checkpoint each segment.
+    meta_gradient: exact | first_order. How the outer gradient (of the model's loss w.r.t.
+      the initial weights, norms and inputs) treats the in-context gradients that step the
+      levels: "exact" differentiates through them (second order, eq. 73); "first_order"
+      treats each in-context gradient as a constant (stop_gradient; first-order MAML), which
+      skips the backward of the inner gradient. The outputs are the same; only the outer
+      gradient differs. objective "local" only.
+    remat: jax.checkpoint each chunk of each level's scan.
     norm_eps: RMSNorm epsilon.
     dtype: activation dtype (fast weights and their gradients stay float32).
   """
@@ -157,6 +174,7 @@ class CMSConfig:
   objective: str = "local"
   max_step_norm: float | None = 1.0
   retention: tuple[float, ...] | None = None
+  meta_gradient: str = "exact"
   remat: bool = True
   norm_eps: float = 1e-6
   dtype: str = "float32"
@@ -186,6 +204,12 @@ class CMSConfig:
       raise ValueError(f"{name}.variant={self.variant!r} is not one of {VARIANTS}")
     if self.objective not in OBJECTIVES:
       raise ValueError(f"{name}.objective={self.objective!r} is not one of {OBJECTIVES}")
+    if self.meta_gradient not in META_GRADIENTS:
+      raise ValueError(f"{name}.meta_gradient={self.meta_gradient!r} is not one of "
+                       f"{META_GRADIENTS}")
+    if self.meta_gradient != "exact" and self.objective != "local":
+      raise ValueError(f"{name}.meta_gradient={self.meta_gradient!r} is implemented for "
+                       "objective='local' only; use meta_gradient='exact' with objective='ntp'")
     if self.variant == "nested":
       if any(b % a for a, b in zip(cs, cs[1:], strict=False)):
         raise ValueError(f"{name}.chunk_sizes={cs}: variant='nested' lists its levels fastest "
@@ -269,6 +293,11 @@ def init_state(cfg: CMSConfig, params: CMSParams, batch_size: int) -> CMSState:
                   meta_init=weights[:n_meta], meta_acc=acc[:n_meta])
 
 
+def _inner(cfg, grads):
+  """An in-context gradient as the outer gradient sees it (CMSConfig.meta_gradient)."""
+  return jax.lax.stop_gradient(grads) if cfg.meta_gradient == "first_order" else grads
+
+
 def _segment(cfg, params, st: CMSState, x_BxSxD, valid_BxS, reset_BxS, first_reset):
   """One segment with frozen weights: outputs, per-level gradients, new prev_h / prev_valid.
 
@@ -310,7 +339,7 @@ def _segment(cfg, params, st: CMSState, x_BxSxD, valid_BxS, reset_BxS, first_res
       err = _mlp(w, h_prev) - jax.lax.stop_gradient(h)
       return 0.5 * jnp.sum(jnp.sum(err * err, axis=-1) * pair)
 
-    grads.append(jax.grad(loss)(st.weights[lvl]))
+    grads.append(_inner(cfg, jax.grad(loss)(st.weights[lvl])))
     # last valid token's h of the segment (keep the old one if the segment has none)
     last = jnp.where(vmask[:, :, None], h, 0.0)
     idx = jnp.max(jnp.where(vmask, jnp.arange(h.shape[1])[None], -1), axis=1)
@@ -414,56 +443,146 @@ def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B, ini
                      meta_acc=tuple(meta_acc))
 
 
-def cms_scan(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT):
-  """Chunk-parallel CMS over a call: (y [B, T, D], new state, stats)."""
-  b, t, d = x_BxTxD.shape
-  s = cfg.segment
-  check_reset_alignment("ContinuumMemorySystem", reset_BxT, st.position, s,
-                        "the smallest of chunk_sizes")
-  offset = st.position % s
-  n = math.ceil((t + s - 1) / s)
+class _LevelCarry(NamedTuple):
+  """One level's part of CMSState during its scan (meta_*: None unless nested, l < k - 1)."""
+  weights: SwiGLUWeights
+  acc: SwiGLUWeights
+  prev_h: jax.Array
+  prev_valid: jax.Array
+  meta_init: SwiGLUWeights | None
+  meta_acc: SwiGLUWeights | None
 
-  def pad(z, fill):
-    def one(row, off):
-      base = jnp.full((n * s,) + row.shape[1:], fill, row.dtype)
-      return jax.lax.dynamic_update_slice_in_dim(base, row, off, axis=0)
-    out = jax.vmap(one)(z, offset)
-    return jnp.moveaxis(out.reshape((b, n, s) + out.shape[2:]), 1, 0)
 
-  dt = st.prev_h.dtype
-  xs = dict(x=pad(x_BxTxD.astype(dt), 0.0), valid=pad(jnp.ones((b, t), dt), 0.0),
-            reset=pad(reset_BxT, False))
-  seg_idx = jnp.arange(n)
+def _where_rows(flag_B, new, old):
+  return jax.tree.map(lambda n, o: jnp.where(_rows(flag_B, o), n.astype(o.dtype), o), new, old)
 
-  def body(st, inp):
+
+def _level_chunk(cfg, lvl, init, carry: _LevelCarry, ch, end_pos_B):
+  """One chunk of level lvl: (new carry, (output [B, C, D], update norm)).
+
+  The level's weights change only at its own chunk ends and at resets (back to the initial
+  weights), so within a chunk a token uses the carried weights before the chunk's first reset
+  and the initial weights from it on, and the gradient that survives to the chunk end is the
+  one taken after the last reset (at the initial weights): exact for resets anywhere.
+  """
+  h, vmask, reset = ch["h"], ch["valid"] > 0, ch["reset"] & (ch["valid"] > 0)
+  c = h.shape[1]
+  j = jnp.arange(c)[None]
+  any_reset = jnp.any(reset, axis=1)
+  first = jnp.min(jnp.where(reset, j, c), axis=1)
+  last = jnp.max(jnp.where(reset, j, -1), axis=1)
+  init_b = jax.tree.map(lambda i, w: jnp.broadcast_to(i.astype(w.dtype), w.shape), init,
+                        carry.weights)
+  w_eff = _where_rows(any_reset, init_b, carry.weights)
+  left_valid = jnp.concatenate([jnp.zeros_like(vmask[:, :1]), vmask[:, :-1]], axis=1)
+  pair = vmask & (left_valid | carry.prev_valid[:, None]) & ~reset
+  counted = pair & (j >= last[:, None])
+  # One MLP pass over [prev_h, h_0 .. h_{C-1}] gives both the predictions of the pairs
+  # (MLP(h_{j-1}), rows 0..C-1) and the outputs (MLP(h_j), rows 1..C). Padding slots hold
+  # prev_h, so a first token after front padding pairs with the carried previous token.
+  h_in = jnp.where(vmask[:, :, None], h, carry.prev_h[:, None])
+  h_cat = jnp.concatenate([carry.prev_h[:, None], h_in], axis=1)
+  z, mlp_vjp = jax.vjp(lambda w: _mlp(w, h_cat), w_eff)
+  err = (z[:, :-1] - jax.lax.stop_gradient(h)) * counted[:, :, None]
+  # g = grad_w 0.5 sum_j counted_j ||MLP_w(h_{j-1}) - h_j||^2 at w_eff
+  (g,) = mlp_vjp(jnp.concatenate([err, jnp.zeros_like(err[:, :1])], axis=1))
+  if cfg.meta_gradient == "first_order":
+    g = jax.lax.stop_gradient(g)  # no differentiation through the in-context gradient
+  out = z[:, 1:]
+  # A reset strictly inside the chunk: the tokens before it still read the carried weights.
+  mid = any_reset & (first > 0)
+  before = (j < first[:, None]) & mid[:, None]
+  out = jax.lax.cond(jnp.any(mid),
+                     lambda: jnp.where(before[:, :, None], _mlp(carry.weights, h), out),
+                     lambda: out)
+
+  acc = jax.tree.map(lambda a, gg: jnp.where(_rows(any_reset, a), 0.0, a) + gg, carry.acc, g)
+  step = vmask[:, -1]  # the chunk is complete: its end is a global multiple of C_l
+  nested = carry.meta_init is not None
+  phi = _where_rows(any_reset, init_b, carry.meta_init) if nested else None
+  base = retain(cfg.gammas[lvl], phi if nested else init, w_eff, batched=nested)
+  scale = _step_scale(cfg, cfg.lrs[lvl], acc)
+  stepped = jax.tree.map(lambda w, a: w - _rows(scale, a) * a, base, acc)
+  weights = _where_rows(step, stepped, w_eff)
+  acc = _where_rows(step, jax.tree.map(jnp.zeros_like, acc), acc)
+  meta_init = meta_acc = None
+  if nested:  # the end of this level's context: the parent steps phi, the level restarts
+    parent = lvl + 1
+    macc = jax.tree.map(lambda a, gg: jnp.where(_rows(any_reset, a), 0.0, a) + gg,
+                        carry.meta_acc, g)
+    meta_step = step & (end_pos_B % cfg.chunk_sizes[parent] == 0)
+    mscale = _step_scale(cfg, cfg.lrs[parent], macc)
+    new_phi = jax.tree.map(lambda p, a: p - _rows(mscale, a) * a,
+                           retain(cfg.gammas[parent], init, phi), macc)
+    meta_init = _where_rows(meta_step, new_phi, phi)
+    meta_acc = _where_rows(meta_step, jax.tree.map(jnp.zeros_like, macc), macc)
+    weights = _where_rows(meta_step, meta_init, weights)
+  # Diagnostics only: no gradient (sqrt has an infinite derivative at an unchanged level).
+  moved = jax.lax.stop_gradient(jnp.sum(jnp.sqrt(sum(
+      jnp.sum((a - w) ** 2, axis=(1, 2)) for a, w in zip(weights, w_eff, strict=True)))))
+  idx = jnp.max(jnp.where(vmask, j, -1), axis=1)
+  picked = jnp.take_along_axis(h, jnp.maximum(idx, 0)[:, None, None], axis=1)[:, 0]
+  prev_h = jnp.where((idx >= 0)[:, None], picked, carry.prev_h)
+  prev_valid = carry.prev_valid | (idx >= 0)
+  return _LevelCarry(weights, acc, prev_h, prev_valid, meta_init, meta_acc), (out, moved)
+
+
+def _level_scan(cfg, lvl, params, st: CMSState, h_BxTxD, reset_BxT, start_aligned):
+  """Level lvl over the call on its own clock: a scan over its own chunks of C_l tokens."""
+  b, t, _ = h_BxTxD.shape
+  c = cfg.chunk_sizes[lvl]
+  offset, n = aligned_chunks.layout(t, c, st.position, start_aligned)
+  start = st.position if offset is None else st.position - offset
+  xs = {"h": h_BxTxD, "valid": jnp.ones((b, t), h_BxTxD.dtype), "reset": reset_BxT}
+  fills = {"h": 0.0, "valid": 0.0, "reset": False}
+  xs = {k: jnp.moveaxis(aligned_chunks.to_chunks(v, offset, n, c, fills[k]), 1, 0)
+        for k, v in xs.items()}
+  nested = lvl < len(st.meta_init)
+  carry = _LevelCarry(st.weights[lvl], st.acc[lvl], st.prev_h[:, lvl], st.prev_valid,
+                      st.meta_init[lvl] if nested else None,
+                      st.meta_acc[lvl] if nested else None)
+  init = params.init[lvl]
+
+  def body(carry, inp):
     ch, i = inp
-    vmask = ch["valid"] > 0
-    flag = jnp.any(ch["reset"] & vmask, axis=1)
-    st = _reset(cfg, params, st, flag)
-    y, grads, prev_h, prev_valid = _segment(cfg, params, st, ch["x"], ch["valid"],
-                                            ch["reset"], None)
-    n_valid = jnp.sum(vmask, axis=1).astype(jnp.int32)
-    # global position after this segment's last slot (slots are aligned to multiples of s)
-    end_pos = st.position - offset + (i + 1) * s
-    complete = vmask[:, -1]
-    new = _step_levels(cfg, st, grads, n_valid, end_pos, complete, params.init)
-    # Diagnostics only: no gradient (sqrt has an infinite derivative at an unchanged level).
-    upd_k = jax.lax.stop_gradient(jnp.stack([
-        jnp.sum(jnp.sqrt(sum(jnp.sum((a - w) ** 2, axis=(1, 2))
-                             for a, w in zip(nw, ow, strict=True))))
-        for nw, ow in zip(new.weights, st.weights, strict=True)]))
-    st = new._replace(prev_h=prev_h, prev_valid=prev_valid)
-    return st, (y, upd_k)
+    return _level_chunk(cfg, lvl, init, carry, ch, start + (i + 1) * c)
 
   fn = jax.checkpoint(body) if cfg.remat else body
-  st0 = st
-  st, (y, upd) = jax.lax.scan(fn, st, (xs, seg_idx))
-  y = jnp.moveaxis(y, 0, 1).reshape(b, n * s, d)
-  y = jax.vmap(lambda r, o: jax.lax.dynamic_slice_in_dim(r, o, t, axis=0))(y, offset)
-  st = st._replace(position=st0.position + t)
-  aux = {f"level_{lvl}/update_norm": jnp.sum(upd[:, lvl]) / b for lvl in range(cfg.n_levels)}
-  aux.update(level_drift(params, st.weights))
-  return y.astype(x_BxTxD.dtype), st, aux
+  carry, (out, moved) = jax.lax.scan(fn, carry, (xs, jnp.arange(n)))
+  out = aligned_chunks.from_chunks(jnp.moveaxis(out, 0, 1), offset, t)
+  return out, carry, jnp.sum(moved) / b
+
+
+def cms_scan(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT,
+             start_aligned: bool = False):
+  """Chunk-parallel CMS over a call: (y [B, T, D], new state, stats).
+
+  Each level runs its own scan over its own chunks of C_l tokens (its own clock), carrying
+  only its own state; the chain of the sequential and nested variants feeds level l's output
+  sequence to level l + 1. start_aligned: the state starts at position 0 (a fresh state):
+  no front padding, ceil(T / C_l) chunks per level.
+  """
+  dt = st.prev_h.dtype
+  x = x_BxTxD.astype(dt)
+  carries, outs, upd = [], [], {}
+  for lvl in range(cfg.n_levels):
+    norm = params.norm[lvl] if cfg.variant != "independent" else params.norm[0]
+    h = rms_norm(x if cfg.variant != "independent" else x_BxTxD.astype(dt), norm, cfg.norm_eps)
+    out, carry, moved = _level_scan(cfg, lvl, params, st, h, reset_BxT, start_aligned)
+    carries.append(carry)
+    upd[f"level_{lvl}/update_norm"] = moved
+    if cfg.variant == "independent":
+      outs.append(params.agg[lvl] * out)
+    else:
+      x = x + out
+  y = x + sum(outs) if outs else x
+  meta = [cr for cr in carries if cr.meta_init is not None]
+  new = CMSState(tuple(cr.weights for cr in carries), tuple(cr.acc for cr in carries),
+                 jnp.stack([cr.prev_h for cr in carries], axis=1), carries[-1].prev_valid,
+                 st.position + x_BxTxD.shape[1], tuple(cr.meta_init for cr in meta),
+                 tuple(cr.meta_acc for cr in meta))
+  upd.update(level_drift(params, new.weights))
+  return y.astype(x_BxTxD.dtype), new, upd
 
 
 def level_drift(params: CMSParams, weights) -> dict:
@@ -550,7 +669,7 @@ def nested_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, r
         err = mlp(w, h_prev) - jax.lax.stop_gradient(h)
         return 0.5 * jnp.sum(jnp.sum(err * err, axis=-1) * st.prev_valid)
 
-      grads.append(jax.grad(loss)(st.weights[lvl]))
+      grads.append(_inner(cfg, jax.grad(loss)(st.weights[lvl])))
       hs.append(h)
       x = x + mlp(st.weights[lvl], h)
     p = st.position + 1
@@ -636,8 +755,12 @@ class ContinuumMemorySystem(nnx.Module):
       return cms_ntp.init_ntp_state(self.cfg, self.params(), batch_size)
     return init_state(self.cfg, self.params(), batch_size)
 
-  def __call__(self, x_BxTxD, state: CMSState, reset_BxT, implementation: str = "chunked"):
-    """Returns (y [B, T, D], new state, aux)."""
+  def __call__(self, x_BxTxD, state: CMSState, reset_BxT, implementation: str = "chunked",
+               start_aligned: bool = False):
+    """Returns (y [B, T, D], new state, aux).
+
+    start_aligned: the caller created ``state`` for this call (position 0); see cms_scan.
+    """
     if self.cfg.objective == "ntp":
       raise ValueError("ContinuumMemorySystem: objective='ntp' learns from the whole model's "
                        "next-token loss, so the model drives it segment by segment "
@@ -646,5 +769,6 @@ class ContinuumMemorySystem(nnx.Module):
     if implementation == "sequential":
       y, st = sequential_reference(self.cfg, self.params(), state, x_BxTxD, reset_BxT)
       return y, st, {}
-    y, st, stats = cms_scan(self.cfg, self.params(), state, x_BxTxD, reset_BxT)
+    y, st, stats = cms_scan(self.cfg, self.params(), state, x_BxTxD, reset_BxT,
+                            start_aligned=start_aligned)
     return y, st, stats

@@ -96,7 +96,6 @@ resets are not concrete and cannot be checked.
 """
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import flax.nnx as nnx
@@ -108,7 +107,7 @@ from nl_jax.layers.conv import CausalConv, ConvState
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
 from nl_jax.layers.projection import project, record_input
-from nl_jax.memory import gates
+from nl_jax.memory import aligned_chunks, gates
 from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory, MLPWeights
 from nl_jax.memory.types import MemoryInputs, MemoryState, rule_coefficients
@@ -358,21 +357,6 @@ def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
 # Chunk-parallel path
 # ----------------------------------------------------------------------------------------
 
-def _pad_to_chunks(x_BxTx, offset_B, n: int, c: int, fill):
-  """Places each row's T tokens at slots [offset, offset + T) of n * c slots; [B, n, c, ...]."""
-  def one(row, off):
-    base = jnp.full((n * c,) + row.shape[1:], fill, row.dtype)
-    return jax.lax.dynamic_update_slice_in_dim(base, row, off, axis=0)
-  out = jax.vmap(one)(x_BxTx, offset_B)
-  return out.reshape((out.shape[0], n, c) + out.shape[2:])
-
-
-def _unpad(x_BxNxCx, offset_B, t: int):
-  b, n, c = x_BxNxCx.shape[:3]
-  flat = x_BxNxCx.reshape((b, n * c) + x_BxNxCx.shape[3:])
-  return jax.vmap(lambda r, o: jax.lax.dynamic_slice_in_dim(r, o, t, axis=0))(flat, offset_B)
-
-
 def _write_chunk(mem: MLPMemory, st: MemoryState, k, v, eta, alpha, mu, q, valid):
   """One anchored chunk of a memory group (leaves [B, G, H, ...]) via MLPMemory's algebra.
 
@@ -409,20 +393,18 @@ def _mask_gates(valid_BxC, eta, alpha, mu):
   return eta, alpha, mu
 
 
-def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs):
+def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: bool = False):
   b, h, t, d = inp.xk.shape
   p = len(cfg.proj_names)
   dtype = jax.tree.leaves(state.out.memory)[0].dtype
   valid_BxT = jnp.ones((b, t), dtype)
 
   def chunked_view(c):
-    offset = state.position % c
-    n = math.ceil((t + c - 1) / c)
-    return offset, n
+    return aligned_chunks.layout(t, c, state.position, start_aligned)
 
   def to_chunks(x, offset, n, c, fill=0.0, time_axis=2):
     x = jnp.moveaxis(x, time_axis, 1)  # [B, T, ...]
-    y = _pad_to_chunks(x, offset, n, c, fill)  # [B, n, c, ...]
+    y = aligned_chunks.to_chunks(x, offset, n, c, fill)  # [B, n, c, ...]
     return jnp.moveaxis(y, 2, time_axis + 1)  # [B, n, ..., c, ...]
 
   # ---- pass 1: projection memories (chunk proj_chunk_size) ----
@@ -465,7 +447,7 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs):
   def from_chunks(x, time_axis, offset):
     x = jnp.moveaxis(x, 0, 1)  # [B, n, H, C, ...]
     x = jnp.moveaxis(x, time_axis + 1, 2)  # [B, n, C, H, ...]
-    y = _unpad(x, offset, t)  # [B, T, H, ...]
+    y = aligned_chunks.from_chunks(x, offset, t)  # [B, T, H, ...]
     return jnp.moveaxis(y, 1, time_axis)
   k, v, q = (from_chunks(z, 2, off_p) for z in (k, v, q))
   eta, alpha = (from_chunks(z, 2, off_p) for z in (eta, alpha))
@@ -626,11 +608,12 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
 
 
 def memory_scan(cfg: SelfModifyingTitansConfig, params: SMTParams, state: SMTMemoryState,
-                inp: SMTInputs, implementation: str | None = None):
+                inp: SMTInputs, implementation: str | None = None, start_aligned: bool = False):
   """The memory core: (o [B, H, T, head_dim], new state, stats).
 
   stats: inner_loss_sum (output memory's inner loss at its anchors, summed over tokens and
-  heads), eta and alpha [B, H, T].
+  heads), eta and alpha [B, H, T]. start_aligned: the caller created the state for this call
+  (position 0), so the chunked path runs no front-padded chunk (nl_jax.memory.aligned_chunks).
   """
   impl = implementation or cfg.implementation
   if impl not in IMPLEMENTATIONS:
@@ -643,8 +626,9 @@ def memory_scan(cfg: SelfModifyingTitansConfig, params: SMTParams, state: SMTMem
     for field in ("proj_chunk_size", "chunk_size"):
       check_reset_alignment("SelfModifyingTitans", inp.reset, state.position,
                             getattr(cfg, field), field)
-  fn = _chunked if impl == "chunked" else _sequential
-  return fn(cfg, params, state, inp)
+  if impl == "chunked":
+    return _chunked(cfg, params, state, inp, start_aligned)
+  return _sequential(cfg, params, state, inp)
 
 
 # ----------------------------------------------------------------------------------------
@@ -715,8 +699,12 @@ class SelfModifyingTitans(nnx.Module):
             "conv": self.conv.init_state(batch_size)}
 
   def __call__(self, x_BxTxD: jax.Array, state, segment_ids_BxT: jax.Array,
-               reset_BxT: jax.Array, implementation: str | None = None):
-    """Returns (y [B, T, d_model], new state, aux dict of scalars)."""
+               reset_BxT: jax.Array, implementation: str | None = None,
+               start_aligned: bool = False):
+    """Returns (y [B, T, d_model], new state, aux dict of scalars).
+
+    start_aligned: the caller created ``state`` for this call (see memory_scan).
+    """
     cfg = self.cfg
     b, t, _ = x_BxTxD.shape
     h, k = cfg.n_heads, cfg.head_dim
@@ -733,7 +721,8 @@ class SelfModifyingTitans(nnx.Module):
       mu = jnp.moveaxis(gates.momentum_from_logits(
           project("...d,dh->...h", x, self.w_mu, dt).astype(jnp.float32), cfg.mu_max), 2, 1)
     inp = SMTInputs(xk, xv, xq, mu, reset_BxT)
-    o, mem, stats = memory_scan(cfg, self.params(), state["memory"], inp, implementation)
+    o, mem, stats = memory_scan(cfg, self.params(), state["memory"], inp, implementation,
+                                start_aligned)
     o = jnp.moveaxis(o, 1, 2)  # [B, T, H, K]
     o = rms_norm(o, self.out_norm[...]).astype(dt)
     gate = jax.nn.silu(project("...d,df->...f", x, self.wg, dt)).reshape(b, t, h, k)

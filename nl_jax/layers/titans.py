@@ -226,13 +226,13 @@ class TitansLayer(nnx.Module):
       return backend
     return "auto"  # memory_scan picks the kernel on TPU/GPU and its XLA reference elsewhere
 
-  def _scan(self, state: MemoryState, inputs: MemoryInputs, reset):
+  def _scan(self, state: MemoryState, inputs: MemoryInputs, reset, start_aligned: bool):
     params = self.memory_params()
     impl = self._kernel_implementation(reset)
     if impl is None:
       if reset is not None:
         inputs = inputs._replace(reset=reset)
-      return self.memory.scan(params, state, inputs)
+      return self.memory.scan(params, state, inputs, start_aligned=start_aligned)
     from pallas_kernels.memory_scan import memory_scan  # pylint: disable=g-import-not-at-top
     mem = self.memory
     out = memory_scan(inputs.keys, inputs.values, inputs.queries, inputs.eta, state.memory,
@@ -246,7 +246,7 @@ class TitansLayer(nnx.Module):
                                     state.anchor, state.position + t)
 
   def __call__(self, x_BxTxD: jax.Array, state, reset_BxT: jax.Array | None,
-               segment_ids_BxT: jax.Array):
+               segment_ids_BxT: jax.Array, start_aligned: bool = False):
     """Returns (y_BxTxD, new_state, aux) with aux = flat dict of scalar statistics.
 
     Args:
@@ -255,6 +255,8 @@ class TitansLayer(nnx.Module):
       reset_BxT: bool, True where the memory restarts from its initial state, or None (no
         resets in this call: the pallas kernel can then be used).
       segment_ids_BxT: int, the conv never mixes segments.
+      start_aligned: the caller created ``state`` for this call (position 0): the chunked
+        scan runs no front-padded chunk (FastLevel.scan).
     """
     b, t, _ = x_BxTxD.shape
     h, k = self.n_heads, self.head_dim
@@ -283,7 +285,7 @@ class TitansLayer(nnx.Module):
                           queries=cast(to_heads(q)), alpha=cast(alpha),
                           momentum=None if mu is None else cast(mu))
     reset = None if reset_BxT is None else jnp.broadcast_to(reset_BxT[:, None, :], (b, h, t))
-    o_BxHxTxK, mem_state = self._scan(state["memory"], inputs, reset)
+    o_BxHxTxK, mem_state = self._scan(state["memory"], inputs, reset, start_aligned)
     o_BxTxHxK = rms_norm(jnp.moveaxis(o_BxHxTxK, 1, 2).astype(self.dtype),
                          self.out_norm_scale[...], self.norm_eps)
     gate_BxTxHxK = jax.nn.silu(project("btd,dhk->bthk", x, self.w_gate, self.dtype))

@@ -24,6 +24,7 @@ a read. This module turns them into the public batched API::
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -192,8 +193,13 @@ class FastLevel:
     return state
 
   def scan(self, params, state: MemoryState, inputs: MemoryInputs,
-           implementation: str | None = None) -> tuple[jax.Array | None, MemoryState]:
+           implementation: str | None = None,
+           start_aligned: bool = False) -> tuple[jax.Array | None, MemoryState]:
     """Processes a whole sequence: (outputs [*batch, T, d_out], final_state).
+
+    start_aligned: the caller guarantees state.position is a multiple of chunk_size (it
+    created the state for this call): aligned chunks then need no front padding, and the
+    chunked path runs ceil(T / C) chunks instead of ceil((T + C - 1) / C).
 
     params are needed only when inputs.reset is given (the state returns to the initial
     weights at every reset). In the chunked path a reset must fall on a chunk start, i.e.
@@ -222,7 +228,10 @@ class FastLevel:
         self._check_reset_alignment(owner, inputs.reset, state.position)
       init = self.init_state(params, bshape).memory
       fresh = self._fresh_carry(jax.tree.map(lambda x, m: x.astype(m.dtype), init, state.memory))
-    fn = self._scan_chunked_single if impl == "chunked" else self._scan_sequential_single
+    if impl == "chunked":
+      fn = functools.partial(self._scan_chunked_single, start_aligned=start_aligned)
+    else:
+      fn = self._scan_sequential_single
     for _ in bshape:
       fn = jax.vmap(fn)
     outputs, (memory, momentum, anchor) = fn(carry, state.position, tok, fresh)
@@ -303,14 +312,15 @@ class FastLevel:
     outputs = jnp.concatenate(outs, axis=0) if outs else None
     return outputs, carry
 
-  def _scan_chunked_single(self, carry, position, tok, fresh=None):
+  def _scan_chunked_single(self, carry, position, tok, fresh=None, start_aligned=False):
     c = self.chunk_size
     t = tok["k"].shape[0]
     anchored = self.semantics == "anchored"
     # Anchored chunks (and all chunks when resets are given) are aligned to global multiples
     # of C: a call that starts mid-chunk is front-padded with no-op tokens so its first chunk
-    # ends at the same boundary as before, and resets land on chunk starts.
-    aligned = anchored or fresh is not None
+    # ends at the same boundary as before, and resets land on chunk starts. A call known to
+    # start on a boundary (start_aligned) needs neither the padding nor the extra chunk.
+    aligned = (anchored or fresh is not None) and not start_aligned
     offset = position % c if aligned else 0
     n = math.ceil((t + (c - 1 if aligned else 0)) / c)
     length = n * c

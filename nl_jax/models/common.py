@@ -57,6 +57,7 @@ tests differentiate ``forward_embedded`` w.r.t. the embeddings to check causalit
 import contextlib
 import contextvars
 import dataclasses
+import functools
 from typing import Any, ClassVar, NamedTuple
 
 import flax.nnx as nnx
@@ -89,6 +90,23 @@ def activation_sharding(sharding):
     yield
   finally:
     _ACTIVATION_SHARDING.reset(token)
+
+
+# Sharding of the fresh memory state a call creates (memory_state=None) while a train / eval
+# step is traced; see memory_sharding.
+_MEMORY_SHARDING = contextvars.ContextVar("nl_jax_memory_sharding", default=None)
+
+
+@contextlib.contextmanager
+def memory_sharding(sharding):
+  """Constrains the memory state a model call creates (``memory_state=None``) to ``sharding``
+  (a pytree of shardings matching ``init_memory(B)``). The trainer lets the model create its
+  state, so the layers know it starts at position 0 (SequenceContext.start_aligned)."""
+  token = _MEMORY_SHARDING.set(sharding)
+  try:
+    yield
+  finally:
+    _MEMORY_SHARDING.reset(token)
 
 
 def constrain_activations(x_BxTxD):
@@ -165,14 +183,26 @@ class LMConfig:
       raise ValueError(f"{type(self).__name__}: seq_len must be a positive int, got {seq_len!r}")
 
 
-class SequenceContext(NamedTuple):
-  """Per-token side inputs every block receives (all [B, T]); see the module docstring."""
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=("positions", "segment_ids", "reset", "index", "targets",
+                                "loss_mask"),
+                   meta_fields=("start_aligned",))
+@dataclasses.dataclass(frozen=True)
+class SequenceContext:
+  """Per-token side inputs every block receives (all [B, T]); see the module docstring.
+
+  start_aligned (static, part of the tree structure so it survives ``nnx.remat``): the memory
+  state was created by this call (``memory_state=None``), so every memory starts at stream
+  position 0, on a boundary of every chunk. Chunked layers then need no front padding and run
+  ceil(T / C) chunks instead of the ceil((T + C - 1) / C) a traced start position needs.
+  """
   positions: jax.Array
   segment_ids: jax.Array
   reset: jax.Array | None
   index: jax.Array
   targets: jax.Array
   loss_mask: jax.Array
+  start_aligned: bool = False
 
 
 class PreparedInputs(NamedTuple):
@@ -283,18 +313,20 @@ def check_memory_state(owner: str, memory_state, expected) -> None:
 
 
 def stream_context(stream, tokens_BxT, segment_ids_BxT, positions_BxT, targets_BxT,
-                   loss_mask_BxT, has_segments: bool = True) -> SequenceContext:
+                   loss_mask_BxT, has_segments: bool = True,
+                   start_aligned: bool = False) -> SequenceContext:
   """Builds the SequenceContext: reset where the segment id differs from the previous token's
   (the previous token of the first one is the stream's last token, if any).
 
   With has_segments=False (the caller gave no segment_ids: one document continuing the
   stream) reset is None, which lets memory layers use kernels without reset support.
+  start_aligned: the memory state is fresh (see SequenceContext).
   """
   b, t = tokens_BxT.shape
   index_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   if not has_segments:
     return SequenceContext(positions_BxT, segment_ids_BxT, None, index_BxT, targets_BxT,
-                           loss_mask_BxT)
+                           loss_mask_BxT, start_aligned)
   if stream is None:
     prev_B = segment_ids_BxT[:, 0]  # a fresh stream starts from the initial state anyway
   else:
@@ -302,7 +334,7 @@ def stream_context(stream, tokens_BxT, segment_ids_BxT, positions_BxT, targets_B
   prev_BxT = jnp.concatenate([prev_B[:, None], segment_ids_BxT[:, :-1]], axis=1)
   reset_BxT = segment_ids_BxT != prev_BxT
   return SequenceContext(positions_BxT, segment_ids_BxT, reset_BxT, index_BxT, targets_BxT,
-                         loss_mask_BxT)
+                         loss_mask_BxT, start_aligned)
 
 
 def init_stream(batch_size: int) -> dict[str, jax.Array]:
@@ -378,8 +410,12 @@ class CausalLM(nnx.Module):
       raise ValueError(f"{owner}: tokens must have rank 2 [batch, seq_len], got shape "
                        f"{tuple(tokens.shape)}; add a batch axis with x[None] for one sequence")
     b = tokens.shape[0]
-    if memory_state is None:
+    fresh = memory_state is None
+    if fresh:
       memory_state = self.init_memory(b)
+      sharding = _MEMORY_SHARDING.get()
+      if sharding is not None and self.stateful:
+        memory_state = jax.lax.with_sharding_constraint(memory_state, sharding)
     else:
       check_memory_state(owner, memory_state, jax.eval_shape(lambda: self.init_memory(b)))
     stream = memory_state.get("stream") if self.stateful else None
@@ -388,7 +424,7 @@ class CausalLM(nnx.Module):
         targets=targets, loss_mask=loss_mask,
         start_position=None if stream is None else stream["position"])
     ctx = stream_context(stream, tokens, seg, pos, tgt, mask,
-                         has_segments=segment_ids is not None)
+                         has_segments=segment_ids is not None, start_aligned=fresh)
     return memory_state, PreparedInputs(tokens, ctx)
 
   def forward_embedded(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):

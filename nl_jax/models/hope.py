@@ -117,6 +117,9 @@ class _CMSFields(LMConfig):
       step's norm (inf: eq. 71 unclipped).
     cms_retention: per level gamma in (0, 1] pulling the level back toward its initial
       weights at each step (None: 1, eq. 71 as written); see CMSConfig.retention.
+    cms_meta_gradient: "exact" (differentiate through the levels' in-context gradients, eq.
+      73) or "first_order" (treat them as constants: a cheaper backward, the same forward);
+      see CMSConfig.meta_gradient. cms_objective "local" only.
     chunk_remat: jax.checkpoint every memory chunk / CMS segment (independent of `remat`,
       which rematerialises whole blocks). Without it the backward keeps every segment's
       per-sequence CMS weights and intermediates (Hope small at T=512, B=16 asked XLA for
@@ -135,6 +138,7 @@ class _CMSFields(LMConfig):
   cms_objective: str | None = None
   cms_max_step_norm: float | None = None
   cms_retention: tuple[float, ...] | None = None
+  cms_meta_gradient: str = "exact"
   chunk_remat: bool = True
 
   def __post_init__(self):
@@ -171,12 +175,12 @@ class _CMSFields(LMConfig):
                        chunk_sizes=self.cms_chunk_sizes, learning_rates=self.cms_learning_rates,
                        variant=self.cms_variant, objective=self.choice("cms_objective"),
                        max_step_norm=None if max_norm == math.inf else max_norm,
-                       retention=self.cms_retention, remat=self.chunk_remat,
-                       norm_eps=self.norm_eps, dtype=self.dtype)
+                       retention=self.cms_retention, meta_gradient=self.cms_meta_gradient,
+                       remat=self.chunk_remat, norm_eps=self.norm_eps, dtype=self.dtype)
     except ValueError as e:
       raise ValueError(f"{type(self).__name__}: {e} (fields cms_chunk_sizes, "
                        "cms_learning_rates, cms_variant, cms_objective, cms_max_step_norm, "
-                       "cms_retention, mlp_hidden)") from e
+                       "cms_retention, cms_meta_gradient, mlp_hidden)") from e
 
   @property
   def alignment(self) -> int:
@@ -351,9 +355,10 @@ class HopeBlock(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array, state, ctx: SequenceContext):
     reset = _reset(ctx)
     y, smt_state, smt_aux = self.smt(self.smt_norm(x_BxTxD), state["smt"], ctx.segment_ids,
-                                     reset)
+                                     reset, start_aligned=ctx.start_aligned)
     x_BxTxD = x_BxTxD + y
-    x_BxTxD, cms_state, cms_aux = self.cms(x_BxTxD, state["cms"], reset)
+    x_BxTxD, cms_state, cms_aux = self.cms(x_BxTxD, state["cms"], reset,
+                                           start_aligned=ctx.start_aligned)
     aux = {f"smt/{k}": v for k, v in smt_aux.items()}
     aux.update(_cms_aux(cms_aux))
     return x_BxTxD, {"smt": smt_state, "cms": cms_state}, aux
@@ -376,7 +381,8 @@ class HopeAttentionBlock(nnx.Module):
 
   def __call__(self, x_BxTxD: jax.Array, state, ctx: SequenceContext):
     x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), ctx.positions, ctx.segment_ids)
-    x_BxTxD, cms_state, cms_aux = self.cms(x_BxTxD, state["cms"], _reset(ctx))
+    x_BxTxD, cms_state, cms_aux = self.cms(x_BxTxD, state["cms"], _reset(ctx),
+                                           start_aligned=ctx.start_aligned)
     return x_BxTxD, {"cms": cms_state}, _cms_aux(cms_aux)
 
 

@@ -150,7 +150,7 @@ class TitansBlock(nnx.Module):
 
   def __call__(self, x_BxTxD: jax.Array, state, ctx: SequenceContext):
     y, titans_state, aux = self.titans(self.titans_norm(x_BxTxD), state["titans"], ctx.reset,
-                                       ctx.segment_ids)
+                                       ctx.segment_ids, start_aligned=ctx.start_aligned)
     x_BxTxD = x_BxTxD + y.astype(x_BxTxD.dtype)
     x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
     return x_BxTxD, {"titans": titans_state}, {f"titans/{k}": v for k, v in aux.items()}

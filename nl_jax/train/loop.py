@@ -182,12 +182,13 @@ def make_train_step(setup: Setup):
 
   def forward(params, rest, batch, probes):
     model = nnx.merge(graphdef, params, rest)
-    memory = model.init_memory(batch["inputs"].shape[0])
-    memory = jax.lax.with_sharding_constraint(memory, memory_sh)
     if probes:
       projection.tag_param_paths(model)
-    with model_common.activation_sharding(act_sh), projection.recording(probes):
-      logits, _, aux = model(batch["inputs"], memory, **_model_kwargs(batch))
+    # memory_state=None: the model creates the fresh state (constrained to memory_sh) and
+    # knows it starts at position 0 (no padded chunk in the chunked scans).
+    with model_common.activation_sharding(act_sh), model_common.memory_sharding(memory_sh), \
+        projection.recording(probes):
+      logits, _, aux = model(batch["inputs"], None, **_model_kwargs(batch))
     total, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
     return total / jnp.maximum(count, 1.0), (aux, count)
 
@@ -248,10 +249,8 @@ def make_eval_step(setup: Setup):
 
   def eval_fn(params, batch, rest):
     model = nnx.merge(graphdef, params, rest)
-    memory = model.init_memory(batch["inputs"].shape[0])
-    memory = jax.lax.with_sharding_constraint(memory, memory_sh)
-    with model_common.activation_sharding(act_sh):
-      logits, _, _ = model(batch["inputs"], memory, **_model_kwargs(batch))
+    with model_common.activation_sharding(act_sh), model_common.memory_sharding(memory_sh):
+      logits, _, _ = model(batch["inputs"], None, **_model_kwargs(batch))
     return masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
   batch_sh = {k: setup.batch_sh for k in data_lib.BATCH_KEYS}

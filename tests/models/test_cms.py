@@ -132,3 +132,85 @@ def test_retention_bounds_drift():
   assert kept.max() <= 1.0 / (1 - 0.8) + 1e-5 < free.max()
   with pytest.raises(ValueError, match="retention"):
     CMSConfig(**base, retention=(1.5, 0.8))
+
+
+@pytest.mark.parametrize("variant", ["sequential", "nested"])
+def test_resets_anywhere_equal_token_loop_float64(variant):
+  """Each level scans its own chunks, and a reset inside one (not on a segment boundary either)
+  is exact: row 0 starts a document at position 3; row 1 at 7 and again at 10, two resets in
+  level 1's chunk [6, 12)."""
+  with jax.enable_x64(True):
+    cfg, layer, x = _setup(variant, t=14)
+    params = layer.params()
+    reset = jnp.zeros(x.shape[:2], bool).at[0, 2].set(True).at[1, 6].set(True)
+    reset = reset.at[1, 9].set(True)
+    st = init_state(cfg, params, 2)._replace(position=jnp.array([1, 1], jnp.int32))
+
+    def run(fn):
+      def loss(params, x):
+        y, new = fn(cfg, params, st, x, reset)[:2]
+        return jnp.sum(jnp.sin(y)), (y, new)
+      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+    (_, (y1, s1)), g1 = run(cms_scan)
+    (_, (y2, s2)), g2 = run(sequential_reference)
+    np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-12)
+    _tree_close(s1, s2, rtol=1e-10, atol=1e-12)
+    _tree_close(g1, g2, rtol=1e-9, atol=1e-12)
+
+
+def test_first_order_meta_gradient():
+  """meta_gradient="first_order": the same outputs and state as "exact"; the outer gradient is
+  the token loop's with every in-context gradient held constant, and differs from the exact
+  one (the in-context gradients depend on the initial weights)."""
+  with jax.enable_x64(True):
+    exact, layer, x = _setup("sequential", t=14)
+    first = CMSConfig(**{**exact.__dict__, "meta_gradient": "first_order"})
+    params = layer.params()
+    reset = jnp.zeros(x.shape[:2], bool).at[1, 5].set(True)
+    st = init_state(exact, params, 2)
+
+    def run(fn, cfg):
+      def loss(params, x):
+        y, new = fn(cfg, params, st, x, reset)[:2]
+        return jnp.sum(jnp.sin(y)), (y, new)
+      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+    (_, (y1, s1)), g1 = run(cms_scan, first)
+    (_, (y2, s2)), g2 = run(sequential_reference, first)
+    (_, (y3, s3)), g3 = run(cms_scan, exact)
+    np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-12)
+    _tree_close(g1, g2, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(y1, y3, rtol=1e-12, atol=1e-13)
+    _tree_close(s1, s3, rtol=1e-12, atol=1e-13)
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+               zip(jax.tree.leaves(g1[0].init), jax.tree.leaves(g3[0].init), strict=True))
+    assert diff > 1e-6
+  with pytest.raises(ValueError, match="meta_gradient"):
+    CMSConfig(d_model=4, hidden=6, meta_gradient="none")
+  with pytest.raises(ValueError, match="objective='local' only"):
+    CMSConfig(d_model=4, hidden=6, objective="ntp", meta_gradient="first_order")
+
+
+def _scan_lengths(fn, *args):
+  """The trip counts of the top-level scans of fn's program."""
+  return [e.params["length"] for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns
+          if e.primitive.name == "scan"]
+
+
+@pytest.mark.parametrize("t", [12, 11])
+def test_fresh_state_runs_no_padded_chunk(t):
+  """start_aligned (the caller created the state): each level runs ceil(T / C_l) chunks, not
+  the ceil((T + C_l - 1) / C_l) a traced start position needs; same results."""
+  cfg, layer, x = _setup("sequential", jnp.float32, t=t)
+  params = layer.params()
+  st = init_state(cfg, params, 2)
+  reset = jnp.zeros(x.shape[:2], bool).at[0, 4].set(True)
+  ya, sa, _ = jax.jit(lambda x: cms_scan(cfg, params, st, x, reset, start_aligned=True))(x)
+  yb, sb, _ = jax.jit(lambda x: cms_scan(cfg, params, st, x, reset))(x)
+  np.testing.assert_allclose(ya, yb, rtol=1e-6, atol=1e-6)
+  _tree_close(sa, sb, rtol=1e-6, atol=1e-6)
+  aligned = _scan_lengths(lambda x: cms_scan(cfg, params, st, x, reset, start_aligned=True), x)
+  general = _scan_lengths(lambda x: cms_scan(cfg, params, st, x, reset), x)
+  assert aligned == [-(-t // c) for c in cfg.chunk_sizes]
+  assert general == [-(-(t + c - 1) // c) for c in cfg.chunk_sizes]

@@ -1,0 +1,65 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Chunks aligned to global stream positions, for the layers whose updates happen at chunk ends.
+
+A call of T tokens that starts at stream position p puts its tokens at slots [p % C, p % C + T)
+of n chunks of C slots, so every chunk boundary falls on a global multiple of C whatever the
+split of the stream into calls. When p is traced (a carried state), p % C is unknown at trace
+time and n must cover the worst case, ceil((T + C - 1) / C): one more chunk than needed when T
+is a multiple of C and p is too. A call whose state it created itself knows p = 0
+(``start_aligned``): then n = ceil(T / C) and the tokens are only padded at the end, without
+per-row dynamic slices.
+
+    offset, n = layout(t, c, position_B, start_aligned)
+    x_BxNxCx = to_chunks(x_BxTx, offset, n, c, fill)
+    y_BxTx = from_chunks(y_BxNxCx, offset, t)
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def layout(t: int, c: int, position_B: jax.Array, start_aligned: bool):
+  """(offset, n): offset None when the call starts on a chunk boundary (start_aligned), else
+  the per-row slot of the first token, [B] int32."""
+  if start_aligned:
+    return None, math.ceil(t / c)
+  return position_B % c, math.ceil((t + c - 1) / c)
+
+
+def to_chunks(x_BxTx: jax.Array, offset_B: jax.Array | None, n: int, c: int, fill) -> jax.Array:
+  """Each row's T tokens at slots [offset, offset + T) of n * c slots: [B, n, c, ...]."""
+  b, t = x_BxTx.shape[:2]
+  rest = x_BxTx.shape[2:]
+  if offset_B is None:
+    if n * c != t:
+      pad = jnp.full((b, n * c - t) + rest, fill, x_BxTx.dtype)
+      x_BxTx = jnp.concatenate([x_BxTx, pad], axis=1)
+    return x_BxTx.reshape((b, n, c) + rest)
+
+  def one(row, off):
+    base = jnp.full((n * c,) + rest, fill, row.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(base, row, off, axis=0)
+  return jax.vmap(one)(x_BxTx, offset_B).reshape((b, n, c) + rest)
+
+
+def from_chunks(x_BxNxCx: jax.Array, offset_B: jax.Array | None, t: int) -> jax.Array:
+  """The inverse of to_chunks: the T slots of each row's tokens, [B, T, ...]."""
+  b, n, c = x_BxNxCx.shape[:3]
+  flat = x_BxNxCx.reshape((b, n * c) + x_BxNxCx.shape[3:])
+  if offset_B is None:
+    return flat[:, :t]
+  return jax.vmap(lambda r, o: jax.lax.dynamic_slice_in_dim(r, o, t, axis=0))(flat, offset_B)
