@@ -20,8 +20,10 @@ next-token cross-entropy and its gradient w.r.t. every parameter. Time is the me
 ``--repeats`` calls after a compile-and-warm-up call; memory is the compiled program's
 temporary buffer size (XLA ``memory_analysis``: the peak scratch memory of the step) plus its
 argument size. Ratios are to TransformerPP at the same T; ``MiB/kTok`` checks that memory
-grows linearly in T at fixed batch. Targets (issue 4): Hope >= 0.5x TransformerPP's tokens/s
-at T=2048, ahead of it at T=8192, memory linear in T.
+grows linearly in T at fixed batch. The program columns: seconds to trace and lower the step,
+seconds to compile it, and the lines of its StableHLO. Targets (issue 22): Hope >= 0.8x
+TransformerPP's tokens/s at T=2048, >= 1.5x at T=8192, >= 0.5x at T=512; step memory <= 1.5x
+at T=2048; compile time <= 2x.
 
     python experiments/bench_models.py                    # full table (long: shared CPU!)
     python experiments/bench_models.py --quick            # tiny presets, short T: smoke run
@@ -60,7 +62,12 @@ def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, override
   model = registry.build_model(config, rngs=nnx.Rngs(0))
   step, params = make_step(model)
   tokens = jax.random.randint(jax.random.key(t), (batch, t), 0, config.vocab_size)
-  compiled = jax.jit(step).lower(params, tokens).compile()
+  t0 = time.perf_counter()
+  lowered = jax.jit(step).lower(params, tokens)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  hlo_lines = len(lowered.as_text().splitlines())
   mem = compiled.memory_analysis()
   nbytes = float("nan")
   if mem is not None:
@@ -74,7 +81,8 @@ def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, override
     times.append(time.perf_counter() - t0)
   sec = statistics.median(times)
   return dict(model=name, T=t, B=batch, params=registry.count_params(config), sec=sec,
-              tok_s=batch * t / sec, mib=nbytes / 2**20)
+              tok_s=batch * t / sec, mib=nbytes / 2**20, lower_s=t1 - t0, compile_s=t2 - t1,
+              hlo_lines=hlo_lines)
 
 
 def main(argv=None) -> list[dict]:
@@ -100,7 +108,8 @@ def main(argv=None) -> list[dict]:
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
         f"preset={preset}, {per_step} tokens/step, remat={args.remat}, median of {repeats}")
   header = (f"{'model':<16}{'params':>10}{'T':>7}{'B':>5}{'step s':>9}{'tok/s':>10}"
-            f"{'x TPP':>7}{'MiB':>9}{'MiB/kTok':>10}{'x TPP mem':>10}")
+            f"{'x TPP':>7}{'MiB':>9}{'MiB/kTok':>10}{'x TPP mem':>10}{'lower s':>9}"
+            f"{'compile s':>10}{'x TPP':>7}{'HLO lines':>10}")
   print(header)
   print("-" * len(header))
   rows = []
@@ -113,12 +122,16 @@ def main(argv=None) -> list[dict]:
         ref = row
       speed = row["tok_s"] / ref["tok_s"] if ref else float("nan")
       mem = row["mib"] / ref["mib"] if ref else float("nan")
+      comp = ((row["lower_s"] + row["compile_s"]) / (ref["lower_s"] + ref["compile_s"])
+              if ref else float("nan"))
       print(f"{name:<16}{row['params'] / 1e6:>9.2f}M{t:>7}{batch:>5}{row['sec']:>9.3f}"
             f"{row['tok_s']:>10.0f}{speed:>7.2f}{row['mib']:>9.1f}"
-            f"{row['mib'] / (batch * t / 1000):>10.2f}{mem:>10.2f}", flush=True)
+            f"{row['mib'] / (batch * t / 1000):>10.2f}{mem:>10.2f}{row['lower_s']:>9.1f}"
+            f"{row['compile_s']:>10.1f}{comp:>7.2f}{row['hlo_lines']:>10}", flush=True)
       rows.append(row)
-  print("x TPP = ratio to TransformerPP at the same T (tokens/s; memory); MiB = temp + "
-        "arguments + outputs of the compiled forward+backward step")
+  print("x TPP = ratio to TransformerPP at the same T (tokens/s; memory; trace+lower+compile "
+        "seconds); MiB = temp + arguments + outputs of the compiled forward+backward step; "
+        "HLO lines = the lowered StableHLO program")
   return rows
 
 

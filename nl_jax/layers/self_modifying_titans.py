@@ -358,22 +358,26 @@ def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
 # ----------------------------------------------------------------------------------------
 
 def _write_chunk(mem: MLPMemory, st: MemoryState, k, v, eta, alpha, mu, q, valid):
-  """One anchored chunk of a memory group (leaves [B, G, H, ...]) via MLPMemory's algebra.
+  """One anchored chunk of a memory group (state leaves [B, G, H, ...]) via MLPMemory's algebra.
 
-  k, v, q [B, G, H, C, d]; eta, alpha, mu [B, G, H, C]; valid [B, C]. Invalid (padding)
-  tokens come with eta = 0, alpha = mu = 1, so they leave the state exactly unchanged.
-  Returns (reads [B, G, H, C, d_out] or None, new MemoryState).
+  v [B, G, H, C, d] (one target per memory); k, q [B, H, C, d] and eta, alpha, mu [B, H, C]
+  are shared by the G memories of the group; valid [B, C]. The group is vmapped with the
+  shared inputs unmapped, so what depends on them only (the rule coefficients, the decay
+  kernels, the keys' Gram matrix and the chunk's triangular inverse) is computed once per chunk
+  and head, not once per memory. Invalid (padding) tokens come with eta = 0, alpha = mu = 1,
+  so they leave the state exactly unchanged. Returns (reads [B, G, H, C, d_out] or None, new
+  MemoryState).
   """
   inputs = MemoryInputs(keys=k, values=v, eta=eta, queries=q, alpha=alpha, momentum=mu)
   tok = mem._prepare(inputs, jax.tree.leaves(st.memory)[0].dtype)  # noqa: SLF001
-  tok["valid"] = jnp.broadcast_to(valid[:, None, None, :], eta.shape).astype(eta.dtype)
+  tok["valid"] = jnp.broadcast_to(valid[:, None, :], eta.shape).astype(eta.dtype)
   tok["log_a"] = gates.safe_log_gate(tok["alpha"])
   if mem.momentum:
     tok["log_mu"] = gates.safe_log_gate(tok["mu"])
-  fn = mem._chunk  # noqa: SLF001
-  for _ in range(3):
-    fn = jax.vmap(fn)
-  grouped = k.ndim == jax.tree.leaves(st.memory)[0].ndim
+  fn = jax.vmap(mem._chunk)  # noqa: SLF001  # heads
+  fn = jax.vmap(fn, in_axes=(0, {name: 0 if name == "v" else None for name in tok}))  # group
+  fn = jax.vmap(fn)  # batch
+  grouped = v.ndim == jax.tree.leaves(st.memory)[0].ndim
   lift = (lambda z: z) if grouped else (lambda z: jax.tree.map(lambda a: a[:, None], z))
   drop = (lambda z: z) if grouped else (lambda z: jax.tree.map(lambda a: a[:, 0], z))
   out, (memory, momentum) = fn(lift((st.memory, st.momentum, st.anchor)), tok)
@@ -395,7 +399,6 @@ def _mask_gates(valid_BxC, eta, alpha, mu):
 
 def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: bool = False):
   b, h, t, d = inp.xk.shape
-  p = len(cfg.proj_names)
   dtype = jax.tree.leaves(state.out.memory)[0].dtype
   valid_BxT = jnp.ones((b, t), dtype)
 
@@ -431,14 +434,8 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: 
     mu = ch.get("mu")
     eta, alpha, mu = _mask_gates(ch["valid"], eta, alpha, mu)
     k = jnp.where(ch["valid"][:, None, :, None] > 0, k, 0.0)
-    e_p = jnp.broadcast_to(eta[:, None], (b, p) + eta.shape[1:])
-    a_p = jnp.broadcast_to(alpha[:, None], (b, p) + alpha.shape[1:])
-    mu_p = None if mu is None else jnp.broadcast_to(mu[:, None], (b, p) + mu.shape[1:])
-    k_p = jnp.broadcast_to(k[:, None], (b, p) + k.shape[1:])
-    _, pst = _write_chunk(pmem, pst, k_p, vhat_p, e_p, a_p, mu_p, None, ch["valid"])
-    mu_g = None if mu is None else jnp.stack([mu, mu], axis=1)
-    _, gst = _write_chunk(gmem, gst, jnp.stack([k, k], 1), vhat_g, jnp.stack([eta, eta], 1),
-                          jnp.stack([alpha, alpha], 1), mu_g, None, ch["valid"])
+    _, pst = _write_chunk(pmem, pst, k, vhat_p, eta, alpha, mu, None, ch["valid"])
+    _, gst = _write_chunk(gmem, gst, k, vhat_g, eta, alpha, mu, None, ch["valid"])
     return (pst, gst), (k, v, q, eta, alpha)
 
   body = jax.checkpoint(proj_body) if cfg.remat else proj_body
@@ -476,8 +473,8 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: 
     loss_BxHxC = 0.5 * jnp.sum(err * err, axis=-1) * ch["valid"][:, None, :]
     eta_c, alpha_c, mu_c = _mask_gates(ch["valid"], ch["eta"], ch["alpha"], ch.get("mu"))
     add = lambda z: None if z is None else z[:, None]  # noqa: E731  # group axis G = 1
-    out, ost = _write_chunk(omem, ost, add(ch["k"]), add(vhat), add(eta_c), add(alpha_c),
-                            add(mu_c), add(ch["q"]), ch["valid"])
+    out, ost = _write_chunk(omem, ost, ch["k"], add(vhat), eta_c, alpha_c, mu_c, ch["q"],
+                            ch["valid"])
     vhat_sq = jnp.sum(jax.lax.stop_gradient(vhat) ** 2 * ch["valid"][:, None, :, None])
     return ost, (out[:, 0], jnp.sum(loss_BxHxC, axis=(1, 2)), vhat_sq)
 

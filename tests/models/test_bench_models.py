@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Smoke run of experiments/bench_models.py --quick, in-process (slow: compiles three models)."""
+"""Smoke runs of experiments/bench_models.py (slow: compiles models) and bench_layers.py."""
 
 import importlib.util
 import pathlib
@@ -29,3 +29,17 @@ def test_bench_models_quick_runs(capsys):
   assert [r["model"] for r in rows] == ["transformer_pp", "titans"]
   assert all(r["tok_s"] > 0 and r["mib"] > 0 for r in rows)
   assert "x TPP" in capsys.readouterr().out
+
+
+def test_bench_layers_quick_runs(capsys):
+  """The layer benchmark's smoke run (the fast layers only: SwiGLU and the CMS)."""
+  path = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "bench_layers.py"
+  spec = importlib.util.spec_from_file_location("bench_layers", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  rows = bench.main(["--quick", "--layers", "swiglu,cms_first_order"])
+  assert [r["layer"] for r in rows] == ["swiglu", "cms_first_order"]
+  assert all(r["fwd_bwd_ms"] > 0 for r in rows) and rows[1]["ratio"] > 0
+  assert "x ref" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="unknown layer"):
+    bench.main(["--quick", "--layers", "conv"])
