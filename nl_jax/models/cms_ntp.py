@@ -70,18 +70,28 @@ from nl_jax.losses import masked_cross_entropy
 from nl_jax.models.common import SequenceContext, advance_stream, constrain_activations
 
 
-def _mixer(block, x_BxSxD, state, kv, seg, segment_ids_BxT):
+def _mixer(block, x_BxSxD, state, kv, seg, segment_ids_BxT, start_aligned):
   """The block's sequence mixer with its residual: Hope (SMT) or Hope-Attention (attention).
 
+  start_aligned: the segment starts on a boundary of the mixer's memory chunks, so its memory
+  scans run no padded chunk (see _smt_aligned).
   Returns (x_BxSxD, new mixer state or None, new (k_buf, v_buf) or None, aux dict).
   """
   if hasattr(block, "smt"):
     y, smt_state, smt_aux = block.smt(block.smt_norm(x_BxSxD), state["smt"], seg["segment_ids"],
-                                      seg["reset"])
+                                      seg["reset"], start_aligned=start_aligned)
     return x_BxSxD + y, smt_state, None, {f"smt/{k}": v for k, v in smt_aux.items()}
   y, k_buf, v_buf = block.attn.attend_with_buffer(block.attn_norm(x_BxSxD), seg["positions"],
                                                   seg["start"], kv[0], kv[1], segment_ids_BxT)
   return x_BxSxD + y, None, (k_buf, v_buf), {}
+
+
+def _smt_aligned(block, segment: int, start_aligned: bool) -> bool:
+  """Every segment of a call that starts at position 0 starts at a multiple of the segment
+  length, hence on a boundary of the self-modifying Titans chunks when they divide it."""
+  if not (start_aligned and hasattr(block, "smt")):
+    return False
+  return segment % block.smt.cfg.chunk_size == 0 and segment % block.smt.cfg.proj_chunk_size == 0
 
 
 def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext,
@@ -112,6 +122,7 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   segment_ids_BxT = ctx.segment_ids
 
   block_states0 = [memory_state[f"block_{i}"] for i in range(n_blocks)]
+  aligned = [_smt_aligned(blk, s, ctx.start_aligned) for blk in blocks]
   kv0 = []
   for blk in blocks:
     if hasattr(blk, "smt"):
@@ -134,7 +145,8 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
       x = constrain_activations(seg["x"])
       mixer_states, new_kv, aux = [], [], {}
       for i, blk in enumerate(blocks):
-        x, m_state, kv_i, m_aux = _mixer(blk, x, states[i], kv[i], seg, segment_ids_BxT)
+        x, m_state, kv_i, m_aux = _mixer(blk, x, states[i], kv[i], seg, segment_ids_BxT,
+                                         aligned[i])
         x = constrain_activations(cms_ntp.apply_levels(cms_cfg, cms_params[i], weights[i], x))
         mixer_states.append(m_state)
         new_kv.append(kv_i)

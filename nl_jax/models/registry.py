@@ -26,6 +26,9 @@ Interface of every model (nl_jax.models.common has the shared skeleton):
   continues the stream (one call == two calls). segment_ids (0 = padding) keep attention inside
   a segment and reset memories at the first token of each new segment; positions default to
   arange(T) + tokens already streamed; aux is a flat dict of named scalars.
+  memory_state=None starts from ``init_memory(B)`` and tells the layers so
+  (SequenceContext.start_aligned): their chunked scans then run no padded chunk. Prefer it to
+  passing a fresh ``init_memory(B)`` (the trainer does; the results are the same).
 * Bad input (rank, dtype, ids out of range when concrete, a state from another config) raises
   ValueError before compilation.
 
