@@ -62,11 +62,11 @@ def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, override
   model = registry.build_model(config, rngs=nnx.Rngs(0))
   step, params = make_step(model)
   tokens = jax.random.randint(jax.random.key(t), (batch, t), 0, config.vocab_size)
-  t0 = time.perf_counter()
+  start = time.perf_counter()
   lowered = jax.jit(step).lower(params, tokens)
-  t1 = time.perf_counter()
+  lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  t2 = time.perf_counter()
+  compiled_at = time.perf_counter()
   hlo_lines = len(lowered.as_text().splitlines())
   mem = compiled.memory_analysis()
   nbytes = float("nan")
@@ -81,7 +81,8 @@ def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, override
     times.append(time.perf_counter() - t0)
   sec = statistics.median(times)
   return dict(model=name, T=t, B=batch, params=registry.count_params(config), sec=sec,
-              tok_s=batch * t / sec, mib=nbytes / 2**20, lower_s=t1 - t0, compile_s=t2 - t1,
+              tok_s=batch * t / sec, mib=nbytes / 2**20, lower_s=lowered_at - start,
+              compile_s=compiled_at - lowered_at,
               hlo_lines=hlo_lines)
 
 
