@@ -11,8 +11,9 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""ContinuumMemorySystem: segment-parallel == token loop (float64, forward and gradient),
-streaming across calls with level chunks straddling the split, resets, pretrained init."""
+"""ContinuumMemorySystem: chunk-parallel (a scan per level) == token loop (float64, forward and
+gradient), streaming across calls with level chunks straddling the split, resets anywhere, the
+first-order meta-gradient, no padded chunk for a fresh state, pretrained init."""
 
 import flax.nnx as nnx
 import jax
@@ -45,7 +46,7 @@ def _tree_close(a, b, **kw):
 @pytest.mark.parametrize("variant,retention", [
     ("sequential", None), ("sequential", (0.5, 0.8)),
     pytest.param("independent", None, marks=pytest.mark.slow)])
-def test_segment_parallel_equals_token_loop_float64(variant, retention):
+def test_chunk_parallel_equals_token_loop_float64(variant, retention):
   with jax.enable_x64(True):
     cfg, layer, x = _setup(variant, retention=retention)
     params = layer.params()

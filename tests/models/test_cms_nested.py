@@ -58,7 +58,7 @@ def _moved(a, b):
     pytest.param((2, 2, 6), (0.3, 0.05, 0.2), dict(max_step_norm=0.5, retention=(1.0, 0.8, 0.6)),
                  marks=pytest.mark.slow),
 ])
-def test_segment_parallel_equals_token_loop_float64(chunk_sizes, lrs, options):
+def test_chunk_parallel_equals_token_loop_float64(chunk_sizes, lrs, options):
   """The call starts at position 1 (mid-segment) and row 1 starts a document at position 6
   (inside level 1's context [4, 8)); outputs, the whole state and the gradients w.r.t. every
   parameter and the input agree."""
