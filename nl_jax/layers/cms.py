@@ -299,73 +299,6 @@ def _inner(cfg, grads):
   return jax.lax.stop_gradient(grads) if cfg.meta_gradient == "first_order" else grads
 
 
-def _segment(cfg, params, st: CMSState, x_BxSxD, valid_BxS, reset_BxS, first_reset):
-  """One segment with frozen weights: outputs, per-level gradients, new prev_h / prev_valid.
-
-  first_reset: the per-token reset of the segment has already been applied to st (chunked
-  path) so only pairs are masked here.
-  """
-  del first_reset
-  k = cfg.n_levels
-  x = x_BxSxD.astype(st.prev_h.dtype)
-  vmask = valid_BxS > 0
-  # pair mask: token t pairs with the previous valid token of the same document
-  # Valid tokens are contiguous (padding only before or after them), so a slot whose left
-  # neighbour is padding pairs with the token carried from the previous segment / call.
-  left_valid = jnp.concatenate([jnp.zeros_like(vmask[:, :1]), vmask[:, :-1]], axis=1)
-  prev_ok = left_valid | st.prev_valid[:, None]
-  pair = vmask & prev_ok & ~reset_BxS
-  hs = []
-  outs = []
-  if cfg.variant in ("sequential", "nested"):
-    for lvl in range(k):
-      h = rms_norm(x, params.norm[lvl], cfg.norm_eps)
-      hs.append(h)
-      x = x + _mlp(st.weights[lvl], h)
-    y = x
-  else:
-    h = rms_norm(x, params.norm[0], cfg.norm_eps)
-    for lvl in range(k):
-      hs.append(h)
-      outs.append(_mlp(st.weights[lvl], h))
-    y = x + sum(params.agg[lvl] * outs[lvl] for lvl in range(k))
-  grads = []
-  new_prev = []
-  for lvl in range(k):
-    h = hs[lvl]
-    h_left = jnp.concatenate([jnp.zeros_like(h[:, :1]), h[:, :-1]], axis=1)
-    h_prev = jnp.where(left_valid[:, :, None], h_left, st.prev_h[:, lvl][:, None])
-
-    def loss(w, h_prev=h_prev, h=h):
-      err = _mlp(w, h_prev) - jax.lax.stop_gradient(h)
-      return 0.5 * jnp.sum(jnp.sum(err * err, axis=-1) * pair)
-
-    grads.append(_inner(cfg, jax.grad(loss)(st.weights[lvl])))
-    # last valid token's h of the segment (keep the old one if the segment has none)
-    last = jnp.where(vmask[:, :, None], h, 0.0)
-    idx = jnp.max(jnp.where(vmask, jnp.arange(h.shape[1])[None], -1), axis=1)
-    picked = jnp.take_along_axis(last, jnp.maximum(idx, 0)[:, None, None], axis=1)[:, 0]
-    new_prev.append(jnp.where((idx >= 0)[:, None], picked, st.prev_h[:, lvl]))
-  any_valid = jnp.any(vmask, axis=1)
-  prev_valid = jnp.where(any_valid, True, st.prev_valid)
-  return y, grads, jnp.stack(new_prev, axis=1), prev_valid
-
-
-def _reset(cfg, params, st: CMSState, flag_B) -> CMSState:
-  def sel(new, old):
-    return jnp.where(flag_B.reshape((-1,) + (1,) * (old.ndim - 1)), new.astype(old.dtype), old)
-  weights = tuple(jax.tree.map(lambda i, w: sel(jnp.broadcast_to(i, w.shape), w), init, w)
-                  for init, w in zip(params.init, st.weights, strict=True))
-  acc = tuple(jax.tree.map(lambda a: sel(jnp.zeros_like(a), a), a) for a in st.acc)
-  # nested: the meta-learned initial states go back to the outer ones too (a new document)
-  meta_init = tuple(jax.tree.map(lambda i, w: sel(jnp.broadcast_to(i, w.shape), w), init, w)
-                    for init, w in zip(params.init, st.meta_init, strict=False))
-  meta_acc = tuple(jax.tree.map(lambda a: sel(jnp.zeros_like(a), a), a) for a in st.meta_acc)
-  return st._replace(weights=weights, acc=acc, prev_valid=sel(jnp.zeros_like(st.prev_valid),
-                                                              st.prev_valid),
-                     meta_init=meta_init, meta_acc=meta_acc)
-
-
 def _rows(flag_B, like):
   return flag_B.reshape((-1,) + (1,) * (like.ndim - 1))
 
@@ -400,48 +333,6 @@ def retain(gamma: float, init: SwiGLUWeights, w: SwiGLUWeights,
     i = (i if batched else i[None]).astype(x.dtype)
     return i + gamma * (x - i)
   return jax.tree.map(one, init, w)
-
-
-def _step_levels(cfg, st: CMSState, grads, n_valid_B, end_pos_B, complete_B, init) -> CMSState:
-  """Adds grads to the accumulators and steps every level whose boundary end_pos reaches.
-
-  variant="nested": a level's own step pulls (retention) toward its meta-learned initial
-  weights phi_l, and level l + 1's step also steps phi_l with the sum of level l's gradients
-  over its chunk and re-initialises level l to it (module docstring).
-  """
-  nested = cfg.variant == "nested"
-  steps = [complete_B & (end_pos_B % c == 0) & (n_valid_B > 0) for c in cfg.chunk_sizes]
-  weights, acc = [], []
-  for lvl in range(cfg.n_levels):
-    a = jax.tree.map(jnp.add, st.acc[lvl], grads[lvl])
-    step = steps[lvl]
-    scale = _step_scale(cfg, cfg.lrs[lvl], a)
-    if nested and lvl < cfg.n_levels - 1:
-      base = retain(cfg.gammas[lvl], st.meta_init[lvl], st.weights[lvl], batched=True)
-    else:
-      base = retain(cfg.gammas[lvl], init[lvl], st.weights[lvl])
-    stepped = jax.tree.map(lambda w, g, scale=scale: w - _rows(scale, g) * g, base, a)
-    weights.append(jax.tree.map(lambda n, o, step=step: jnp.where(_rows(step, o), n, o),
-                                stepped, st.weights[lvl]))
-    acc.append(jax.tree.map(lambda g, step=step: jnp.where(_rows(step, g), 0.0, g), a))
-  meta_init, meta_acc = [], []
-  for lvl in range(len(st.meta_init)):
-    parent = lvl + 1
-    m = jax.tree.map(jnp.add, st.meta_acc[lvl], grads[lvl])
-    step = steps[parent]
-    scale = _step_scale(cfg, cfg.lrs[parent], m)
-    base = retain(cfg.gammas[parent], init[lvl], st.meta_init[lvl])
-    phi = jax.tree.map(lambda p, g, scale=scale: p - _rows(scale, g) * g, base, m)
-    phi = jax.tree.map(lambda n, o, step=step: jnp.where(_rows(step, o), n, o), phi,
-                       st.meta_init[lvl])
-    meta_init.append(phi)
-    meta_acc.append(jax.tree.map(lambda g, step=step: jnp.where(_rows(step, g), 0.0, g), m))
-    # The end of level lvl's context: it restarts from phi (its own step at this boundary,
-    # taken above, is dropped; its accumulator is already empty since C_lvl divides C_parent).
-    weights[lvl] = jax.tree.map(lambda n, o, step=step: jnp.where(_rows(step, o), n, o), phi,
-                                weights[lvl])
-  return st._replace(weights=tuple(weights), acc=tuple(acc), meta_init=tuple(meta_init),
-                     meta_acc=tuple(meta_acc))
 
 
 class _LevelCarry(NamedTuple):
@@ -602,26 +493,63 @@ def level_drift(params: CMSParams, weights) -> dict:
 
 
 def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT):
-  """Token loop (executable spec): output with the current weights, accumulate that token's
-  gradient, step the levels whose chunk ends at this token (variant="nested":
-  nested_reference)."""
+  """Token loop of the sequential and independent variants (executable spec; variant="nested":
+  nested_reference). It shares no stepping code with cms_scan. Per token (p = stream position
+  after it; theta0_l = ``level_{l}_init``)::
+
+    a document starts here -> theta_l <- theta0_l, acc_l <- 0, no pair with the previous token
+    y from the current weights (the chain of eq. 70, or eq. 74's weighted sum)
+    g_l = grad_theta 0.5 ||MLP_{theta_l}(h_l at the previous token) - h_l||^2  (0 without a pair)
+    acc_l += g_l; for every l with p % C_l == 0:                                   (eq. 71)
+      theta_l <- theta0_l + gamma_l (theta_l - theta0_l) - s(lr_l, acc_l) acc_l;  acc_l <- 0
+  with s(lr, a) = lr clipped so that ||s a|| <= max_step_norm (_step_scale).
+  """
   if cfg.variant == "nested":
     return nested_reference(cfg, params, st, x_BxTxD, reset_BxT)
-  b, t, d = x_BxTxD.shape
+  b = x_BxTxD.shape[0]
+  k = cfg.n_levels
+  dt = st.prev_h.dtype
+  outer = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a.astype(dt), (b,) + a.shape), w)
+                for w in params.init)
+  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
 
-  def step(st, inp):
-    x_B1D, r_B1 = inp
-    st = _reset(cfg, params, st, r_B1[:, 0])
-    y, grads, prev_h, prev_valid = _segment(cfg, params, st, x_B1D, jnp.ones((b, 1)), r_B1,
-                                            None)
-    end = st.position + 1
-    new = _step_levels(cfg, st, grads, jnp.ones((b,), jnp.int32), end, jnp.ones((b,), bool),
-                       params.init)
-    return new._replace(prev_h=prev_h, prev_valid=prev_valid, position=end), y[:, 0]
+  def mlp(w, h_BxD):
+    return _mlp(w, h_BxD[:, None])[:, 0]
 
-  xs = (jnp.moveaxis(x_BxTxD.astype(st.prev_h.dtype), 1, 0)[:, :, None],
-        jnp.moveaxis(reset_BxT, 1, 0)[:, :, None])
-  st, y = jax.lax.scan(step, st, xs)
+  def token(st, inp):
+    x, r_B = inp
+    theta = _where_rows(r_B, outer, st.weights)
+    acc = _where_rows(r_B, zeros(st.acc), st.acc)
+    paired = st.prev_valid & ~r_B
+    if cfg.variant == "independent":
+      hs = [rms_norm(x, params.norm[0], cfg.norm_eps)] * k
+      y = x + sum(params.agg[lvl] * mlp(theta[lvl], hs[lvl]) for lvl in range(k))
+    else:
+      hs = []
+      for lvl in range(k):
+        hs.append(rms_norm(x, params.norm[lvl], cfg.norm_eps))
+        x = x + mlp(theta[lvl], hs[lvl])
+      y = x
+    p = st.position + 1
+    new_theta, new_acc = [], []
+    for lvl, c in enumerate(cfg.chunk_sizes):
+
+      def loss(w, h_prev=st.prev_h[:, lvl], h=hs[lvl]):
+        err = mlp(w, h_prev) - jax.lax.stop_gradient(h)
+        return 0.5 * jnp.sum(jnp.sum(err * err, axis=-1) * paired)
+
+      a = jax.tree.map(jnp.add, acc[lvl], _inner(cfg, jax.grad(loss)(theta[lvl])))
+      s = _step_scale(cfg, cfg.lrs[lvl], a)
+      stepped = jax.tree.map(lambda w, g, s=s: w - _rows(s, g) * g,
+                             retain(cfg.gammas[lvl], params.init[lvl], theta[lvl]), a)
+      new_theta.append(_where_rows(p % c == 0, stepped, theta[lvl]))
+      new_acc.append(_where_rows(p % c == 0, zeros(a), a))
+    new = CMSState(tuple(new_theta), tuple(new_acc), jnp.stack(hs, axis=1),
+                   jnp.ones((b,), bool), p)
+    return new, y
+
+  xs = (jnp.moveaxis(x_BxTxD.astype(dt), 1, 0), jnp.moveaxis(reset_BxT, 1, 0))
+  st, y = jax.lax.scan(token, st, xs)
   return jnp.moveaxis(y, 0, 1).astype(x_BxTxD.dtype), st
 
 
@@ -651,9 +579,6 @@ def nested_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, r
                 for w in params.init)
   zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
 
-  def where(flag_B, new, old):
-    return jax.tree.map(lambda n, o: jnp.where(_rows(flag_B, o), n, o), new, old)
-
   def mlp(w, h_BxD):
     return _mlp(w, h_BxD[:, None])[:, 0]
 
@@ -661,7 +586,7 @@ def nested_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, r
     x, r_B = inp
     fresh = CMSState(outer, zeros(outer), st.prev_h, jnp.zeros((b,), bool), st.position,
                      outer[:k - 1], zeros(outer[:k - 1]))
-    st = where(r_B, fresh, st)
+    st = _where_rows(r_B, fresh, st)
     hs, grads = [], []
     for lvl in range(k):
       h = rms_norm(x, params.norm[lvl], cfg.norm_eps)
@@ -682,8 +607,8 @@ def nested_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, r
       gamma = cfg.gammas[lvl]
       stepped = jax.tree.map(lambda th, ph, g, s=s, gamma=gamma: ph + gamma * (th - ph)
                              - _rows(s, g) * g, theta[lvl], phi[lvl], a)
-      theta[lvl] = where(p % c == 0, stepped, theta[lvl])
-      acc.append(where(p % c == 0, zeros(a), a))
+      theta[lvl] = _where_rows(p % c == 0, stepped, theta[lvl])
+      acc.append(_where_rows(p % c == 0, zeros(a), a))
     meta_init, meta_acc = [], []
     for lvl in range(k - 1):
       m = jax.tree.map(jnp.add, st.meta_acc[lvl], grads[lvl])
@@ -692,10 +617,10 @@ def nested_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, r
       new_phi = jax.tree.map(lambda ph, ph0, g, s=s, gamma=gamma: ph0 + gamma * (ph - ph0)
                              - _rows(s, g) * g, phi[lvl], outer[lvl], m)
       end_of_context = p % cfg.chunk_sizes[lvl + 1] == 0
-      meta_init.append(where(end_of_context, new_phi, phi[lvl]))
-      meta_acc.append(where(end_of_context, zeros(m), m))
-      theta[lvl] = where(end_of_context, meta_init[lvl], theta[lvl])
-      acc[lvl] = where(end_of_context, zeros(acc[lvl]), acc[lvl])
+      meta_init.append(_where_rows(end_of_context, new_phi, phi[lvl]))
+      meta_acc.append(_where_rows(end_of_context, zeros(m), m))
+      theta[lvl] = _where_rows(end_of_context, meta_init[lvl], theta[lvl])
+      acc[lvl] = _where_rows(end_of_context, zeros(acc[lvl]), acc[lvl])
     new = CMSState(tuple(theta), tuple(acc), jnp.stack(hs, axis=1), jnp.ones((b,), bool), p,
                    tuple(meta_init), tuple(meta_acc))
     return new, x

@@ -25,13 +25,12 @@ a read. This module turns them into the public batched API::
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nl_jax.memory import gates
+from nl_jax.memory import aligned_chunks, gates
 from nl_jax.memory.types import (
   READS,
   RETENTION_ORDERS,
@@ -320,17 +319,12 @@ class FastLevel:
     # of C: a call that starts mid-chunk is front-padded with no-op tokens so its first chunk
     # ends at the same boundary as before, and resets land on chunk starts. A call known to
     # start on a boundary (start_aligned) needs neither the padding nor the extra chunk.
-    aligned = (anchored or fresh is not None) and not start_aligned
-    offset = position % c if aligned else 0
-    n = math.ceil((t + (c - 1 if aligned else 0)) / c)
-    length = n * c
-    unpadded = not aligned and length == t
+    # Without anchors or resets, chunks need not be aligned: the call starts a chunk.
+    from_boundary = start_aligned or not (anchored or fresh is not None)
+    offset, n = aligned_chunks.layout(t, c, position[None], from_boundary)
 
-    def pad(x, fill):
-      if unpadded:
-        return x  # whole chunks and no offset: nothing to pad (and no copy of the inputs)
-      base = jnp.full((length,) + x.shape[1:], fill, x.dtype)
-      return jax.lax.dynamic_update_slice_in_dim(base, x, offset, axis=0)
+    def pad(x, fill):  # one row (this function is vmapped over the batch)
+      return aligned_chunks.to_chunks(x[None], offset, n, c, fill)[0]
 
     dtype = tok["k"].dtype
     valid = pad(jnp.ones((t,), dtype), 0.0)
@@ -343,15 +337,11 @@ class FastLevel:
     padded["log_a"] = gates.safe_log_gate(padded["alpha"])
     if self.momentum:
       padded["log_mu"] = gates.safe_log_gate(padded["mu"])
-    chunks = jax.tree.map(lambda x: x.reshape((n, c) + x.shape[1:]), padded)
 
-    carry, outs = self._run_chunks(carry, chunks, fresh)
+    carry, outs = self._run_chunks(carry, padded, fresh)
     if outs is None:
       return None, carry
-    outs = outs.reshape((length,) + outs.shape[2:])
-    if unpadded:
-      return outs, carry
-    return jax.lax.dynamic_slice_in_dim(outs, offset, t, axis=0), carry
+    return aligned_chunks.from_chunks(outs[None], offset, t)[0], carry
 
   def _run_chunks(self, carry, chunks, fresh):
     """Scans _chunk over the stacked chunks; returns (carry, outputs [N, C, ...] or None)."""

@@ -78,3 +78,12 @@ def tiny_loss_and_grads(model, tokens):
 
   (value, state), grads = loss_and_grad(params)
   return float(value), state, grads
+
+
+def cms_run(fn, cfg, params, state, x, reset):
+  """((loss, (y, new_state)), (d/d params, d/d x)) of sum(sin(y)) for a CMS path
+  ``fn(cfg, params, state, x, reset)`` (cms_scan or a token-loop reference), jitted."""
+  def loss(params, x):
+    y, new = fn(cfg, params, state, x, reset)[:2]
+    return jnp.sum(jnp.sin(y)), (y, new)
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)

@@ -28,6 +28,7 @@ from nl_jax.layers.cms import (
     init_state,
     sequential_reference,
 )
+from tests.models.helpers import cms_run
 
 
 def _setup(variant, dtype=jnp.float64, b=2, t=11, retention=None):
@@ -53,15 +54,8 @@ def test_chunk_parallel_equals_token_loop_float64(variant, retention):
     reset = jnp.zeros(x.shape[:2], bool).at[1, 5].set(True)  # a document starts at position 6
     st = init_state(cfg, params, 2)._replace(position=jnp.array([1, 1], jnp.int32))
 
-    def run(fn):
-      def loss(params, x):
-        out = fn(cfg, params, st, x, reset)
-        y, new = out[0], out[1]
-        return jnp.sum(jnp.sin(y)), (y, new)
-      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
-
-    (_, (y1, s1)), g1 = run(cms_scan)
-    (_, (y2, s2)), g2 = run(sequential_reference)
+    (_, (y1, s1)), g1 = cms_run(cms_scan, cfg, params, st, x, reset)
+    (_, (y2, s2)), g2 = cms_run(sequential_reference, cfg, params, st, x, reset)
     np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-12)
     _tree_close(s1, s2, rtol=1e-10, atol=1e-12)
     _tree_close(g1, g2, rtol=1e-9, atol=1e-12)
@@ -147,14 +141,8 @@ def test_resets_anywhere_equal_token_loop_float64(variant):
     reset = reset.at[1, 9].set(True)
     st = init_state(cfg, params, 2)._replace(position=jnp.array([1, 1], jnp.int32))
 
-    def run(fn):
-      def loss(params, x):
-        y, new = fn(cfg, params, st, x, reset)[:2]
-        return jnp.sum(jnp.sin(y)), (y, new)
-      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
-
-    (_, (y1, s1)), g1 = run(cms_scan)
-    (_, (y2, s2)), g2 = run(sequential_reference)
+    (_, (y1, s1)), g1 = cms_run(cms_scan, cfg, params, st, x, reset)
+    (_, (y2, s2)), g2 = cms_run(sequential_reference, cfg, params, st, x, reset)
     np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-12)
     _tree_close(s1, s2, rtol=1e-10, atol=1e-12)
     _tree_close(g1, g2, rtol=1e-9, atol=1e-12)
@@ -171,15 +159,9 @@ def test_first_order_meta_gradient():
     reset = jnp.zeros(x.shape[:2], bool).at[1, 5].set(True)
     st = init_state(exact, params, 2)
 
-    def run(fn, cfg):
-      def loss(params, x):
-        y, new = fn(cfg, params, st, x, reset)[:2]
-        return jnp.sum(jnp.sin(y)), (y, new)
-      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
-
-    (_, (y1, s1)), g1 = run(cms_scan, first)
-    (_, (y2, s2)), g2 = run(sequential_reference, first)
-    (_, (y3, s3)), g3 = run(cms_scan, exact)
+    (_, (y1, s1)), g1 = cms_run(cms_scan, first, params, st, x, reset)
+    (_, (y2, s2)), g2 = cms_run(sequential_reference, first, params, st, x, reset)
+    (_, (y3, s3)), g3 = cms_run(cms_scan, exact, params, st, x, reset)
     np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-12)
     _tree_close(g1, g2, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(y1, y3, rtol=1e-12, atol=1e-13)

@@ -30,7 +30,7 @@ from nl_jax.layers.cms import (
     nested_reference,
 )
 from nl_jax.models import registry
-from tests.models.helpers import jitted_forward
+from tests.models.helpers import cms_run, jitted_forward
 
 
 def _setup(chunk_sizes, lrs, dtype=jnp.float64, b=2, t=11, variant="nested", **options):
@@ -67,14 +67,8 @@ def test_chunk_parallel_equals_token_loop_float64(chunk_sizes, lrs, options):
     reset = jnp.zeros(x.shape[:2], bool).at[1, 5].set(True)
     st = init_state(cfg, params, 2)._replace(position=jnp.array([1, 1], jnp.int32))
 
-    def run(fn):
-      def loss(params, x):
-        y, new = fn(cfg, params, st, x, reset)[:2]
-        return jnp.sum(jnp.sin(y)), (y, new)
-      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
-
-    (_, (y1, s1)), g1 = run(cms_scan)
-    (_, (y2, s2)), g2 = run(nested_reference)
+    (_, (y1, s1)), g1 = cms_run(cms_scan, cfg, params, st, x, reset)
+    (_, (y2, s2)), g2 = cms_run(nested_reference, cfg, params, st, x, reset)
     np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-12)
     _tree_close(s1, s2, rtol=1e-10, atol=1e-12)
     _tree_close(g1, g2, rtol=1e-9, atol=1e-12)
