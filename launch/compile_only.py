@@ -28,6 +28,7 @@ abstract inputs only: nothing is allocated.
 
 import os
 import sys
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -110,11 +111,18 @@ def main(argv):
            for k in data_lib.BATCH_KEYS}
   rest = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), setup.rest)
   step = loop.make_train_step(setup)
-  compiled = step.trace(setup.abstract_params, setup.abstract_train_state, batch,
-                        rest).lower().compile()
+  t0 = time.perf_counter()
+  traced = step.trace(setup.abstract_params, setup.abstract_train_state, batch, rest)
+  t1 = time.perf_counter()
+  lowered = traced.lower()
+  t2 = time.perf_counter()
+  compiled = lowered.compile()
+  t3 = time.perf_counter()
   print(f"model {config.model_name}: {setup.num_params:,} parameters; mesh "
         f"{dict(setup.mesh.shape)} on {len(devices)} x {devices[0].device_kind}; batch "
         f"{shape[0]} x {shape[1]}")
+  print(f"  trace {t1 - t0:.1f} s, lower {t2 - t1:.1f} s, compile {t3 - t2:.1f} s; "
+        f"{len(lowered.as_text().splitlines()):,} lines of StableHLO")
   _print_flops(compiled, shape[0] * shape[1] / len(devices))
   mem = compiled.memory_analysis()
   if mem is None:

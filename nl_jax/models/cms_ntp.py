@@ -115,7 +115,7 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   s = cms_cfg.segment
   b, t, _ = x_BxTxD.shape
   n_full, rem = divmod(t, s)
-  blocks = list(model.blocks)
+  blocks = model.block_list()
   n_blocks = len(blocks)
   cms_params = [blk.cms.params() for blk in blocks]
   reset_BxT = ctx.reset if ctx.reset is not None else jnp.zeros((b, t), bool)

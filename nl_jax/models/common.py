@@ -35,7 +35,12 @@ What lives here, so TransformerPP, Titans, Hope and HopeAttention share one defi
   XLA).
 * ``CausalLM``: embedding (`embed`) -> blocks -> final RMSNorm (`final_norm`) -> head
   (tied, or `lm_head` [d_model, vocab]), per-block ``nnx.remat`` when ``config.remat``, and
-  aux collection: a block returns a flat dict, which appears as ``block_{i}/<key>``.
+  aux collection: a block returns a flat dict, which appears as ``block_{i}/<key>``. With
+  ``config.scan_layers`` the blocks are built as usual, stacked into one module
+  (``scanned_blocks``, every variable [n_layers, ...]; `stack_modules`) and run under one
+  ``jax.lax.scan`` (``jax.checkpoint`` per block when ``config.remat``); the memory state and
+  aux keep their per-block layout. ``block_list()`` gives per-block views in either layout
+  (the CMS next-token driver runs the blocks one by one through it).
 
 A model subclasses ``CausalLM`` and implements ``make_block(index, rngs)``; a block is an
 ``nnx.Module`` with::
@@ -68,6 +73,7 @@ import numpy as np
 from nl_jax.layers.embed import Embed
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import RMSNorm
+from nl_jax.optim.partition import STACKED_BLOCKS
 
 DTYPES = ("float32", "bfloat16")
 
@@ -129,6 +135,14 @@ class LMConfig:
     dtype: activation dtype, "float32" or "bfloat16" (logits and memory states stay float32).
     param_dtype: parameter storage dtype.
     remat: rematerialise each block in the backward pass (memory ~ one block's activations).
+    scan_layers: run the blocks under one ``jax.lax.scan`` over parameters stacked on a
+      leading "layers" axis (``scanned_blocks/...`` [n_layers, ...] instead of
+      ``blocks/<i>/...``): the step compiles one block instead of n_layers, and with ``remat``
+      the backward keeps one residual stream per block. Same initialisation and outputs as the
+      unrolled blocks (a test checks); the memory state keeps its ``block_<i>`` entries. The
+      parameter tree differs, so a checkpoint of one layout does not restore into the other
+      (the trainer refuses the changed field before restoring). DGD needs the unrolled
+      layout (its input statistics are per layer).
     tie_embeddings: the output head reuses the embedding table (else a separate `lm_head`).
     norm_eps: RMSNorm epsilon.
     rope_theta: RoPE base.
@@ -148,6 +162,7 @@ class LMConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  scan_layers: bool = False
   tie_embeddings: bool = True
   norm_eps: float = 1e-6
   rope_theta: float = 10000.0
@@ -360,7 +375,12 @@ class CausalLM(nnx.Module):
     self.config = config
     dt, pdt = config.jnp_dtype, config.jnp_param_dtype
     self.embed = Embed(config.vocab_size, config.d_model, dtype=dt, param_dtype=pdt, rngs=rngs)
-    self.blocks = nnx.List([self.make_block(i, rngs) for i in range(config.n_layers)])
+    blocks = [self.make_block(i, rngs) for i in range(config.n_layers)]
+    if config.scan_layers:
+      # Built one by one and then stacked, so both layouts draw the same initial values.
+      setattr(self, STACKED_BLOCKS, stack_modules(blocks))
+    else:
+      self.blocks = nnx.List(blocks)
     self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps, param_dtype=pdt)
     if not config.tie_embeddings:
       self.lm_head = nnx.Param(dense_init(rngs.params(), (config.d_model, config.vocab_size),
@@ -374,9 +394,16 @@ class CausalLM(nnx.Module):
     if not self.stateful:
       return {}
     state = {"stream": init_stream(batch_size)}
-    for i, block in enumerate(self.blocks):
+    for i, block in enumerate(self.block_list()):
       state[f"block_{i}"] = block.init_memory(batch_size)
     return state
+
+  def block_list(self) -> list[nnx.Module]:
+    """The blocks, one module each. Under ``scan_layers`` these are views that read slices of
+    the stacked parameters (differentiable; writing to a view does not reach the model)."""
+    if not self.config.scan_layers:
+      return list(self.blocks)
+    return unstack_module(getattr(self, STACKED_BLOCKS), self.config.n_layers)
 
   def head(self, x_BxTxD: jax.Array) -> jax.Array:
     """Final norm and read-out; float32 logits."""
@@ -438,6 +465,8 @@ class CausalLM(nnx.Module):
     Returns:
       (logits_BxTxV float32, new_memory_state, aux).
     """
+    if self.config.scan_layers:
+      return self._forward_scanned(x_BxTxD, memory_state, ctx)
     new_state = {}
     aux = {}
     x = constrain_activations(x_BxTxD)
@@ -455,3 +484,54 @@ class CausalLM(nnx.Module):
     if self.stateful:
       new_state["stream"] = advance_stream(memory_state["stream"], ctx.segment_ids)
     return self.head(x), new_state, aux
+
+  def _forward_scanned(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):
+    """forward_embedded with the blocks under one ``lax.scan`` (``config.scan_layers``)."""
+    n = self.config.n_layers
+    graphdef, params = nnx.split(getattr(self, STACKED_BLOCKS))
+    states_in = None
+    if self.stateful:
+      states_in = stack_trees([memory_state[f"block_{i}"] for i in range(n)])
+
+    def body(x, xs):
+      block_params, block_state = xs
+      block = nnx.merge(graphdef, block_params)
+      x, block_state, block_aux = block(x, block_state if self.stateful else {}, ctx)
+      return constrain_activations(x), (block_state if self.stateful else None, block_aux)
+
+    if self.config.remat:
+      # The scan saves each block's input; the block's insides are recomputed (nnx.remat's
+      # policy in the unrolled layout).
+      body = jax.checkpoint(body, prevent_cse=False)
+    x, (states, auxs) = jax.lax.scan(body, constrain_activations(x_BxTxD), (params, states_in))
+    new_state = {}
+    if self.stateful:
+      for i in range(n):
+        new_state[f"block_{i}"] = jax.tree.map(lambda a, i=i: a[i], states)
+      new_state["stream"] = advance_stream(memory_state["stream"], ctx.segment_ids)
+    aux = {f"block_{i}/{k}": v[i] for i in range(n) for k, v in auxs.items()}
+    return self.head(x), new_state, aux
+
+
+def stack_trees(trees: list[Any]) -> Any:
+  """Stacks same-structured pytrees leaf by leaf on a new leading axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
+  """One module of the first one's structure whose variables are the modules' stacked on a
+  leading axis (the ``scan_layers`` layout)."""
+  graphdef, state = nnx.split(modules[0])
+  shapes = jax.tree.map(lambda a: (a.shape, a.dtype), state)
+  for i, m in enumerate(modules[1:], 1):
+    other_graphdef, other = nnx.split(m)
+    if other_graphdef != graphdef or jax.tree.map(lambda a: (a.shape, a.dtype), other) != shapes:
+      raise ValueError(f"scan_layers: block {i} differs in structure from block 0; the stacked "
+                       "layout needs identical blocks (set model.scan_layers=False)")
+  return nnx.merge(graphdef, stack_trees([nnx.state(m) for m in modules]))
+
+
+def unstack_module(stacked: nnx.Module, n: int) -> list[nnx.Module]:
+  """The ``n`` modules of a `stack_modules` result (views of slices of its variables)."""
+  graphdef, state = nnx.split(stacked)
+  return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state)) for i in range(n)]

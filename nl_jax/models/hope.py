@@ -230,11 +230,11 @@ class HopeConfig(_CMSFields):
                     smt_proj_chunk_size=64),
       "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
                    mlp_hidden=1600, cms_chunk_sizes=(64, 512), smt_chunk_size=64,
-                   smt_proj_chunk_size=64, tie_embeddings=False, remat=True,
+                   smt_proj_chunk_size=64, tie_embeddings=False, remat=True, scan_layers=True,
                    dtype="bfloat16"),
       "1_3b": dict(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, head_dim=128,
                    mlp_hidden=2240, cms_chunk_sizes=(64, 512), smt_chunk_size=64,
-                   smt_proj_chunk_size=64, tie_embeddings=True, remat=True,
+                   smt_proj_chunk_size=64, tie_embeddings=True, remat=True, scan_layers=True,
                    dtype="bfloat16"),
   }
 
@@ -319,10 +319,10 @@ class HopeAttentionConfig(_CMSFields):
                     mlp_hidden=704, cms_chunk_sizes=(128, 512)),
       "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
                    mlp_hidden=2048, cms_chunk_sizes=(64, 512), tie_embeddings=False,
-                   remat=True, dtype="bfloat16"),
+                   remat=True, scan_layers=True, dtype="bfloat16"),
       "1_3b": dict(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, head_dim=128,
                    mlp_hidden=2816, cms_chunk_sizes=(64, 512), tie_embeddings=True,
-                   remat=True, dtype="bfloat16"),
+                   remat=True, scan_layers=True, dtype="bfloat16"),
   }
 
   sliding_window: int | None = None

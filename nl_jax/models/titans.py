@@ -73,10 +73,10 @@ class TitansConfig(LMConfig):
                     mlp_hidden=1152, chunk_size=64),
       "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
                    mlp_hidden=3392, chunk_size=64, tie_embeddings=False, remat=True,
-                   dtype="bfloat16"),
+                   scan_layers=True, dtype="bfloat16"),
       "1_3b": dict(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, head_dim=128,
                    mlp_hidden=4736, chunk_size=64, tie_embeddings=True, remat=True,
-                   dtype="bfloat16"),
+                   scan_layers=True, dtype="bfloat16"),
   }
 
   memory_depth: int = 2

@@ -41,7 +41,7 @@ class TransformerPPConfig(LMConfig):
   * 1_3b: 24 layers, d=2048, 16 heads x 128, SwiGLU 5632, vocab 32000, tied (1298.8M, -0.1%).
 
   (spec 7.3's suggested 24 x 1536 and 24 x 2048 with a 32K vocabulary; the large presets use
-  bfloat16 activations and per-block remat.)
+  bfloat16 activations, per-block remat and the blocks under one scan (`scan_layers`).)
 
   Attributes:
     sliding_window: attend to at most this many most recent tokens, or None (global).
@@ -54,9 +54,11 @@ class TransformerPPConfig(LMConfig):
       "small": dict(vocab_size=259, d_model=512, n_layers=6, n_heads=8, head_dim=64,
                     mlp_hidden=1408),
       "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
-                   mlp_hidden=4096, tie_embeddings=False, remat=True, dtype="bfloat16"),
+                   mlp_hidden=4096, tie_embeddings=False, remat=True, scan_layers=True,
+                   dtype="bfloat16"),
       "1_3b": dict(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, head_dim=128,
-                   mlp_hidden=5632, tie_embeddings=True, remat=True, dtype="bfloat16"),
+                   mlp_hidden=5632, tie_embeddings=True, remat=True, scan_layers=True,
+                   dtype="bfloat16"),
   }
 
   sliding_window: int | None = None

@@ -21,6 +21,11 @@ comes from the same axes, by `MATRIX_VIEWS`: heads x head_dim fold into one matr
 head_dim] is the matrix ``embed x (heads * head_dim)`` and ``wo`` [heads, head_dim, embed] is
 ``(heads * head_dim) x embed``.
 
+Blocks stacked for ``scan_layers`` live under `STACKED_BLOCKS` ("scanned_blocks/attn/wq",
+shape [n_layers, ...]): the rules are matched on the shape without the leading axis, which gets
+the logical axis "layers"; for the matrix rules it is a batch axis (each layer's matrix is
+orthogonalised on its own).
+
 Kinds (`Assignment.kind`):
 
 * ``"projection"``: a weight with matrix logical axes that multiplies the layer input directly
@@ -42,6 +47,11 @@ from typing import Any, NamedTuple
 import jax
 
 from nl_jax.optim import newton_schulz as ns
+
+# The module attribute (and so the parameter path prefix) of blocks stacked on a leading
+# "layers" axis (nl_jax.models.common, LMConfig.scan_layers).
+STACKED_BLOCKS = "scanned_blocks"
+LAYERS_AXIS = "layers"
 
 # Logical axes of a matrix -> its matrix view (rows = reduction/input axes).
 MATRIX_VIEWS: dict[tuple[str, ...], ns.DimensionNumbers] = {
@@ -106,11 +116,28 @@ def path_str(path: Sequence[Any]) -> str:
 def logical_axes_of(path: str, shape: Sequence[int],
                     param_rules: Sequence[tuple[str, Sequence[str | None]]]
                     ) -> tuple[str | None, ...] | None:
-  """The logical axes of the first rule matching ``path`` with the parameter's rank."""
+  """The logical axes of the first rule matching ``path`` with the parameter's rank.
+
+  A parameter of stacked blocks (path under `STACKED_BLOCKS`) is matched without its leading
+  axis, which is `LAYERS_AXIS`.
+  """
+  stacked = is_stacked(path)
+  rank = len(shape) - 1 if stacked else len(shape)
   for regex, axes in param_rules:
-    if len(axes) == len(shape) and re.search(regex, path):
-      return tuple(axes)
+    if len(axes) == rank and re.search(regex, path):
+      return ((LAYERS_AXIS,) if stacked else ()) + tuple(axes)
   return None
+
+
+def is_stacked(path: str) -> bool:
+  """Whether ``path`` names a parameter of blocks stacked on a leading "layers" axis."""
+  return path == STACKED_BLOCKS or path.startswith(STACKED_BLOCKS + "/")
+
+
+def _shifted(dims: ns.DimensionNumbers, by: int) -> ns.DimensionNumbers:
+  def shift(a):
+    return a + by if isinstance(a, int) else tuple(x + by for x in a)
+  return ns.DimensionNumbers(shift(dims.reduction_axis), shift(dims.output_axis))
 
 
 def assign_one(path: str, shape: Sequence[int],
@@ -124,7 +151,10 @@ def assign_one(path: str, shape: Sequence[int],
   for axis, why in NON_MATRIX_AXES.items():
     if axis in logical:
       return Assignment(path, shape, logical, "other", None, why)
-  dims = MATRIX_VIEWS.get(logical)
+  stacked = logical[:1] == (LAYERS_AXIS,)
+  dims = MATRIX_VIEWS.get(logical[1:] if stacked else logical)
+  if dims is not None and stacked:
+    dims = _shifted(dims, 1)  # the layers axis is a batch axis of the matrix view
   if dims is None:
     return Assignment(path, shape, logical, "other", None,
                       f"logical axes {logical} are not a matrix view")

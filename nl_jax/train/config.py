@@ -78,6 +78,8 @@ LOGICAL_AXES = (
     ("gates", ()),
     ("conv_width", ()),
     ("norm", ()),
+    # The leading axis of blocks stacked for scan_layers (each device holds every layer).
+    ("layers", ()),
 )
 # Memory state: every leaf has a leading batch axis (the interface), sharded like the batch.
 MEMORY_RULES = ((r".*", ("batch",)),)
@@ -412,6 +414,9 @@ def validate(config: Any, *, num_devices: int | None = None,
   opt = config.optimizer
   if opt.name not in OPTIMIZERS:
     bad("optimizer.name", f"unknown optimizer {opt.name!r}; choose one of {list(OPTIMIZERS)}")
+  if opt.name == "dgd" and getattr(model_cfg, "scan_layers", False):
+    bad("model.scan_layers", "optimizer.name='dgd' needs the input statistics of each layer, "
+        "and stacked blocks share one probe per weight; set --config.model.scan_layers=False")
   if opt.schedule not in SCHEDULES:
     bad("optimizer.schedule", f"unknown schedule {opt.schedule!r}; choose one of "
         f"{list(SCHEDULES)}")

@@ -37,6 +37,7 @@ from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nl_jax.optim import partition
 from nl_jax.optim.partition import path_str  # noqa: F401  (re-exported: sharding regexes)
 from nl_jax.train import config as config_lib
 
@@ -81,18 +82,17 @@ def _rules(rules) -> list[tuple[re.Pattern, tuple]]:
 def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence, logical_axes: Sequence,
                    *, what: str = "parameter") -> Any:
   """NamedShardings for every leaf of ``tree`` (arrays or ShapeDtypeStructs) by the rules."""
-  compiled = _rules(rules)
   logical = {name: tuple(axes) for name, axes in logical_axes}
 
   def one(path, leaf):
     name = path_str(path)
     shape = tuple(leaf.shape)
-    for regex, axes in compiled:
-      if len(axes) == len(shape) and regex.search(name):
-        spec = spec_for(shape, axes, logical, mesh)
-        logging.debug("%s %s %s -> %s", what, name, shape, spec)
-        return NamedSharding(mesh, spec)
-    return NamedSharding(mesh, P())
+    axes = partition.logical_axes_of(name, shape, rules)
+    if axes is None:
+      return NamedSharding(mesh, P())
+    spec = spec_for(shape, axes, logical, mesh)
+    logging.debug("%s %s %s -> %s", what, name, shape, spec)
+    return NamedSharding(mesh, spec)
 
   return jax.tree_util.tree_map_with_path(one, tree)
 

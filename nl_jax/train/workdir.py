@@ -29,6 +29,7 @@
   row, so every step appears once and the resume point is marked.
 """
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -176,9 +177,31 @@ def _matches(field: str, patterns) -> bool:
   return any(field == p or (p.endswith(".") and field.startswith(p)) for p in patterns)
 
 
+def _with_model_fields_it_meant(saved: dict[str, Any]) -> dict[str, Any]:
+  """``saved`` with every model field it predates at the value the run was trained with.
+
+  A field added to a model config after the run was saved is absent from its config.json;
+  the run meant the field's ``SAVED_BEFORE`` value (registry.config_from_saved), which is the
+  default unless the default changed the model. Without this every new field would read as a
+  change and refuse the resume.
+  """
+  model, name = saved.get("model"), saved.get("model_name")
+  if not isinstance(model, dict) or not isinstance(name, str):
+    return saved
+  from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
+
+  try:
+    meant = dataclasses.asdict(registry.config_from_saved(name, model))
+  except (KeyError, TypeError, ValueError):
+    return saved  # an unknown model or field: compared as written, so the change is listed
+  filled = {**json.loads(json.dumps(meant, default=list)), **model}
+  return {**saved, "model": filled}
+
+
 def config_changes(saved: dict[str, Any], config: Any) -> list[tuple[str, Any, Any]]:
-  """``(field, saved value, new value)`` for every field that differs (dotted names)."""
-  old, new = _flatten(saved), _flatten(config_as_json(config))
+  """``(field, saved value, new value)`` for every field that differs (dotted names); a model
+  field the saved config predates counts with the value the run was trained with."""
+  old, new = _flatten(_with_model_fields_it_meant(saved)), _flatten(config_as_json(config))
   missing = object()
   out = []
   for field in sorted(set(old) | set(new)):

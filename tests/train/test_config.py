@@ -62,7 +62,7 @@ def test_experiment_config_loads_and_validates(name):
     config_lib.validate(smoke, num_devices=8, process_count=1)
   else:
     assert config.model_preset == ("1_3b" if "1_3b" in name else "760m")
-    assert config.model.dtype == "bfloat16" and config.model.remat
+    assert config.model.dtype == "bfloat16" and config.model.remat and config.model.scan_layers
 
 
 def test_files_arg_reads_data_paths_from_environment(tmp_path, monkeypatch):

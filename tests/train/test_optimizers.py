@@ -46,7 +46,12 @@ def _recorded_paths(model_name, preset):
     seen.update(s)
 
   jax.eval_shape(run)
-  return set(seen)
+  return {_layer0(p) for p in seen}
+
+
+def _layer0(path):
+  """Block 0's path of a block parameter in either layout (unrolled or scan_layers)."""
+  return re.sub(r"^(blocks/\d+|scanned_blocks)/", "blocks/0/", path)
 
 
 @pytest.mark.parametrize("model_name,preset", _PRESETS)
@@ -61,14 +66,13 @@ def test_every_projection_is_orthogonalized_and_embeddings_are_not(model_name, p
   # Every weight multiplying a layer input (in every block) is a projection matrix, except
   # the gates and the tied read-out, which are named non-matrices.
   for path, a in by_path.items():
-    layer0 = re.sub(r"^blocks/\d+/", "blocks/0/", path)
-    if layer0 not in recorded:
+    if _layer0(path) not in recorded:
       continue
     if a.kind == "other":
       assert a.reason in ("gate", "embedding/unembedding"), (path, a)
     else:
       assert a.kind == "projection" and a.is_matrix, (path, a)
-  names = {re.sub(r"^blocks/\d+/", "", p) for p in by_path}
+  names = {_layer0(p).removeprefix("blocks/0/") for p in by_path}
   expected = {"transformer_pp": ["attn/wq", "attn/wk", "attn/wv", "attn/wo", "mlp/w_up"],
               "hope_attention": ["attn/wq", "attn/wo"],
               "titans": ["titans/wq", "titans/wk", "titans/wv", "titans/wo", "titans/w_gate"],
@@ -78,13 +82,15 @@ def test_every_projection_is_orthogonalized_and_embeddings_are_not(model_name, p
     for path, a in by_path.items():
       if path.endswith(name):
         assert a.kind == "projection" and path in {p for p in by_path}, (path, a)
-        assert re.sub(r"^blocks/\d+/", "blocks/0/", path) in recorded, path
-  # The attention / Titans projections are 3-D and fold heads x head_dim into one axis.
+        assert _layer0(path) in recorded, path
+  # The attention / Titans projections are 3-D and fold heads x head_dim into one axis (a
+  # stacked layers axis in front is a batch axis).
   for path, a in by_path.items():
-    if re.search(r"/(wq|wk|wv)$", path) and len(a.shape) == 3:
-      assert a.matrix_shape == (a.shape[0], a.shape[1] * a.shape[2])
-    if re.search(r"/wo$", path) and len(a.shape) == 3:
-      assert a.matrix_shape == (a.shape[0] * a.shape[1], a.shape[2])
+    shape = a.shape[1:] if path.startswith("scanned_blocks/") else a.shape
+    if re.search(r"/(wq|wk|wv)$", path) and len(shape) == 3:
+      assert a.matrix_shape == (shape[0], shape[1] * shape[2])
+    if re.search(r"/wo$", path) and len(shape) == 3:
+      assert a.matrix_shape == (shape[0] * shape[1], shape[2])
   for path, a in by_path.items():
     if path.startswith(("embed/", "lm_head")) or "norm" in path or "conv/kernel" in path:
       assert not a.is_matrix, (path, a)
@@ -104,8 +110,9 @@ def _fixed_batch(setup):
 _LRS = {"sgd": 0.3, "dgd": 0.3, "delta_momentum": 0.03, "deep_momentum": 0.03}
 
 
-def _run(tmp_path, name, steps, **opt):
+def _run(tmp_path, name, steps, model=None, **opt):
   c = tiny_config(steps=steps)
+  c.model.update(model or {})
   c.optimizer.name = name
   c.optimizer.schedule = "constant"
   c.optimizer.warmup_steps = 0
@@ -146,13 +153,21 @@ def test_dgd_update_differs_from_sgd(tmp_path, compile_cache):
                              rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("name", ["muon", "m3"])
-def test_attention_projection_update_is_orthogonal(tmp_path, compile_cache, name):
+@pytest.mark.parametrize("name,scan_layers", [("muon", False), ("m3", False), ("m3", True)])
+def test_attention_projection_update_is_orthogonal(tmp_path, compile_cache, name, scan_layers):
   del compile_cache
   lr = 3e-3
-  _, p0, _, res = _run(tmp_path, name, 1, weight_decay=0.0, grad_clip=0.0, learning_rate=lr)
-  for k in ("wq", "wo"):
-    delta = np.asarray(res["params"]["blocks"][0]["attn"][k]) - p0["blocks"][0]["attn"][k]
+  model = dict(n_layers=2, scan_layers=True) if scan_layers else None
+  _, p0, _, res = _run(tmp_path, name, 1, model=model, weight_decay=0.0, grad_clip=0.0,
+                       learning_rate=lr)
+  if scan_layers:  # each layer's slice of the stacked weight is its own matrix
+    layers = [(res["params"]["scanned_blocks"]["attn"], p0["scanned_blocks"]["attn"], i)
+              for i in range(2)]
+  else:
+    layers = [(res["params"]["blocks"][0]["attn"], p0["blocks"][0]["attn"], None)]
+  for (after, before, i), k in ((layer, k) for layer in layers for k in ("wq", "wo")):
+    delta = np.asarray(after[k]) - before[k]
+    delta = delta if i is None else delta[i]
     m = delta.reshape(64, 64) / lr  # wq: embed x heads*head_dim; wo: heads*head_dim x embed
     s = np.linalg.svd(m, compute_uv=False)
     # Newton-Schulz keeps the gradient's null space (one step's gradient of wq is rank
