@@ -28,6 +28,12 @@ at T=2048; compile time <= 2x.
     python experiments/bench_models.py                    # full table (long: shared CPU!)
     python experiments/bench_models.py --quick            # tiny presets, short T: smoke run
     python experiments/bench_models.py --models titans,transformer_pp --lengths 512,2048
+    python experiments/bench_models.py --scan_layers --remat      # blocks under one scan
+    python experiments/bench_models.py --depths 2,4,8,24 --lengths 2048   # compile vs depth
+
+``--depths`` builds each model at every depth, unrolled and with ``scan_layers``, and prints
+the trace+lower and compile seconds and the program size (nothing is run): with the blocks
+under one scan, compile time should grow little with depth.
 """
 
 import argparse
@@ -56,18 +62,47 @@ def make_step(model):
   return jax.value_and_grad(loss_fn), params
 
 
-def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, overrides: dict):
-  config = registry.model_config(name, preset, **overrides)
+def compile_step(config, t: int, batch: int, abstract: bool = False):
+  """Lowers and compiles the step; returns (compiled, params, tokens, lower s, compile s,
+  StableHLO lines). ``abstract``: parameters as shapes only (nothing allocated)."""
   config.validate_seq_len(t)
-  model = registry.build_model(config, rngs=nnx.Rngs(0))
+  build = lambda: registry.build_model(config, rngs=nnx.Rngs(0))  # noqa: E731
+  model = nnx.eval_shape(build) if abstract else build()
   step, params = make_step(model)
-  tokens = jax.random.randint(jax.random.key(t), (batch, t), 0, config.vocab_size)
+  tokens = jax.ShapeDtypeStruct((batch, t), jnp.int32)
+  if not abstract:
+    tokens = jax.random.randint(jax.random.key(t), (batch, t), 0, config.vocab_size)
   start = time.perf_counter()
   lowered = jax.jit(step).lower(params, tokens)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
   compiled_at = time.perf_counter()
-  hlo_lines = len(lowered.as_text().splitlines())
+  return (compiled, params, tokens, lowered_at - start, compiled_at - lowered_at,
+          len(lowered.as_text().splitlines()))
+
+
+def depth_sweep(names, preset: str, t: int, batch: int, depths, overrides: dict) -> list[dict]:
+  """Program seconds and size against depth, unrolled and scanned (see the docstring)."""
+  print(f"{'model':<16}{'layers':>7}{'layout':>9}{'lower s':>9}{'compile s':>10}"
+        f"{'total s':>9}{'HLO lines':>10}")
+  rows = []
+  for name in names:
+    for depth in depths:
+      for scan in (False, True):
+        config = registry.model_config(name, preset, **{**overrides, "n_layers": depth,
+                                                        "scan_layers": scan})
+        *_, lower_s, compile_s, lines = compile_step(config, t, batch, abstract=True)
+        layout = "scanned" if scan else "unrolled"
+        print(f"{name:<16}{depth:>7}{layout:>9}{lower_s:>9.1f}{compile_s:>10.1f}"
+              f"{lower_s + compile_s:>9.1f}{lines:>10}", flush=True)
+        rows.append(dict(model=name, layers=depth, scan_layers=scan, lower_s=lower_s,
+                         compile_s=compile_s, hlo_lines=lines))
+  return rows
+
+
+def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, overrides: dict):
+  config = registry.model_config(name, preset, **overrides)
+  compiled, params, tokens, lower_s, compile_s, hlo_lines = compile_step(config, t, batch)
   mem = compiled.memory_analysis()
   nbytes = float("nan")
   if mem is not None:
@@ -81,9 +116,8 @@ def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, override
     times.append(time.perf_counter() - t0)
   sec = statistics.median(times)
   return dict(model=name, T=t, B=batch, params=registry.count_params(config), sec=sec,
-              tok_s=batch * t / sec, mib=nbytes / 2**20, lower_s=lowered_at - start,
-              compile_s=compiled_at - lowered_at,
-              hlo_lines=hlo_lines)
+              tok_s=batch * t / sec, mib=nbytes / 2**20, lower_s=lower_s,
+              compile_s=compile_s, hlo_lines=hlo_lines)
 
 
 def main(argv=None) -> list[dict]:
@@ -96,6 +130,9 @@ def main(argv=None) -> list[dict]:
                       help="B = tokens_per_step / T (default 8192; 256 with --quick)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--remat", action="store_true", help="rematerialise every block")
+  parser.add_argument("--scan_layers", action="store_true", help="blocks under one scan")
+  parser.add_argument("--depths", default=None,
+                      help="comma-separated layer counts: compile-time sweep (see docstring)")
   args = parser.parse_args(argv)
   preset = args.preset or ("tiny" if args.quick else "small")
   lengths = ([int(x) for x in args.lengths.split(",")] if args.lengths
@@ -106,8 +143,14 @@ def main(argv=None) -> list[dict]:
   if "transformer_pp" in names:  # the reference row of every T comes first
     names = ["transformer_pp"] + [n for n in names if n != "transformer_pp"]
   overrides = {"remat": True} if args.remat else {}
+  if args.scan_layers:
+    overrides["scan_layers"] = True
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
-        f"preset={preset}, {per_step} tokens/step, remat={args.remat}, median of {repeats}")
+        f"preset={preset}, {per_step} tokens/step, remat={args.remat}, "
+        f"scan_layers={args.scan_layers}, median of {repeats}")
+  if args.depths:
+    return depth_sweep(names, preset, lengths[0], max(1, per_step // lengths[0]),
+                       [int(x) for x in args.depths.split(",")], overrides)
   header = (f"{'model':<16}{'params':>10}{'T':>7}{'B':>5}{'step s':>9}{'tok/s':>10}"
             f"{'x TPP':>7}{'MiB':>9}{'MiB/kTok':>10}{'x TPP mem':>10}{'lower s':>9}"
             f"{'compile s':>10}{'x TPP':>7}{'HLO lines':>10}")

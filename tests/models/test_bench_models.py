@@ -11,7 +11,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Smoke runs of experiments/bench_models.py (slow: compiles models) and bench_layers.py."""
+"""Smoke runs of experiments/bench_models.py (slow: compiles models), bench_layers.py and
+bench_precision.py."""
 
 import importlib.util
 import pathlib
@@ -29,6 +30,34 @@ def test_bench_models_quick_runs(capsys):
   assert [r["model"] for r in rows] == ["transformer_pp", "titans"]
   assert all(r["tok_s"] > 0 and r["mib"] > 0 for r in rows)
   assert "x TPP" in capsys.readouterr().out
+
+
+def _load(name):
+  path = pathlib.Path(__file__).resolve().parents[2] / "experiments" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.slow
+def test_bench_models_depth_sweep_runs():
+  rows = _load("bench_models").main(["--quick", "--lengths", "64", "--models", "transformer_pp",
+                                     "--depths", "1,3"])
+  assert [(r["layers"], r["scan_layers"]) for r in rows] == [(1, False), (1, True), (3, False),
+                                                              (3, True)]
+  assert rows[1]["hlo_lines"] == rows[3]["hlo_lines"]  # one block program at any depth
+
+
+def test_bench_precision_keeps_memory_float32_and_errors_at_bfloat16_scale(capsys):
+  rows = _load("bench_precision").main(["--models", "titans", "--lengths", "32", "--batch", "2"])
+  (row,) = rows
+  assert row["state_dtypes"] == "float32"
+  # bfloat16 has an 8-bit mantissa (eps 7.8e-3): errors of a few eps, nothing like O(1).
+  for k in ("logits", "logits_carried", "grads"):
+    assert 1e-4 < row[k] < 0.1, (k, row)
+  assert row["state"] < 0.1 and row["dloss"] < 0.05, row
+  assert "relative 2-norm errors" in capsys.readouterr().out
 
 
 def test_bench_layers_quick_runs(capsys):
