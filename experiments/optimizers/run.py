@@ -54,7 +54,11 @@ def parse(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--shrunk", action="store_true")
   p.add_argument("--out", default=None)
+  p.add_argument("--opt_kwargs", default="{}",
+                 help='JSON of extra optimizer arguments for every run (config.optimizer.kwargs),'
+                      ' e.g. \'{"decay": 0.1}\' for dgd')
   args = p.parse_args(argv)
+  args.opt_kwargs = json.loads(args.opt_kwargs)
   if args.shrunk:
     args.grid, args.steps, args.seq_len, args.batch_size = "adamw:3e-3;m3:1e-2", 2, 32, 8
     args.eval_batches = 1
@@ -70,6 +74,7 @@ def run_one(args, opt_name, lr, workdir):
                            eval_batch_size=args.batch_size)
   c.optimizer.name = opt_name
   c.optimizer.learning_rate = lr
+  c.optimizer.kwargs.update(args.opt_kwargs)
   c.optimizer.warmup_steps = max(args.steps // 15, 0) if args.steps > 15 else 0
   c.train.steps = args.steps
   c.train.seed = args.seed
@@ -81,12 +86,14 @@ def run_one(args, opt_name, lr, workdir):
   c.train.async_checkpointing = False
   t0 = time.time()
   train.train_and_evaluate(c, workdir)
-  curves = {"train": [], "eval": []}
+  curves = {"train": [], "eval": [], "param_norm": []}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       rec = json.loads(line)
       if rec.get("split") in curves and "loss" in rec:
         curves[rec["split"]].append((rec["step"], rec["loss"]))
+      if rec.get("split") == "train" and "param_norm" in rec:
+        curves["param_norm"].append((rec["step"], rec["param_norm"]))
   return {"lr": lr, "seconds": time.time() - t0, "curves": curves,
           "final_train": curves["train"][-1][1], "final_eval": curves["eval"][-1][1]}
 
