@@ -94,3 +94,11 @@ def test_optimizers_shrunk(tmp_path):
   out = _script("optimizers").main(["--shrunk", "--out", str(tmp_path)])
   assert set(out) == {"adamw@0.003", "m3@0.01"}
   _outputs(str(tmp_path), ["eval_loss.png", "train_loss.png"])
+  assert all(r["curves"]["param_norm"] for r in out.values())
+  # A second seed of the same grid, summarised: 2 seeds per optimizer at its best rate.
+  seed1 = str(tmp_path / "seed1")
+  _script("optimizers").main(["--shrunk", "--seed", "1", "--out", seed1])
+  summary = _script("optimizers", "summarize.py").main(
+      ["--sweep", str(tmp_path), "--seeds", seed1, "--out", str(tmp_path / "summary")])
+  assert {k: len(v["finals"]) for k, v in summary.items()} == {"adamw": 2, "m3": 2}
+  assert os.path.exists(tmp_path / "summary" / "eval_loss_seeds.png")
