@@ -491,6 +491,20 @@ def level_drift(params: CMSParams, weights) -> dict:
     out[f"level_{lvl}/drift"] = jnp.sqrt(jnp.max(sq))
   return out
 
+def _per_row_init(params: CMSParams, b: int, dt) -> tuple:
+  """Every level's initial weights, one copy per sequence (the token loops' reset value)."""
+  return tuple(jax.tree.map(lambda a: jnp.broadcast_to(a.astype(dt), (b,) + a.shape), w)
+               for w in params.init)
+
+
+def _zeros_like(tree):
+  return jax.tree.map(jnp.zeros_like, tree)
+
+
+def _mlp_rows(w, h_BxD):
+  """One token's level MLP for every sequence (per-sequence weights ``w``)."""
+  return _mlp(w, h_BxD[:, None])[:, 0]
+
 
 def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, reset_BxT):
   """Token loop of the sequential and independent variants (executable spec; variant="nested":
@@ -509,12 +523,9 @@ def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTx
   b = x_BxTxD.shape[0]
   k = cfg.n_levels
   dt = st.prev_h.dtype
-  outer = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a.astype(dt), (b,) + a.shape), w)
-                for w in params.init)
-  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
-
-  def mlp(w, h_BxD):
-    return _mlp(w, h_BxD[:, None])[:, 0]
+  outer = _per_row_init(params, b, dt)
+  zeros = _zeros_like
+  mlp = _mlp_rows
 
   def token(st, inp):
     x, r_B = inp
@@ -575,12 +586,9 @@ def nested_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, r
   b = x_BxTxD.shape[0]
   k = cfg.n_levels
   dt = st.prev_h.dtype
-  outer = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a.astype(dt), (b,) + a.shape), w)
-                for w in params.init)
-  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
-
-  def mlp(w, h_BxD):
-    return _mlp(w, h_BxD[:, None])[:, 0]
+  outer = _per_row_init(params, b, dt)
+  zeros = _zeros_like
+  mlp = _mlp_rows
 
   def token(st, inp):
     x, r_B = inp
