@@ -85,16 +85,35 @@ def _state_reads(kern: ChunkKernels, m0: jax.Array, s0: jax.Array | None, keys_C
   return out
 
 
+@jax.custom_jvp
 def unit_lower_inverse(a_CxC: jax.Array) -> jax.Array:
   """``(I + a)^-1`` for strictly lower-triangular ``a``, by recursive 2x2 blocking.
 
   Bottom-up over block sizes 1, 2, 4, ...: with the inverses of the two diagonal halves of a
   block known, the block's inverse is ``[[X11, 0], [-X22 L21 X11, X22]]``. This is the blocked
   triangular inverse (no powers of the strictly lower matrix are formed), ``log2 C`` levels of
-  batched matmuls with a total cost of about one ``C x C x C`` product, and it is plain matmuls
-  for autodiff. XLA:CPU's ``triangular_solve`` inside a differentiated ``scan`` was seen to
-  deadlock intermittently (jax 0.10.2, [8, 4] batch of 64 x 64 systems), so it is not used.
+  batched matmuls with a total cost of about one ``C x C x C`` product. XLA:CPU's
+  ``triangular_solve`` inside a differentiated ``scan`` was seen to deadlock intermittently
+  (jax 0.10.2, [8, 4] batch of 64 x 64 systems), so it is not used.
+
+  Only the strictly lower triangle of ``a`` is read. Derivatives are written by hand
+  (``_unit_lower_inverse_jvp``): ``dX = -X tril(da, -1) X``, whose transpose is the backward
+  ``abar = -tril(X^T Xbar X^T, -1)``, two matmuls with the saved inverse instead of the
+  transposes of every level of the recursion (and none of its intermediates kept).
   """
+  return _blocked_unit_lower_inverse(a_CxC)
+
+
+@unit_lower_inverse.defjvp
+def _unit_lower_inverse_jvp(primals, tangents):
+  (a_CxC,), (da_CxC,) = primals, tangents
+  x_CxC = unit_lower_inverse(a_CxC)
+  # d(I + a)^-1 = -X da X; the recursion ignores every entry on or above the diagonal.
+  return x_CxC, -(x_CxC @ jnp.tril(da_CxC, -1) @ x_CxC)
+
+
+def _blocked_unit_lower_inverse(a_CxC: jax.Array) -> jax.Array:
+  """The forward of ``unit_lower_inverse`` (plain matmuls, differentiable by autodiff too)."""
   c = a_CxC.shape[0]
   size = 1 << max(0, (c - 1).bit_length())
   l_full = jnp.eye(size, dtype=a_CxC.dtype).at[:c, :c].add(a_CxC)
