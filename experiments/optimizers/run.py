@@ -46,7 +46,8 @@ def parse(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="transformer_pp")
   p.add_argument("--preset", default="tiny")
-  p.add_argument("--grid", default=DEFAULT_GRID, help="optimizer:lr|lr;optimizer:lr")
+  p.add_argument("--grid", default=None,
+                 help="optimizer:lr|lr;optimizer:lr (default: DEFAULT_GRID; --shrunk: 2 runs)")
   p.add_argument("--steps", type=int, default=600)
   p.add_argument("--seq-len", type=int, default=128)
   p.add_argument("--batch-size", type=int, default=16)
@@ -60,8 +61,10 @@ def parse(argv=None):
   args = p.parse_args(argv)
   args.opt_kwargs = json.loads(args.opt_kwargs)
   if args.shrunk:
-    args.grid, args.steps, args.seq_len, args.batch_size = "adamw:3e-3;m3:1e-2", 2, 32, 8
+    args.grid = args.grid or "adamw:3e-3;m3:1e-2"
+    args.steps, args.seq_len, args.batch_size = 2, 32, 8
     args.eval_batches = 1
+  args.grid = args.grid or DEFAULT_GRID
   return args
 
 
@@ -85,7 +88,14 @@ def run_one(args, opt_name, lr, workdir):
   c.train.tensorboard = False
   c.train.async_checkpointing = False
   t0 = time.time()
-  train.train_and_evaluate(c, workdir)
+  diverged = None
+  try:
+    train.train_and_evaluate(c, workdir)
+  except train.NonFiniteError as e:
+    # A rate that diverges is a result of the sweep, not a reason to lose the others: it is
+    # recorded with an infinite final loss (never "best") and the message.
+    diverged = str(e).split(";")[0]
+    print(f"   diverged: {diverged}", flush=True)
   curves = {"train": [], "eval": [], "param_norm": []}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
@@ -94,8 +104,12 @@ def run_one(args, opt_name, lr, workdir):
         curves[rec["split"]].append((rec["step"], rec["loss"]))
       if rec.get("split") == "train" and "param_norm" in rec:
         curves["param_norm"].append((rec["step"], rec["param_norm"]))
-  return {"lr": lr, "seconds": time.time() - t0, "curves": curves,
-          "final_train": curves["train"][-1][1], "final_eval": curves["eval"][-1][1]}
+  run = {"lr": lr, "seconds": time.time() - t0, "curves": curves}
+  if diverged is None:
+    run.update(final_train=curves["train"][-1][1], final_eval=curves["eval"][-1][1])
+  else:
+    run.update(final_train=math.inf, final_eval=math.inf, diverged=diverged)
+  return run
 
 
 def main(argv=None):

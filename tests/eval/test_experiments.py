@@ -102,3 +102,17 @@ def test_optimizers_shrunk(tmp_path):
       ["--sweep", str(tmp_path), "--seeds", seed1, "--out", str(tmp_path / "summary")])
   assert {k: len(v["finals"]) for k, v in summary.items()} == {"adamw": 2, "m3": 2}
   assert os.path.exists(tmp_path / "summary" / "eval_loss_seeds.png")
+
+
+@pytest.mark.slow
+def test_optimizers_a_diverging_rate_is_recorded_not_fatal(tmp_path):
+  """A sweep goes on past a rate that diverges (the trainer raises NonFiniteError): the run is
+  kept with an infinite final loss and the reason, and is never the best."""
+  out = _script("optimizers").main(["--shrunk", "--grid", "adamw:1e30|3e-3", "--out",
+                                    str(tmp_path)])
+  assert out["adamw@1e+30"]["final_eval"] == float("inf")
+  assert "non-finite" in out["adamw@1e+30"]["diverged"]
+  assert out["adamw@0.003"]["final_eval"] < 10
+  summary = _script("optimizers", "summarize.py").main(["--sweep", str(tmp_path), "--out",
+                                                        str(tmp_path / "summary")])
+  assert summary["adamw"]["lr"] == 3e-3
