@@ -36,8 +36,9 @@ Kinds (`Assignment.kind`):
   so there is no layer input for DGD, which gives it a plain SGD step.
 * ``"other"``: everything else, AdamW for M3/Muon (SGD for DGD), with the reason: embedding /
   unembedding (a ``vocab`` axis), gates (a ``gates`` axis), depthwise convolutions
-  (``conv_width``), norm scales (``norm``), and leaves without logical axes (biases, 1-D
-  scales, per-head memory initial states).
+  (``conv_width``), norm scales (``norm``), the per-head initial states of MLP fast memories
+  (``memory_hidden``: one small matrix per head, not a projection), and leaves without logical
+  axes (biases, 1-D scales).
 """
 
 import re
@@ -68,6 +69,7 @@ NON_MATRIX_AXES = {
     "gates": "gate",
     "conv_width": "depthwise conv",
     "norm": "norm scale",
+    "memory_hidden": "per-head memory initial state",
 }
 _INITIAL_STATE = re.compile(r"(^|/)[^/]*_init(/|_|$)")
 

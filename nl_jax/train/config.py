@@ -66,6 +66,12 @@ PARAM_RULES = (
     (r"conv/kernel$", ("conv_width", "mlp")),
     (r"(^|/)norm_scale$", ("norm", "embed")),
     (r"(^|/)out_norm_scale$", ("heads", "norm")),
+    # Per-head initial states of the MLP fast memories (self-modifying Titans `<name>_init/w1`,
+    # Titans `memory_init_w1`; MLPWeights' layout w1 [heads, out, hidden], w2 [heads, hidden,
+    # in]): sharded over fsdp by their hidden axis, like every other weight, instead of
+    # replicated with their Adam moments (33.6M parameters at hope_760m).
+    (r"(^|/)[^/]*_init(/|_)w1$", ("heads", "head_dim", "memory_hidden")),
+    (r"(^|/)[^/]*_init(/|_)w2$", ("heads", "memory_hidden", "head_dim")),
     (r".*", ("embed", "mlp")),
 )
 LOGICAL_AXES = (
@@ -75,6 +81,7 @@ LOGICAL_AXES = (
     ("heads", ("tensor",)),
     ("head_dim", ()),
     ("mlp", ("tensor",)),
+    ("memory_hidden", ("fsdp",)),
     ("gates", ()),
     ("conv_width", ()),
     ("norm", ()),

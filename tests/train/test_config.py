@@ -16,8 +16,10 @@ sharding rules and the TensorBoard writer. No training here: everything is milli
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
+import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,6 +27,8 @@ import numpy as np
 import optax
 import pytest
 
+from nl_jax.models import registry
+from nl_jax.optim import partition
 from nl_jax.train import config as config_lib
 from nl_jax.train import loop, optimizers
 from nl_jax.train import mesh as mesh_lib
@@ -247,6 +251,35 @@ def test_sharding_rules_map_paths_to_mesh_axes():
   mem_sh = mesh_lib.memory_shardings(mem, mesh, config_lib.default_config(
       "transformer_pp").sharding)
   assert mem_sh["m"].spec == P(("data", "fsdp"), None, None)
+
+
+@pytest.mark.parametrize("model_name", ["hope", "titans"])
+def test_memory_initial_states_are_sharded_and_stay_with_adamw(model_name):
+  """The per-head initial states of the MLP fast memories (self-modifying Titans `*_init/w1,
+  w2`, Titans `memory_init_w1, w2`) shard their hidden axis over fsdp (they were replicated, with
+  their Adam moments, on every device) and are still no projection for M3 / Muon / DGD."""
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  model = nnx.eval_shape(lambda: registry.build_model(
+      registry.model_config(model_name, "tiny"), rngs=nnx.Rngs(0)))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  sharding = config_lib.default_config(model_name).sharding
+  sh = mesh_lib.param_shardings(params, mesh, sharding)
+  assignments = partition.assign(params, sharding.param_rules)
+  P = jax.sharding.PartitionSpec
+  seen = 0
+  for (path, s), a in zip(jax.tree_util.tree_leaves_with_path(sh), jax.tree.leaves(
+      assignments, is_leaf=lambda x: isinstance(x, partition.Assignment)), strict=True):
+    name = partition.path_str(path)
+    if not re.search(r"_init(/|_)w[12]$", name):
+      continue
+    seen += 1
+    hidden_axis = 2 if name.endswith("w1") else 1
+    want = [None, None, None]
+    want[0] = "tensor"  # 4 heads over tensor=2
+    want[hidden_axis] = "fsdp"
+    assert s.spec == P(*want), (name, s.spec)
+    assert a.kind == "other" and a.dims is None and a.reason == "per-head memory initial state"
+  assert seen == (20 if model_name == "hope" else 4)
 
 
 def test_tensorboard_event_file_round_trip(tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from nl_jax import data as data_lib
+from nl_jax.optim import partition
 from nl_jax.train import checkpoint as ckpt_lib
 from nl_jax.train import loop
 from nl_jax.train import mesh as mesh_lib
@@ -165,6 +166,25 @@ def test_8_devices_match_1_device_and_restore_onto_4(tmp_path, compile_cache):
   assert all(x.sharding.mesh.size == 4 for x in jax.tree.leaves(params4))
   assert int(state4["step"]) == 3
   _assert_trees_equal(state4["opt_state"], r8["train_state"]["opt_state"])
+
+
+@pytest.mark.slow
+def test_hope_8_devices_match_1_device_with_sharded_memory_initial_states(tmp_path, compile_cache):
+  """Hope's per-head memory initial states are split over fsdp (config.PARAM_RULES): the
+  sharded step, whose fresh memory states gather them, equals one device's (~70 s)."""
+  del compile_cache
+  c8 = tiny_config("hope", steps=2)
+  c8.mesh.update(data=2, fsdp=2, tensor=2)
+  r8 = loop.train_and_evaluate(c8, str(tmp_path / "w8"))
+  c1 = tiny_config("hope", steps=2)
+  c1.mesh.data = 1
+  r1 = loop.train_and_evaluate(c1, str(tmp_path / "w1"), devices=jax.devices()[:1])
+  specs = {partition.path_str(p): tuple(x.sharding.spec)
+           for p, x in jax.tree_util.tree_leaves_with_path(r8["params"])}
+  assert specs["blocks/0/smt/out_init/w1"] == ("tensor", None, "fsdp"), specs
+  np.testing.assert_allclose(r8["train_loss"], r1["train_loss"], rtol=2e-6)
+  for x, y in zip(jax.tree.leaves(r8["params"]), jax.tree.leaves(r1["params"]), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
 def test_train_step_constrains_activations_to_the_batch_axes():
