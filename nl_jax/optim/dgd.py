@@ -188,16 +188,23 @@ def scale_by_dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, *,
     if params is None:
       raise ValueError("scale_by_dgd needs params when layer_inputs are given.")
 
-    leaves, treedef = jax.tree.flatten(updates)
+    # Under optax.partition / optax.masked the leaves of other groups are MaskedNodes, while
+    # layer_inputs keeps one entry per parameter of the whole tree: both are flattened with
+    # the masked leaves in place, and those pass through.
+    full, treedef = jax.tree.flatten(updates, is_leaf=_is_masked)
     inputs = jax.tree.leaves(layer_inputs,
                              is_leaf=lambda x: x is None or isinstance(x, InputStats))
-    if len(inputs) != len(leaves):
+    if len(inputs) != len(full):
       raise ValueError(f"layer_inputs must have one entry (input, InputStats or None) per "
-                       f"parameter: got {len(inputs)} for {len(leaves)} parameters.")
-    dims = m3_lib._flat_dims(weight_dimension_numbers, updates)  # pylint: disable=protected-access
-    out = [g if x is None else _dgd_direction(g, p, x, lr, solve, decay, d)
-           for g, p, x, d in zip(leaves, treedef.flatten_up_to(params), inputs, dims,
-                                 strict=True)]
+                       f"parameter: got {len(inputs)} for {len(full)} parameters.")
+    dims = iter(m3_lib._flat_dims(weight_dimension_numbers, updates))  # pylint: disable=protected-access
+    out = []
+    for g, p, x in zip(full, treedef.flatten_up_to(params), inputs, strict=True):
+      if _is_masked(g):
+        out.append(g)
+        continue
+      d = next(dims)
+      out.append(g if x is None else _dgd_direction(g, p, x, lr, solve, decay, d))
     return jax.tree.unflatten(treedef, out), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -205,7 +212,10 @@ def scale_by_dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, *,
 
 def dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, weight_decay: float = 0.0,
         weight_decay_mask: Any = None, *, solve: str = "auto",
-        weight_dimension_numbers: Any = None) -> optax.GradientTransformationExtraArgs:
+        weight_dimension_numbers: Any = None,
+        adam_learning_rate: optax.ScalarOrSchedule | None = None, adam_b1: float = 0.9,
+        adam_b2: float = 0.999, adam_eps: float = 1e-8,
+        adam_weight_decay: float | None = None) -> optax.GradientTransformationExtraArgs:
   r"""Delta Gradient Descent: exact L2-regression (delta-rule) steps for linear layers.
 
   .. math::
@@ -215,12 +225,23 @@ def dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, weight_decay:
   for kernels with inputs, plain SGD (plus decoupled weight decay ``lambda``) elsewhere. For a
   single input row this is eq. 57 with ``eta' = eta / (1 + eta ||x||^2)``.
 
+  With ``adam_learning_rate`` the parameters that are not DGD matrices (no entry in
+  ``weight_dimension_numbers``; not 2-D when it is None: embeddings under a tree of dimension
+  numbers, norms, biases, gates) take AdamW at that rate instead of SGD, as
+  `optax.contrib.muon` does for its non-matrix leaves. DGD's rates are 30-300x AdamW's, so one
+  rate cannot serve both groups.
+
   Args:
     learning_rate: scalar or schedule (>= 0).
     decay: weight ``gamma`` of the input-direction decay (1 = paper, 0 = SGD).
     weight_decay: decoupled weight decay (multiplied by the learning rate).
     weight_decay_mask: optional mask for the weight decay.
     solve, weight_dimension_numbers: see `scale_by_dgd`.
+    adam_learning_rate: None (default: SGD on the non-matrix leaves) or the AdamW rate
+      (scalar or schedule) for them.
+    adam_b1, adam_b2, adam_eps: AdamW's moments for those leaves.
+    adam_weight_decay: their decoupled weight decay (None: ``weight_decay``), multiplied by
+      ``adam_learning_rate``.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; pass ``layer_inputs=`` to ``update`` (the
@@ -245,12 +266,30 @@ def dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, weight_decay:
   """
   _common.check_learning_rate(learning_rate)
   _common.check_range("weight_decay", weight_decay, low=0.0)
-  return optax.chain(
+  tx = optax.chain(
       scale_by_dgd(learning_rate, decay, solve=solve,
                    weight_dimension_numbers=weight_dimension_numbers),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
+  if adam_learning_rate is None:
+    return tx
+  _common.check_learning_rate(adam_learning_rate)
+  adam = optax.adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps,
+                     weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
+                     mask=weight_decay_mask)
+
+  def labels(params):
+    if weight_dimension_numbers is None:
+      return jax.tree.map(lambda p: "dgd" if p.ndim == 2 else "adam", params)
+    dims = m3_lib._flat_dims(weight_dimension_numbers, params)  # pylint: disable=protected-access
+    return jax.tree.unflatten(jax.tree.structure(params),
+                              ["adam" if d is None else "dgd" for d in dims])
+  return optax.partition({"dgd": tx, "adam": adam}, labels)
+
+
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
 
 
 def capture_linear_inputs(model: Any, *args: Any,

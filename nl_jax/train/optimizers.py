@@ -26,7 +26,8 @@ Which rule gets which parameter (`rule_assignment`) comes from the parameters' l
 projections and the fast memories' initial-state matrices are orthogonalised on their matrix
 view (attention ``wq`` [embed, heads, head_dim] as ``embed x heads*head_dim``) and the
 embedding, unembedding, norms, biases, gates and convolutions go to AdamW; for ``dgd`` the
-projections take the DGD step and everything else plain SGD. `describe_rules` is the table the
+projections take the DGD step and everything else plain SGD (AdamW with
+``optimizer.kwargs.adam_learning_rate``, at that peak rate on the same schedule). `describe_rules` is the table the
 trainer prints at startup.
 
 ``m3_paper`` is Algorithm 1 literally: `nl_jax.optim.m3` with ``accumulator="sum"`` (running
@@ -76,9 +77,11 @@ _SCHEDULES = {
 SCHEDULES = tuple(_SCHEDULES)
 
 
-def make_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
-  """The learning-rate schedule (``optimizer.schedule``, one of `SCHEDULES`) of the step."""
-  lr = float(opt_cfg.learning_rate)
+def make_schedule(opt_cfg: Any, total_steps: int, peak: float | None = None) -> optax.Schedule:
+  """The learning-rate schedule (``optimizer.schedule``, one of `SCHEDULES`) of the step.
+
+  ``peak`` replaces ``optimizer.learning_rate`` (the same shape for a second rate)."""
+  lr = float(opt_cfg.learning_rate if peak is None else peak)
   warmup = int(opt_cfg.warmup_steps)
   decay = int(opt_cfg.decay_steps) or int(total_steps)
   end = lr * float(opt_cfg.end_lr_fraction)
@@ -126,12 +129,13 @@ def needs_layer_inputs(opt_cfg: Any) -> bool:
   return opt_cfg.name == "dgd"
 
 
-def rule_names(name: str) -> dict[str, str]:
-  """Assignment kind -> the rule ``name`` gives it (see the module docstring)."""
+def rule_names(name: str, kwargs: Any = None) -> dict[str, str]:
+  """Assignment kind -> the rule ``name`` (with ``optimizer.kwargs``) gives it (module doc)."""
   if name in MATRIX_OPTIMIZERS:
     return {"projection": name, "initial_state": name, "other": "adamw"}
   if name == "dgd":
-    return {"projection": "dgd", "initial_state": "sgd", "other": "sgd"}
+    rest = "adamw" if (kwargs or {}).get("adam_learning_rate") is not None else "sgd"
+    return {"projection": "dgd", "initial_state": rest, "other": rest}
   return {"projection": name, "initial_state": name, "other": name}
 
 
@@ -142,7 +146,11 @@ def rule_assignment(abstract_params: Any, sharding_cfg: Any) -> Any:
 
 def describe_rules(opt_cfg: Any, assignments: Any) -> str:
   """The startup table: parameter path, shape -> rule -> matrix shape (or why not a matrix)."""
-  return partition.describe(assignments, rule_names(opt_cfg.name))
+  return partition.describe(assignments, rule_names(opt_cfg.name, _kwargs(opt_cfg)))
+
+
+def _kwargs(opt_cfg: Any) -> dict[str, Any]:
+  return opt_cfg.kwargs.to_dict() if hasattr(opt_cfg.kwargs, "to_dict") else dict(opt_cfg.kwargs)
 
 
 def dgd_paths(assignments: Any) -> list[str]:
@@ -186,7 +194,7 @@ def make_optimizer(opt_cfg: Any, total_steps: int, *, assignments: Any = None
   elif "weight_decay_rate" in params and wd:
     kwargs["weight_decay_rate"] = wd
     kwargs["weight_decay_mask"] = _decay_mask
-  extra = opt_cfg.kwargs.to_dict() if hasattr(opt_cfg.kwargs, "to_dict") else dict(opt_cfg.kwargs)
+  extra = _kwargs(opt_cfg)
   unknown = sorted(set(extra) - set(params))
   if unknown:
     raise ValueError(f"optimizer.kwargs: {unknown} are not arguments of {opt_cfg.name}; "
@@ -202,6 +210,14 @@ def make_optimizer(opt_cfg: Any, total_steps: int, *, assignments: Any = None
     elif opt_cfg.name == "dgd":
       kwargs["weight_dimension_numbers"] = partition.dimension_numbers(
           assignments, kinds=("projection",))
+  if opt_cfg.name == "dgd" and isinstance(extra.get("adam_learning_rate"), (int, float)):
+    # AdamW on the non-projections follows the same schedule shape (warmup, decay, end
+    # fraction) with its own peak rate.
+    extra["adam_learning_rate"] = make_schedule(opt_cfg, total_steps,
+                                                peak=float(extra["adam_learning_rate"]))
+    # ... and the config's AdamW moments (optimizer.b1, b2, eps), unless kwargs set them.
+    for field in ("b1", "b2", "eps"):
+      extra.setdefault(f"adam_{field}", float(opt_cfg[field]))
   kwargs.update(extra)
   tx = fn(**kwargs)
   if opt_cfg.grad_clip > 0:

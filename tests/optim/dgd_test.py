@@ -172,3 +172,36 @@ def test_nnx_mlp_end_to_end():
   # DGD's input-direction decay acts like an activation-norm penalty, so the loss plateaus above
   # zero; a 2x drop is the clear, robust signal here.
   assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("dims", ["tree", "none"])
+def test_adam_learning_rate_sends_the_other_leaves_to_adamw(dims):
+  """With ``adam_learning_rate`` every leaf that is not a DGD matrix takes exactly
+  ``optax.adamw``'s step at that rate; the matrices take exactly the plain alias's DGD step."""
+  rng = np.random.default_rng(5)
+  params = {"kernel": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
+            "embed": jnp.asarray(rng.normal(size=(9, 6)), jnp.float32),
+            "scale": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+  if dims == "tree":
+    wdn = {"kernel": optim.DimensionNumbers(0, 1), "embed": None, "scale": None}
+    matrices, others = ("kernel",), ("embed", "scale")
+  else:
+    wdn = None  # every 2-D leaf is a kernel; only the embedding needs inputs too
+    matrices, others = ("kernel", "embed"), ("scale",)
+  inputs = {k: (jnp.asarray(rng.normal(size=(12, params[k].shape[0])), jnp.float32)
+                if k in matrices else None) for k in params}
+  tx = optim.dgd(0.5, weight_decay=0.1, weight_dimension_numbers=wdn, adam_learning_rate=3e-3)
+  plain = optim.dgd(0.5, weight_decay=0.1, weight_dimension_numbers=wdn)
+  adam = optax.adamw(3e-3, weight_decay=0.1)
+  state, pstate, astate = tx.init(params), plain.init(params), adam.init(params)
+  p = params
+  for step in range(3):
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p)
+    u, state = jax.jit(tx.update)(grads, state, p, layer_inputs=inputs)
+    want_dgd, pstate = plain.update(grads, pstate, p, layer_inputs=inputs)
+    want_adam, astate = adam.update(grads, astate, p)
+    for k in matrices:
+      np.testing.assert_allclose(u[k], want_dgd[k], rtol=1e-5, atol=1e-7, err_msg=f"{k}@{step}")
+    for k in others:
+      np.testing.assert_allclose(u[k], want_adam[k], rtol=1e-5, atol=1e-8, err_msg=f"{k}@{step}")
+    p = optax.apply_updates(p, u)

@@ -153,6 +153,29 @@ def test_dgd_update_differs_from_sgd(tmp_path, compile_cache):
                              rtol=1e-5, atol=1e-8)
 
 
+def test_dgd_with_adam_learning_rate_steps_the_rest_as_adamw(tmp_path, compile_cache):
+  """optimizer.kwargs.adam_learning_rate: the projections keep DGD's step, every other
+  parameter takes the AdamW step of an adamw run at that rate (same batch, one step)."""
+  del compile_cache
+  common = dict(weight_decay=0.0, grad_clip=0.0)
+  _, p0, _, dgd = _run(tmp_path, "dgd", 1, **common)
+  setup, _, _, mixed = _run(tmp_path / "mixed", "dgd", 1, kwargs={"adam_learning_rate": 3e-3},
+                            **common)
+  table = optimizers.describe_rules(setup.config.optimizer, optimizers.rule_assignment(
+      setup.abstract_params, setup.config.sharding))
+  assert re.search(r"embed/embedding .*-> adamw", table), table
+  assert re.search(r"attn/wq .*-> dgd", table), table
+  _, _, _, adamw = _run(tmp_path, "adamw", 1, **common)
+  delta = lambda r: jax.tree.map(lambda a, b: np.asarray(a) - b, r["params"], p0)  # noqa: E731
+  d_dgd, d_mixed, d_adamw = delta(dgd), delta(mixed), delta(adamw)
+  for k in ("wq", "wk", "wv", "wo"):
+    np.testing.assert_allclose(d_mixed["blocks"][0]["attn"][k], d_dgd["blocks"][0]["attn"][k],
+                               rtol=1e-5, atol=1e-8)
+  for leaf in (lambda t: t["embed"]["embedding"], lambda t: t["final_norm"]["scale"]):
+    np.testing.assert_allclose(leaf(d_mixed), leaf(d_adamw), rtol=1e-5, atol=1e-8)
+    assert np.abs(leaf(d_mixed) - leaf(d_dgd)).max() > 1e-4
+
+
 @pytest.mark.parametrize("name,scan_layers", [("muon", False), ("m3", False), ("m3", True)])
 def test_attention_projection_update_is_orthogonal(tmp_path, compile_cache, name, scan_layers):
   del compile_cache
