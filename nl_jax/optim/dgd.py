@@ -225,9 +225,9 @@ def dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, weight_decay:
   for kernels with inputs, plain SGD (plus decoupled weight decay ``lambda``) elsewhere. For a
   single input row this is eq. 57 with ``eta' = eta / (1 + eta ||x||^2)``.
 
-  With ``adam_learning_rate`` the parameters that are not DGD matrices (no entry in
-  ``weight_dimension_numbers``; not 2-D when it is None: embeddings under a tree of dimension
-  numbers, norms, biases, gates) take AdamW at that rate instead of SGD, as
+  With ``adam_learning_rate`` the parameters that are not DGD matrices (no entry in the tree
+  of ``weight_dimension_numbers``, or not 2-D when it is None: e.g. embeddings, norms, biases,
+  gates) take AdamW at that rate instead of SGD, as
   `optax.contrib.muon` does for its non-matrix leaves. DGD's rates are 30-300x AdamW's, so one
   rate cannot serve both groups.
 
