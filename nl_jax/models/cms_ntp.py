@@ -62,12 +62,15 @@ the level's step, averaged over sequences) and ``cms/ntp_loss`` (masked next-tok
 token, the quantity the CMS learns from).
 """
 
+import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
 from nl_jax.layers import cms_ntp
 from nl_jax.losses import masked_cross_entropy
-from nl_jax.models.common import SequenceContext, advance_stream, constrain_activations
+from nl_jax.models.common import (SequenceContext, advance_stream, constrain_activations,
+                                  stack_trees)
+from nl_jax.optim.partition import STACKED_BLOCKS
 
 
 def _mixer(block, x_BxSxD, state, kv, seg, segment_ids_BxT, start_aligned):
@@ -117,7 +120,6 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   n_full, rem = divmod(t, s)
   blocks = model.block_list()
   n_blocks = len(blocks)
-  cms_params = [blk.cms.params() for blk in blocks]
   reset_BxT = ctx.reset if ctx.reset is not None else jnp.zeros((b, t), bool)
   segment_ids_BxT = ctx.segment_ids
 
@@ -132,40 +134,77 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
       shape = (b, t) + tuple(a.wq[...].shape[1:])
       kv0.append((jnp.zeros(shape, a.dtype), jnp.zeros(shape, a.dtype)))
 
+  # Per-block work has two layouts. Unrolled: lists with one entry per block. scan_layers: one
+  # tree whose leaves are stacked on a leading block axis; the blocks of a segment run under
+  # one lax.scan and the per-block reset and step are vmapped, so the program holds one block
+  # whatever the depth. `each(fn, *per_block)` applies fn block by block in either layout.
+  scanned = cfg.scan_layers
+  if scanned:
+    graphdef, stacked_params = nnx.split(getattr(model, STACKED_BLOCKS))
+    cms_params = jax.vmap(lambda bp: nnx.merge(graphdef, bp).cms.params())(stacked_params)
+    block_states0, kv0 = stack_trees(block_states0), stack_trees(kv0)
+
+    def each(fn, *per_block):
+      return jax.vmap(fn)(*per_block)
+  else:
+    cms_params = [blk.cms.params() for blk in blocks]
+
+    def each(fn, *per_block):
+      return [fn(*args) for args in zip(*per_block, strict=True)]
+
+  def block_forward(blk, x, state, kv_i, weights_i, seg):
+    x, m_state, kv_i, m_aux = _mixer(blk, x, state, kv_i, seg, segment_ids_BxT, aligned[0])
+    x = constrain_activations(cms_ntp.apply_levels(cms_cfg, blk.cms.params(), weights_i, x))
+    return x, m_state, kv_i, m_aux
+
   def run_segment(carry, seg):
     """One segment: resets, value_and_grad of its loss w.r.t. the CMS weights, the step."""
     states, kv = carry
     length = seg["x"].shape[1]
     flag_B = jnp.any(seg["reset"], axis=1)
-    cms_states = [cms_ntp.reset_levels(p, st["cms"], flag_B)
-                  for p, st in zip(cms_params, states, strict=True)]
-    weights = tuple(st.weights for st in cms_states)
+    cms_states = each(lambda p, st: cms_ntp.reset_levels(p, st["cms"], flag_B),
+                      cms_params, states)
+    weights = cms_states.weights if scanned else tuple(st.weights for st in cms_states)
 
     def seg_loss(weights):
       x = constrain_activations(seg["x"])
-      mixer_states, new_kv, aux = [], [], {}
-      for i, blk in enumerate(blocks):
-        x, m_state, kv_i, m_aux = _mixer(blk, x, states[i], kv[i], seg, segment_ids_BxT,
-                                         aligned[i])
-        x = constrain_activations(cms_ntp.apply_levels(cms_cfg, cms_params[i], weights[i], x))
-        mixer_states.append(m_state)
-        new_kv.append(kv_i)
-        aux.update({f"block_{i}/{k}": v for k, v in m_aux.items()})
+      if scanned:
+        def body(x, xs):
+          block_params, state, kv_i, weights_i = xs
+          x, m_state, kv_i, m_aux = block_forward(nnx.merge(graphdef, block_params), x, state,
+                                                  kv_i, weights_i, seg)
+          return x, (m_state, kv_i, m_aux)
+        x, (mixer_states, new_kv, auxs) = jax.lax.scan(
+            body, x, (stacked_params, states, kv, weights))
+        aux = {f"block_{i}/{k}": v[i] for i in range(n_blocks) for k, v in auxs.items()}
+      else:
+        mixer_states, new_kv, aux = [], [], {}
+        for i, blk in enumerate(blocks):
+          x, m_state, kv_i, m_aux = block_forward(blk, x, states[i], kv[i], weights[i], seg)
+          mixer_states.append(m_state)
+          new_kv.append(kv_i)
+          aux.update({f"block_{i}/{k}": v for k, v in m_aux.items()})
       logits = model.head(x)
       loss, count = masked_cross_entropy(logits, seg["targets"], seg["loss_mask"])
       return loss, (logits, mixer_states, new_kv, aux, count)
 
     (loss, (logits, mixer_states, new_kv, aux, count)), grads = jax.value_and_grad(
         seg_loss, has_aux=True)(weights)
-    new_states, norms = [], []
-    for i, st in enumerate(cms_states):
-      st, norm_BxK = cms_ntp.step_levels(cms_cfg, st, grads[i], length, cms_params[i].init)
-      norms.append(jnp.mean(norm_BxK, axis=0))
-      new = {"cms": st}
-      if mixer_states[i] is not None:
-        new["smt"] = mixer_states[i]
-      new_states.append(new)
-    return (new_states, new_kv), (logits, aux, jnp.stack(norms), loss, count)
+    init = cms_params.init if scanned else [p.init for p in cms_params]
+    stepped = each(lambda st, g, i: cms_ntp.step_levels(cms_cfg, st, g, length, i),
+                   cms_states, grads, init)
+    if scanned:
+      new_cms, norm_NxBxK = stepped
+      norms = jnp.mean(norm_NxBxK, axis=1)
+      new_states = {"cms": new_cms}
+      if mixer_states is not None:
+        new_states["smt"] = mixer_states
+    else:
+      new_states = []
+      for (st, _), m_state in zip(stepped, mixer_states, strict=True):
+        new_states.append({"cms": st} if m_state is None else {"cms": st, "smt": m_state})
+      norms = jnp.stack([jnp.mean(norm_BxK, axis=0) for _, norm_BxK in stepped])
+    return (new_states, new_kv), (logits, aux, norms, loss, count)
 
   body = jax.checkpoint(run_segment) if cms_cfg.remat else run_segment
 
@@ -192,6 +231,8 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
                  count[None], rem))
 
   states, _ = carry
+  if scanned:
+    states = [jax.tree.map(lambda a, i=i: a[i], states) for i in range(n_blocks)]
   logits = jnp.concatenate([o[0] for o in outs], axis=1) if len(outs) > 1 else outs[0][0]
   new_state = {f"block_{i}": states[i] for i in range(n_blocks)}
   new_state["stream"] = advance_stream(memory_state["stream"], segment_ids_BxT)

@@ -39,8 +39,9 @@ What lives here, so TransformerPP, Titans, Hope and HopeAttention share one defi
   ``config.scan_layers`` the blocks are built as usual, stacked into one module
   (``scanned_blocks``, every variable [n_layers, ...]; `stack_modules`) and run under one
   ``jax.lax.scan`` (``jax.checkpoint`` per block when ``config.remat``); the memory state and
-  aux keep their per-block layout. ``block_list()`` gives per-block views in either layout
-  (the CMS next-token driver runs the blocks one by one through it).
+  aux keep their per-block layout. ``block_list()`` gives per-block views in either layout.
+  The CMS next-token driver (`nl_jax.models.cms_ntp`) scans the stacked blocks inside each of
+  its segments too.
 
 A model subclasses ``CausalLM`` and implements ``make_block(index, rngs)``; a block is an
 ``nnx.Module`` with::
