@@ -90,18 +90,23 @@ def test_scanned_blocks_equal_unrolled_blocks(name, overrides, carry):
     np.testing.assert_allclose(v, u, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(u).max()))
 
 
+def _program_lines(name, **overrides):
+  """StableHLO lines of the gradient of a tiny model's mean logit (abstract parameters)."""
+  cfg = registry.model_config(name, "tiny", **overrides)
+  graphdef, params = nnx.split(nnx.eval_shape(lambda: registry.build_model(
+      cfg, rngs=nnx.Rngs(0))))
+  tokens = jnp.zeros((1, 16), jnp.int32)
+
+  def loss(params):
+    return jnp.mean(nnx.merge(graphdef, params)(tokens)[0])
+
+  return len(jax.jit(jax.grad(loss)).lower(params).as_text().splitlines())
+
+
 def test_one_block_program_for_any_depth():
   """The scanned step's program does not grow with depth (the unrolled one does)."""
   def lines(scan, n):
-    cfg = registry.model_config("transformer_pp", "tiny", n_layers=n, scan_layers=scan)
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: registry.build_model(
-        cfg, rngs=nnx.Rngs(0))))
-    tokens = jnp.zeros((1, 16), jnp.int32)
-
-    def loss(params):
-      return jnp.mean(nnx.merge(graphdef, params)(tokens)[0])
-
-    return len(jax.jit(jax.grad(loss)).lower(params).as_text().splitlines())
+    return _program_lines("transformer_pp", n_layers=n, scan_layers=scan)
 
   assert lines(True, 8) == lines(True, 2)
   assert lines(False, 8) > 2 * lines(False, 2)
@@ -112,17 +117,9 @@ def test_next_token_cms_driver_scans_the_blocks_too():
   vmaps their resets and steps: two more blocks add only their state entries and aux keys
   (~100 lines each), where the unrolled driver adds a whole block (~2,000 lines each)."""
   def lines(n, scan):
-    cfg = registry.model_config("hope_attention", "tiny", n_layers=n, scan_layers=scan,
-                                cms_chunk_sizes=(8, 16), cms_objective="ntp", d_model=32,
-                                n_heads=2, head_dim=16, mlp_hidden=64)
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: registry.build_model(
-        cfg, rngs=nnx.Rngs(0))))
-    tokens = jnp.zeros((1, 16), jnp.int32)
-
-    def loss(params):
-      return jnp.mean(nnx.merge(graphdef, params)(tokens)[0])
-
-    return len(jax.jit(jax.grad(loss)).lower(params).as_text().splitlines())
+    return _program_lines("hope_attention", n_layers=n, scan_layers=scan,
+                          cms_chunk_sizes=(8, 16), cms_objective="ntp", d_model=32, n_heads=2,
+                          head_dim=16, mlp_hidden=64)
 
   scanned = lines(4, True) - lines(2, True)
   unrolled = lines(4, False) - lines(2, False)
