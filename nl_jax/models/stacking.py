@@ -86,10 +86,10 @@ def stacked_config(tpp: TransformerPPConfig, *, mapping: str = "split",
                        f"units among {k} levels; choose a cms_chunk_sizes of a length that "
                        f"divides {hidden}, or mapping='copy'")
     hidden //= k
-  if "mlp_hidden" in overrides and overrides["mlp_hidden"] != hidden:
-    raise ValueError(f"stack_levels: mlp_hidden={overrides['mlp_hidden']} does not match the "
-                     f"pretrained SwiGLU ({hidden} per level with mapping={mapping!r})")
-  overrides.pop("mlp_hidden", None)
+  asked = overrides.pop("mlp_hidden", hidden)
+  if asked != hidden:
+    raise ValueError(f"stack_levels: mlp_hidden={asked} does not match the pretrained SwiGLU "
+                     f"({hidden} per level with mapping={mapping!r})")
   return HopeAttentionConfig(**{**shared, **overrides, "mlp_hidden": hidden,
                                 "cms_variant": variant})
 
