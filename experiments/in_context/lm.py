@@ -71,8 +71,16 @@ def parse(argv=None):
                  help="extra launch/train.py flags, e.g. '--config.optimizer.learning_rate=1e-3'")
   p.add_argument("--minutes", type=float, default=30.0,
                  help="wall-clock cap per training run (SIGTERM: the trainer saves and stops)")
+  p.add_argument("--match-params", default=None, metavar="MODEL",
+                 help="equal sizes: every other model's mlp_hidden is set so that its "
+                      "parameter count is closest to MODEL's tiny preset "
+                      "(nl_jax.models.registry.match_params)")
   p.add_argument("--ppl-len", type=int, default=512)
   p.add_argument("--ppl-windows", type=int, default=32)
+  p.add_argument("--ppl-reset", type=int, default=None,
+                 help="also measure the loss by position with the context cut to blocks of "
+                      "this many tokens (a multiple of every model's alignment): the "
+                      "short-context control; tables then give the gain of the full context")
   p.add_argument("--twice-len", type=int, default=256)
   p.add_argument("--twice-texts", type=int, default=16)
   p.add_argument("--skip-train", action="store_true")
@@ -101,7 +109,18 @@ def train_cmd(model: str, seed: int, workdir: str, args) -> list[str]:
             f"--config.data.eval_batch_size={args.batch_size}"]
   if args.shrunk:
     cmd += ["--config.train.eval_every=2", "--config.train.checkpoint_every=2"]
+  cmd += [f"--config.model.{k}={v}" for k, v in size_overrides(model, args).items()]
   return cmd + args.train_flags.split()
+
+
+def size_overrides(model: str, args) -> dict:
+  """The width that size-matches `model` to ``--match-params`` (empty for that model)."""
+  if not args.match_params or model == args.match_params:
+    return {}
+  from nl_jax.models import registry  # noqa: PLC0415
+
+  target = registry.count_params(registry.model_config(args.match_params, "tiny"))
+  return registry.match_params(model, "tiny", target)
 
 
 def metrics(workdir: str) -> list[dict]:
@@ -165,6 +184,13 @@ def evaluate(workdir: str, args) -> dict:
   toks = perplexity.windows(args.ppl_len, args.ppl_windows, seed=0)
   nll = perplexity.position_nll(full, toks, batch_size=8)
   out = {"position_nll": nll.tolist(), "buckets": perplexity.bucket(nll)}
+  if args.ppl_reset:
+    if args.ppl_reset % align:
+      raise ValueError(f"--ppl-reset {args.ppl_reset} must be a multiple of the model's "
+                       f"alignment {align}")
+    short = perplexity.position_nll(full, toks, batch_size=8, reset_every=args.ppl_reset)
+    out["position_nll_reset"] = short.tolist()
+    out["gain_buckets"] = perplexity.bucket(short - nll)
   if args.twice_len % align:
     raise ValueError(f"--twice-len {args.twice_len} must be a multiple of the model's "
                      f"alignment {align}")
@@ -195,7 +221,7 @@ def _cell(vals, fmt="{:.3f}") -> str:
 
 def tables(results: dict, args) -> str:
   edges = None
-  rows_loss, rows_pos, rows_twice = [], [], []
+  rows_loss, rows_pos, rows_gain, rows_twice = [], [], [], []
   for m, runs in results.items():
     ok = [r for r in runs.values() if r.get("eval")]
     losses = [r["train"]["eval_loss"] for r in runs.values()
@@ -209,6 +235,9 @@ def tables(results: dict, args) -> str:
     edges = [(b["start"], b["end"]) for b in ok[0]["eval"]["buckets"]]
     rows_pos.append([m] + [_cell([r["eval"]["buckets"][i]["nll"] for r in ok])
                            for i in range(len(edges))])
+    if all("gain_buckets" in r["eval"] for r in ok):
+      rows_gain.append([m] + [_cell([r["eval"]["gain_buckets"][i]["nll"] for r in ok])
+                              for i in range(len(edges))])
     for mode in ("context", "segments"):
       first = [r["eval"][f"twice_{mode}"]["first_nll"] for r in ok]
       second = [r["eval"][f"twice_{mode}"]["second_nll"] for r in ok]
@@ -220,8 +249,14 @@ def tables(results: dict, args) -> str:
   if edges:
     md += [f"### Loss by position in {args.ppl_len}-token held-out windows (nats/byte, "
            f"{args.ppl_windows} windows)", "",
-           experiment.markdown_table(["model"] + [f"[{a},{b})" for a, b in edges], rows_pos), "",
-           f"### Reading {args.twice_texts} held-out texts of {args.twice_len} tokens twice "
+           experiment.markdown_table(["model"] + [f"[{a},{b})" for a, b in edges], rows_pos), ""]
+    if rows_gain:
+      md += [f"### Gain of the full context over blocks of {args.ppl_reset} tokens (nats/byte: "
+             "loss with the context cut at the block start minus loss with the whole window; "
+             "same windows)", "",
+             experiment.markdown_table(["model"] + [f"[{a},{b})" for a, b in edges], rows_gain),
+             ""]
+    md += [f"### Reading {args.twice_texts} held-out texts of {args.twice_len} tokens twice "
            "(mean nats/byte)", "",
            experiment.markdown_table(["model", "mode", "1st reading", "2nd reading",
                                       "2nd - 1st"], rows_twice), ""]
@@ -259,6 +294,8 @@ def plots(path: str, results: dict, args) -> None:
   fig.tight_layout()
   fig.savefig(os.path.join(path, "loss_by_position.png"), dpi=100)
   plt.close(fig)
+  if args.ppl_reset:
+    _plot_gain(plt, path, results, args)
 
   fig, ax = plt.subplots(figsize=(6, 4))
   names = list(results)
@@ -295,6 +332,37 @@ def plots(path: str, results: dict, args) -> None:
   ax.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(path, "eval_loss.png"), dpi=100)
+  plt.close(fig)
+
+
+def _plot_gain(plt, path: str, results: dict, args) -> None:
+  """context_gain.png: short-context loss minus full-context loss, by position."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  w = args.ppl_reset
+  for i, (m, runs) in enumerate(results.items()):
+    ok = [r for r in runs.values() if "position_nll_reset" in r.get("eval", {})]
+    if not ok:
+      continue
+    gain = np.asarray([np.asarray(r["eval"]["position_nll_reset"]) -
+                       np.asarray(r["eval"]["position_nll"]) for r in ok])
+    # Mean over each block of w positions: every block has the same short context inside.
+    n = gain.shape[1] // w
+    blocks = gain[:, :n * w].reshape(len(ok), n, w).mean(-1)
+    xs = (np.arange(n) + 0.5) * w
+    ax.plot(xs, blocks.mean(0), marker="o", ms=3, color=f"C{i}",
+            label=f"{m} ({len(ok)} seed{'s' * (len(ok) > 1)})")
+    if len(ok) > 1:
+      ax.fill_between(xs, blocks.min(0), blocks.max(0), color=f"C{i}", alpha=0.2)
+  if args.seq_len:
+    ax.axvline(args.seq_len, color="gray", ls="--", lw=1, label="training length")
+  ax.axhline(0, color="black", lw=0.8)
+  ax.set_xlabel("position in the held-out window (tokens)")
+  ax.set_ylabel(f"loss(context cut to {w}-token blocks) - loss(full)")
+  ax.set_title("What the earlier context is worth, by position (nats/byte)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(path, "context_gain.png"), dpi=100)
   plt.close(fig)
 
 
@@ -353,7 +421,9 @@ def main(argv=None):
 
 
 def _eval_settings(args) -> dict:
-  return {k: getattr(args, k) for k in ("ppl_len", "ppl_windows", "twice_len", "twice_texts")}
+  keys = ("ppl_len", "ppl_windows", "twice_len", "twice_texts") + (
+      ("ppl_reset",) if args.ppl_reset else ())  # older caches stay valid without it
+  return {k: getattr(args, k) for k in keys}
 
 
 def _read_only(workdir: str, steps: int) -> dict:

@@ -45,12 +45,25 @@ def windows(seq_len: int, num_windows: int, seed: int, text: str | None = None) 
   return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int32)
 
 
-def position_nll(logits_fn: LogitsFn, tokens_NxT: np.ndarray, batch_size: int = 4) -> np.ndarray:
-  """Mean NLL (nats) of predicting token t+1 at each position t; shape [T-1]."""
+def position_nll(logits_fn: LogitsFn, tokens_NxT: np.ndarray, batch_size: int = 4,
+                 reset_every: int | None = None) -> np.ndarray:
+  """Mean NLL (nats) of predicting token t+1 at each position t; shape [T-1].
+
+  ``reset_every=K`` gives every block of K tokens its own segment id, so the model sees at
+  most the current block (attention stays in it, memories restart at its first token): the
+  short-context control of a loss-by-position curve. On the same windows, its NLL minus the
+  full-context NLL at a position is what the context before the position's block is worth,
+  free of how hard the text at that position happens to be.
+  """
+  if reset_every is not None and reset_every < 1:
+    raise ValueError(f"reset_every={reset_every} must be a positive number of tokens or None")
   total = np.zeros(tokens_NxT.shape[1] - 1)
+  segment_ids_T = np.ones(tokens_NxT.shape[1], np.int32)
+  if reset_every is not None:
+    segment_ids_T = 1 + np.arange(tokens_NxT.shape[1], dtype=np.int32) // reset_every
   for i in range(0, len(tokens_NxT), batch_size):
     tok = tokens_NxT[i:i + batch_size]
-    logits = logits_fn(tok, np.ones_like(tok))
+    logits = logits_fn(tok, np.broadcast_to(segment_ids_T, tok.shape))
     total += token_nll(logits, tok).sum(0)
   return total / len(tokens_NxT)
 

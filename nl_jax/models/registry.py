@@ -201,3 +201,39 @@ def count_params(config) -> int:
   """Number of parameters of the model, from shapes only (nnx.eval_shape: nothing allocated)."""
   abstract = nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0)))
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))))
+
+
+def match_params(name: str, preset: str, target: int, *, field: str = "mlp_hidden",
+                 **overrides) -> dict[str, int]:
+  """The override ``{field: width}`` that brings model `name`'s size closest to `target`.
+
+  For comparisons at equal size (e.g. Transformer++ and Titans at Hope's parameter count):
+  only ``field`` (an int width, by default the SwiGLU hidden width) moves; every other field is
+  the preset's, with `overrides` applied. The count is affine in a width such as
+  ``mlp_hidden`` (n_layers * 3 * d_model per unit), so two counts give the slope; the nearest
+  widths are then counted exactly and the closest kept (ties: the smaller width).
+
+  Raises:
+    ValueError: ``field`` is not an int field of the config, or no width >= 1 comes within
+      one slope of `target` (the target is below the model's size at width 1).
+  """
+  base = model_config(name, preset, **overrides)
+  value = getattr(base, field, None)
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ValueError(f"match_params: {name}.{field} is not an int width (got {value!r}); "
+                     "pass field= an int field such as 'mlp_hidden'")
+
+  def count(width: int) -> int:
+    return count_params(model_config(name, preset, **{**overrides, field: width}))
+
+  c0, c1 = count(value), count(value + 1)
+  slope = c1 - c0
+  if slope <= 0:
+    raise ValueError(f"match_params: the size of {name!r} does not grow with {field}")
+  guess = value + round((target - c0) / slope)
+  candidates = [w for w in (guess - 1, guess, guess + 1) if w >= 1]
+  if not candidates:
+    raise ValueError(f"match_params: {name!r} at {field}=1 already has {count(1)} parameters, "
+                     f"more than the target {target}")
+  best = min(candidates, key=lambda w: (abs(count(w) - target), w))
+  return {field: best}

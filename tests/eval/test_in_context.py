@@ -145,6 +145,27 @@ def test_lm_tables_from_results(tmp_path):
   script.plots(str(tmp_path), results, args)
   for png in ("loss_by_position.png", "read_twice.png", "eval_loss.png"):
     assert os.path.getsize(tmp_path / png) > 1000
+  assert "Gain of the full context" not in md  # no --ppl-reset: no control measured
+
+  # With the short-context control: its gain table and plot.
+  args = script.parse(["--ppl-len", "64", "--twice-len", "32", "--ppl-reset", "16"])
+  for seed, r in results["titans"].items():
+    short = np.asarray(r["eval"]["position_nll"]) + 0.1 * (seed + 1) * (np.arange(63) >= 16)
+    r["eval"]["position_nll_reset"] = short.tolist()
+    r["eval"]["gain_buckets"] = perplexity.bucket(short - r["eval"]["position_nll"])
+  md = script.tables(results, args)
+  assert "| titans | 0.000 [0.000-0.000] | 0.150 [0.100-0.200] |" in md, md
+  script.plots(str(tmp_path), results, args)
+  assert os.path.getsize(tmp_path / "context_gain.png") > 1000
+
+
+def test_lm_match_params_sets_the_baselines_width():
+  script = _script("lm.py")
+  args = script.parse(["--match-params", "hope"])
+  assert script.size_overrides("hope", args) == {}
+  cmd = script.train_cmd("transformer_pp", 0, "/tmp/w", args)
+  assert "--config.model.mlp_hidden=255" in cmd  # 147,584 parameters against Hope's 147,760
+  assert not any("mlp_hidden" in c for c in script.train_cmd("hope", 0, "/tmp/w", args))
 
 
 @pytest.mark.slow

@@ -226,6 +226,28 @@ def test_perplexity_windows_and_buckets():
   assert twice["first_ppl"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("name", ["transformer_pp", "titans"])
+def test_position_nll_reset_every_sees_only_the_current_block(name):
+  import flax.nnx as nnx  # noqa: PLC0415
+
+  from nl_jax.eval import runner  # noqa: PLC0415
+  from nl_jax.models import registry  # noqa: PLC0415
+
+  model = registry.build_model(registry.model_config(name, "tiny", n_layers=1),
+                               rngs=nnx.Rngs(0))
+  fn = runner.make_logits_fn(model)
+  w = perplexity.windows(48, 2, seed=1)
+  full = perplexity.position_nll(fn, w)
+  reset = perplexity.position_nll(fn, w, reset_every=16)
+  for b in range(3):  # each block alone; its last position predicts the next block's token
+    alone = perplexity.position_nll(fn, w[:, 16 * b:16 * b + 16])
+    np.testing.assert_allclose(reset[16 * b:16 * b + 15], alone, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(reset[:16], full[:16], rtol=1e-5, atol=1e-5)
+  assert np.abs(reset[16:] - full[16:]).max() > 1e-3  # the context beyond a block counts
+  with pytest.raises(ValueError, match="reset_every=0"):
+    perplexity.position_nll(fn, w, reset_every=0)
+
+
 def test_suite_lengths_and_table():
   assert suite.parse_lengths("1k, 2K,300") == [1024, 2048, 300]
   with pytest.raises(ValueError, match="cannot parse"):

@@ -75,6 +75,28 @@ def test_count_params_matches_the_built_model():
   assert n == 2 * v * d + d + 4 * d * d + 3 * d * f + 2 * d  # the formula behind the presets
 
 
+def test_match_params_finds_the_closest_width():
+  target = _count("hope", "tiny")  # the tiny presets are not size-matched (148k vs 123k)
+  for name in BASELINES:
+    width = registry.match_params(name, "tiny", target)["mlp_hidden"]
+    got = {w: registry.count_params(registry.model_config(name, "tiny", mlp_hidden=w))
+           for w in (width - 1, width, width + 1)}
+    assert abs(got[width] - target) <= min(abs(got[width - 1] - target),
+                                           abs(got[width + 1] - target)), got
+    assert abs(got[width] / target - 1) < 0.005, got
+  # Overrides are kept, and a width already at the target is returned unchanged.
+  config = registry.model_config("transformer_pp", "tiny", n_layers=1)
+  assert registry.match_params("transformer_pp", "tiny", registry.count_params(config),
+                               n_layers=1) == {"mlp_hidden": config.mlp_hidden}
+
+
+def test_match_params_errors():
+  with pytest.raises(ValueError, match="transformer_pp.rope_theta is not an int width"):
+    registry.match_params("transformer_pp", "tiny", 10**5, field="rope_theta")
+  with pytest.raises(ValueError, match="already has .* more than the target 10"):
+    registry.match_params("transformer_pp", "tiny", 10)
+
+
 def test_errors_name_the_problem():
   with pytest.raises(ValueError, match="unknown model 'gpt'.*transformer_pp"):
     registry.model_config("gpt")
