@@ -37,7 +37,12 @@ w/o CMS            one CMS level with learning rate 0 (a static MLP, eq. 70 with
 static q           adaptive_q=False
 static k           static_projections=("k",) (k_t = l2norm of the static projection)
 static v           static_projections=("v",)
+nested CMS         cms_variant="nested" (eq. 72: level s meta-learns level s+1's start)
+fully adaptive     smt_targets="shared" (eqs. 79-82: adaptive projections, no vhat = M(v))
 =================  ==============================================================
+
+The last two rows are not in Table 6 (no paper number): the nested CMS and the fully adaptive
+memory are the paper's other variants, measured beside the ablations.
 
   python experiments/ablations/run.py                    # full (see README for time)
   python experiments/ablations/run.py --shrunk --out /tmp/ab       # seconds, smoke test
@@ -65,6 +70,9 @@ ROWS = {
     "static q": {"adaptive_q": False},
     "static k": {"static_projections": ("k",)},
     "static v": {"static_projections": ("v",)},
+    # Not in Table 6: the paper's other variants (issue 21), stated as differences too.
+    "nested CMS": {"cms_variant": "nested"},
+    "fully adaptive": {"smt_targets": "shared"},
 }
 # Table 6 (spec 8.7): average LM perplexity and reasoning accuracy, 1.3B / 100B tokens.
 PAPER = {"hope": (12.24, 58.1), "w/o DGD": (13.41, 56.5), "w/o momentum": (13.58, 56.9),
@@ -143,14 +151,17 @@ def main(argv=None):
   table_rows = []
   ref = results.get("hope")
   for row in ROWS:
-    paper = PAPER[row]
+    paper = ([f"{PAPER[row][0]:.2f}", f"{PAPER[row][1]:.1f}"] if row in PAPER
+             else ["not in Table 6", ""])
     if row in results:
       r = results[row]
       delta = "" if ref is None else f"{r['heldout_nll'] - ref['heldout_nll']:+.4f}"
-      table_rows.append([row, f"{r['heldout_nll']:.4f}", f"{r['heldout_ppl']:.3f}", delta,
-                         f"{paper[0]:.2f}", f"{paper[1]:.1f}"])
+      if r["diverged_at"] is not None:
+        delta += f" (diverged at step {r['diverged_at']})"
+      table_rows.append([row, f"{r['heldout_nll']:.4f}", f"{r['heldout_ppl']:.3f}", delta]
+                        + paper)
     else:
-      table_rows.append([row, "not run", "", "", f"{paper[0]:.2f}", f"{paper[1]:.1f}"])
+      table_rows.append([row, "not run", "", ""] + paper)
   table = experiment.markdown_table(
       ["row", "held-out nats/byte", "ppl/byte", "vs hope", "paper ppl (1.3B)",
        "paper reasoning acc"], table_rows)

@@ -66,6 +66,15 @@ Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConf
   input projection, conv and SiLU stay). The skipped memory keeps its place in the state and
   still writes (so state shapes and checkpoints do not depend on the option) but nothing
   reads it, and its initial weights get no gradient.
+* targets (eqs. 79-82 vs 84-85): ``"self"`` (default, the self-modifying Titans of Hope:
+  each memory regresses onto its own prediction at v, vhat = M(v)) or ``"shared"`` (the
+  fully adaptive memory of eqs. 79-82, the paper's "simple version": k, v, q, eta and alpha
+  are still fast memories, but the vector memories and the output memory all regress onto
+  the shared value v_t; nothing generates its own target). The paper writes the shared
+  target for every memory, which a one-dimensional eta / alpha memory cannot regress onto
+  (v_t is a head_dim vector); under ``"shared"`` these two keep their own prediction at v as
+  target, the one reading that keeps every memory adaptive (spec 5.2, an open choice).
+  stop_target_grad then stops the outer gradient through that shared copy of v.
 * Two chunk sizes (9.9): ``chunk_size`` for the output memory, ``proj_chunk_size`` for the
   k, v, (q,) eta and alpha memories.
 * anchored_step (eq. 90 has no 1/C): ``"mean"`` (default) divides the anchored gradient step
@@ -116,6 +125,7 @@ SMT_RULES = ("dgd", "paper_l2", "gd")
 SMT_READS = ("pre", "post", "anchor")
 VALUE_NORMS = ("l2", "none")
 ANCHORED_STEPS = ("mean", "sum")
+TARGETS = ("self", "shared")
 IMPLEMENTATIONS = ("auto", "chunked", "sequential")
 
 
@@ -146,6 +156,8 @@ class SelfModifyingTitansConfig:
       equations: only q and k are normalised). See the module docstring.
     anchored_step: "mean" (default: each anchored gradient step divided by the memory's chunk
       size) or "sum" (eq. 90 literally, no 1/C). See the module docstring.
+    targets: "self" (default: vhat = M(v), eqs. 84-85) or "shared" (the fully adaptive
+      memory of eqs. 79-82: the vector memories regress onto v). See the module docstring.
     conv_width: width of the causal depthwise conv on the q/k/v branch.
     implementation: auto (chunked when the call has at least one full chunk) | chunked |
       sequential.
@@ -174,6 +186,7 @@ class SelfModifyingTitansConfig:
   stop_target_grad: bool = False
   value_norm: str = "l2"
   anchored_step: str = "mean"
+  targets: str = "self"
   conv_width: int = 4
   implementation: str = "auto"
   remat: bool = True
@@ -192,7 +205,7 @@ class SelfModifyingTitansConfig:
         raise ValueError(f"{name}.{f} must be None or a positive int, got {v!r}")
     choices = {"rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
                "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS,
-               "anchored_step": ANCHORED_STEPS}
+               "anchored_step": ANCHORED_STEPS, "targets": TARGETS}
     for f, allowed in choices.items():
       if getattr(self, f) not in allowed:
         raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
@@ -346,11 +359,21 @@ def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
   logits = _apply(gate_anchor, jnp.stack([xk, xk], axis=-4), act, False)[..., 0]
   eta, alpha = _gates(cfg, logits, params.gate_bias)
   p = len(cfg.proj_names)
-  vhat_proj = _apply(proj_anchor, jnp.stack([v] * p, axis=-4), act, True)
+  if cfg.targets == "shared":
+    vhat_proj = jnp.stack([v] * p, axis=-4)
+  else:
+    vhat_proj = _apply(proj_anchor, jnp.stack([v] * p, axis=-4), act, True)
   vhat_gate = _apply(gate_anchor, jnp.stack([v, v], axis=-4), act, False)
   if cfg.stop_target_grad:
     vhat_proj, vhat_gate = jax.lax.stop_gradient((vhat_proj, vhat_gate))
   return k, v, q, eta, alpha, vhat_proj, vhat_gate
+
+
+def _out_target(cfg, anchor, v):
+  """The output memory's regression target: M_out(v) at the anchor, or v ("shared")."""
+  if cfg.targets == "shared":
+    return v
+  return _apply(anchor, v, ACTIVATIONS[cfg.activation], True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -466,7 +489,7 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: 
   def out_body(ost, ch):
     flag = jnp.any(ch["reset"] & (ch["valid"] > 0), axis=1)
     ost = _reset_state(ost, params.out_init, flag)
-    vhat = _apply(ost.anchor, ch["v"], act, True)
+    vhat = _out_target(cfg, ost.anchor, ch["v"])
     if cfg.stop_target_grad:
       vhat = jax.lax.stop_gradient(vhat)
     err = _apply(ost.anchor, ch["k"], act, True) - vhat
@@ -561,7 +584,7 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
       gw, gs = write_group(gw, gs, ga, vhat_g, False, cp)
       o_pre = _apply(ow, q[:, None], act, True)[:, 0]
       o_anchor = _apply(oa, q[:, None], act, True)[:, 0]
-      vhat_o = _apply(oa, v[:, None], act, True)[:, 0]
+      vhat_o = _out_target(cfg, oa, v[:, None])[:, 0]
       if cfg.stop_target_grad:
         vhat_o = jax.lax.stop_gradient(vhat_o)
       err = _apply(oa, k[:, None], act, True)[:, 0] - vhat_o

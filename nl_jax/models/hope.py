@@ -205,6 +205,10 @@ class HopeConfig(_CMSFields):
     smt_proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
     smt_anchored_step: (profile field: default "mean", paper "sum") "mean" divides each
       anchored gradient step by the memory's chunk size, "sum" is eq. 90 as printed (no 1/C).
+    smt_targets: "self" (Hope's self-modifying Titans: each memory regresses onto its own
+      M(v), eqs. 84-85) or "shared" (the fully adaptive memory of eqs. 79-82: the vector
+      memories regress onto v; the eta / alpha memories keep their own target, see
+      nl_jax.layers.self_modifying_titans).
     inner_rule: (profile field: default "dgd", paper "paper_l2") dgd | paper_l2 | gd.
     momentum: (profile field: default False, paper True) inner momentum.
     adaptive_q: (profile field: default False, paper True) q is a fast memory.
@@ -250,6 +254,7 @@ class HopeConfig(_CMSFields):
   smt_chunk_size: int = 16
   smt_proj_chunk_size: int = 16
   smt_anchored_step: str | None = None
+  smt_targets: str = "self"
   inner_rule: str | None = None
   momentum: bool | None = None
   adaptive_q: bool | None = None
@@ -281,7 +286,8 @@ class HopeConfig(_CMSFields):
           momentum=self.choice("momentum"), mu_max=self.mu_max,
           adaptive_q=self.choice("adaptive_q"), static_projections=self.static_projections,
           chunk_size=self.smt_chunk_size, proj_chunk_size=self.smt_proj_chunk_size,
-          anchored_step=self.choice("smt_anchored_step"), read_at=self.read_at,
+          anchored_step=self.choice("smt_anchored_step"), targets=self.smt_targets,
+          read_at=self.read_at,
           eta_max=self.eta_max, alpha_min=self.alpha_min,
           stop_target_grad=self.stop_target_grad, value_norm=self.choice("value_norm"),
           activation=self.memory_activation, gate_hidden=self.gate_hidden,

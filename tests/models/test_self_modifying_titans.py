@@ -14,6 +14,8 @@
 """SelfModifyingTitans: chunk-parallel == token-by-token reference (float64, forward and
 gradient), per-sequence memory, resets, bad configs."""
 
+import dataclasses
+
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
@@ -114,6 +116,77 @@ def test_per_sequence_memory_and_reset():
   np.testing.assert_array_equal(o3[..., :8, :], o[..., :8, :])
 
 
+def _first_token_by_hand(cfg, params, inp):
+  """The memories after one token, written from eqs. 79-85 directly (gd rule, chunk 1, one
+  sequence): every memory takes alpha W - eta grad 0.5 ||M(k) - target||^2 at its initial
+  weights, the target being v ("shared", eqs. 79-82) or the memory's own M(v) ("self")."""
+  silu = jax.nn.silu
+  l2 = lambda x: x / jnp.sqrt(jnp.sum(x * x) + 1e-6)  # noqa: E731
+
+  def mem(w, x, residual=True):
+    y = w.w1 @ silu(w.w2 @ x)
+    return y + x if residual else y
+
+  def pick(tree, *idx):
+    return jax.tree.map(lambda z: z[idx], tree)
+
+  def write(w, k, target, eta, alpha, residual=True):
+    g = jax.grad(lambda w_: 0.5 * jnp.sum((mem(w_, k, residual) - target) ** 2))(w)
+    return jax.tree.map(lambda a, b: alpha * a - eta * b, w, g)
+
+  out = {"proj": [], "gates": [], "out": []}
+  for h in range(cfg.n_heads):
+    xk, xv = inp.xk[0, h, 0], inp.xv[0, h, 0]
+    wk, wv = pick(params.proj_init, 0, h), pick(params.proj_init, 1, h)
+    we, wa = pick(params.gate_init, 0, h), pick(params.gate_init, 1, h)
+    wo = pick(params.out_init, h)
+    k, v = l2(mem(wk, xk)), l2(mem(wv, xv))
+    eta = cfg.eta_max * jax.nn.sigmoid(mem(we, xk, False)[0] + params.gate_bias[0, h])
+    alpha = cfg.alpha_min + (1 - cfg.alpha_min) * jax.nn.sigmoid(
+        mem(wa, xk, False)[0] + params.gate_bias[1, h])
+    target = (lambda w: v) if cfg.targets == "shared" else (lambda w: mem(w, v))  # noqa: E731
+    out["proj"].append([write(w, k, target(w), eta, alpha) for w in (wk, wv)])
+    out["gates"].append([write(w, k, mem(w, v, False), eta, alpha, False) for w in (we, wa)])
+    out["out"].append(write(wo, k, target(wo), eta, alpha))
+  return out
+
+
+@pytest.mark.parametrize("targets", ["shared", "self"])
+def test_fully_adaptive_targets_match_eqs_79_to_82_by_hand(targets):
+  """targets='shared' (the fully adaptive memory, eqs. 79-82) regresses every vector memory
+  and the output memory onto v; 'self' onto the memory's own M(v) (eqs. 84-85). Both checked
+  against a direct transcription, for the sequential reference and the chunked path."""
+  with jax.enable_x64(True):
+    cfg, params, inp = _setup(5, b=1, t=1, targets=targets, rule="gd", chunk_size=1,
+                              proj_chunk_size=1)
+    want = _first_token_by_hand(cfg, params, inp)
+    for impl in ("sequential", "chunked"):
+      scan = jax.jit(lambda p, i, impl=impl: memory_scan(  # noqa: E731
+          cfg, p, init_memory_state(cfg, p, 1), i, impl)[1])
+      st = scan(params, inp)
+      for h in range(cfg.n_heads):
+        for name, group in (("proj", st.proj), ("gates", st.gates)):
+          for i in range(2):
+            got = jax.tree.map(lambda z: z[0, i, h], group.memory)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want[name][h][i]),
+                            strict=True):
+              np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=(impl, name))
+        got = jax.tree.map(lambda z: z[0, h], st.out.memory)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want["out"][h]), strict=True):
+          np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=(impl, "out"))
+
+
+@pytest.mark.slow
+def test_fully_adaptive_chunked_equals_sequential_float64():
+  with jax.enable_x64(True):
+    cfg, params, inp = _setup(6, targets="shared", adaptive_q=True, momentum=True, chunk_size=4,
+                              proj_chunk_size=2)
+    state = init_memory_state(cfg, params, 2)
+    o_shared = _compare(cfg, params, inp, state)
+    o_self = memory_scan(dataclasses.replace(cfg, targets="self"), params, state, inp)[0]
+    assert float(jnp.max(jnp.abs(o_shared - o_self))) > 1e-3
+
+
 def test_bad_config_raises():
   with pytest.raises(ValueError, match="rule"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, rule="hebbian")
@@ -127,6 +200,8 @@ def test_bad_config_raises():
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, static_projections=("q",))
   with pytest.raises(ValueError, match=r"anchored_step='max' is not one of \('mean', 'sum'\)"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, anchored_step="max")
+  with pytest.raises(ValueError, match=r"targets='given' is not one of \('self', 'shared'\)"):
+    SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, targets="given")
 
 
 def test_static_projections_chunked_equals_sequential_and_skip_memory():
