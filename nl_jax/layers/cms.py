@@ -31,7 +31,8 @@ variant:
 * ``nested`` (eq. 72, spec 6.2): the chain of ``sequential``, but the initial state of each
   level but the slowest is learned in context by the next slower level, which re-initialises
   it from that state at the end of each of its own chunks. Levels are listed fastest first,
-  each C_{l+1} a multiple of C_l; objective "local" only. Our reading of eq. 72 below.
+  each C_{l+1} a multiple of C_l; both objectives (``ntp``: nl_jax.layers.cms_ntp). Our
+  reading of eq. 72 below.
 
 Nested CMS, our reading of eq. 72, theta^(f_{s+1})_0 = argmin_Phi E_{T ~ C^(s)} [l(Theta, T;
 Phi)]: "level s meta-learns the initial state of level s+1, which is re-initialised at the end
@@ -216,9 +217,6 @@ class CMSConfig:
         raise ValueError(f"{name}.chunk_sizes={cs}: variant='nested' lists its levels fastest "
                          "first, each chunk size a multiple of the one before (level l+1 "
                          "re-initialises level l at the end of each of its chunks, eq. 72)")
-      if self.objective != "local":
-        raise ValueError(f"{name}.objective={self.objective!r}: variant='nested' is "
-                         "implemented for objective='local' only")
     for f in ("d_model", "hidden"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
         raise ValueError(f"{name}.{f} must be a positive int, got {getattr(self, f)!r}")

@@ -109,7 +109,7 @@ class _CMSFields(LMConfig):
     cms_variant: "sequential" (chain, eq. 70), "independent" (eq. 74) or "nested" (eq. 72:
       the chain, each level's initial state learned in context by the next slower level and
       restored at the end of each of its chunks; cms_chunk_sizes fastest first, each a
-      multiple of the one before; cms_objective "local" only; see nl_jax.layers.cms).
+      multiple of the one before; either objective; see nl_jax.layers.cms).
     cms_objective: (profile field: default "local", paper "ntp") "local" (see
       nl_jax.layers.cms) or "ntp" (the whole model's next-token loss; see
       nl_jax.models.cms_ntp: ~3-4x the compute of "local").

@@ -64,7 +64,11 @@ def _reference(model, tokens, segment_ids, targets, loss_mask, stop_inner=False)
 
   Fresh stream. Attention blocks re-run ``Attention.__call__`` on the prefix (earlier
   segments' inputs kept as they were computed), SMT blocks carry their state.
-  Returns (logits [B, T, V], final fast weights per block, final accumulators per block).
+  cms_variant="nested" (eq. 72): level l < k - 1 also carries phi (its start) and macc (its
+  gradients since level l + 1's last step); at a chunk end of level l + 1, phi takes level
+  l + 1's step on macc and level l restarts from it. No retention here.
+  Returns (logits [B, T, V], final fast weights per block, final accumulators per block,
+  final phi per block).
   """
   cfg = model.config
   s, chunks, lrs = min(cfg.cms_chunk_sizes), cfg.cms_chunk_sizes, cfg.cms_learning_rates
@@ -79,6 +83,14 @@ def _reference(model, tokens, segment_ids, targets, loss_mask, stop_inner=False)
   bcast = lambda w: jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), w)  # noqa: E731
   weights = [[bcast(w) for w in p.init] for p in params]
   acc = [[jax.tree.map(jnp.zeros_like, w) for w in ws] for ws in weights]
+  n_meta = len(chunks) - 1 if cfg.cms_variant == "nested" else 0
+  phi = [ws[:n_meta] for ws in weights]
+  macc = [a[:n_meta] for a in acc]
+
+  def clipped(lr, a):  # the step's learning rate, its norm clipped to max_step_norm per row
+    norm = lr * jnp.sqrt(sum(jnp.sum(x * x, axis=(1, 2)) for x in a))
+    clip = norm > max_norm
+    return (lr * jnp.where(clip, max_norm / jnp.where(clip, norm, 1.0), 1.0))[:, None, None]
   smt = [blk.smt.init_memory(b) if hasattr(blk, "smt") else None for blk in blocks]
   hist = [[] for _ in blocks]
   out = []
@@ -93,6 +105,8 @@ def _reference(model, tokens, segment_ids, targets, loss_mask, stop_inner=False)
       weights[i] = [jax.tree.map(sel, bcast(init), w)
                     for init, w in zip(p.init, weights[i], strict=True)]
       acc[i] = [jax.tree.map(lambda a: sel(jnp.zeros_like(a), a), a) for a in acc[i]]
+      phi[i] = [jax.tree.map(sel, bcast(init), w) for init, w in zip(p.init, phi[i])]
+      macc[i] = [jax.tree.map(lambda a: sel(jnp.zeros_like(a), a), a) for a in macc[i]]
 
     def seg_loss(ws, sl=sl, end=end, start=start, smt=smt):
       x = x_all[:, sl]
@@ -124,15 +138,20 @@ def _reference(model, tokens, segment_ids, targets, loss_mask, stop_inner=False)
         hist[i].append(new_hist[i])
       for lvl, c in enumerate(chunks):
         a = jax.tree.map(jnp.add, acc[i][lvl], g[i][lvl])
-        if end // c > start // c:  # the step, its norm clipped to max_step_norm per sequence
-          norm = lrs[lvl] * jnp.sqrt(sum(jnp.sum(x * x, axis=(1, 2)) for x in a))
-          clip = norm > max_norm
-          lr = lrs[lvl] * jnp.where(clip, max_norm / jnp.where(clip, norm, 1.0), 1.0)
-          lr = lr[:, None, None]
+        if end // c > start // c:  # the level's own step
+          lr = clipped(lrs[lvl], a)
           weights[i][lvl] = jax.tree.map(lambda w, a, lr=lr: w - lr * a, weights[i][lvl], a)
           a = jax.tree.map(jnp.zeros_like, a)
         acc[i][lvl] = a
-  return jnp.concatenate(out, axis=1), weights, acc
+        if lvl < n_meta:
+          macc[i][lvl] = jax.tree.map(jnp.add, macc[i][lvl], g[i][lvl])
+          if end // chunks[lvl + 1] > start // chunks[lvl + 1]:  # end of level lvl's context
+            lr = clipped(lrs[lvl + 1], macc[i][lvl])
+            phi[i][lvl] = jax.tree.map(lambda p, a, lr=lr: p - lr * a, phi[i][lvl],
+                                       macc[i][lvl])
+            weights[i][lvl] = phi[i][lvl]
+            macc[i][lvl] = jax.tree.map(jnp.zeros_like, macc[i][lvl])
+  return jnp.concatenate(out, axis=1), weights, acc, phi
 
 
 def _shifted(tokens):
@@ -235,12 +254,13 @@ def _model_vs_reference(name, tokens, segment_ids, rtol, **overrides):
     m = nnx.merge(graphdef, params)
     logits, state, _ = m(tokens, segment_ids=segment_ids, targets=targets, loss_mask=mask)
     states = [st["cms"] for k, st in sorted(state.items()) if k.startswith("block_")]
-    return logits, ([s.weights for s in states], [s.acc for s in states])
+    return logits, ([s.weights for s in states], [s.acc for s in states],
+                    [list(s.meta_init) for s in states])
 
   def run_ref(params, stop_inner=False):
-    logits, w, acc = _reference(nnx.merge(graphdef, params), tokens, segment_ids, targets,
-                                mask, stop_inner)
-    return logits, (w, acc)
+    logits, w, acc, phi = _reference(nnx.merge(graphdef, params), tokens, segment_ids, targets,
+                                     mask, stop_inner)
+    return logits, (w, acc, phi)
 
   def loss(f):  # outer loss on the logits; the fast weights ride along as aux
     def fn(p):
@@ -248,14 +268,18 @@ def _model_vs_reference(name, tokens, segment_ids, rtol, **overrides):
       return jnp.sum(logits * r), (logits, fast)
     return jax.jit(jax.value_and_grad(fn, has_aux=True))
 
-  (_, (logits, (w, acc))), g = loss(run_model)(params)
-  (_, (ref_logits, (ref_w, ref_acc))), g_ref = loss(run_ref)(params)
+  (_, (logits, (w, acc, phi))), g = loss(run_model)(params)
+  (_, (ref_logits, (ref_w, ref_acc, ref_phi))), g_ref = loss(run_ref)(params)
   _close(logits, ref_logits, rtol, "logits")
   for i in range(len(w)):
     for lvl in range(len(w[i])):
       for f in range(3):
         _close(w[i][lvl][f], ref_w[i][lvl][f], rtol, f"block {i} level {lvl} weights")
         _close(acc[i][lvl][f], ref_acc[i][lvl][f], rtol, f"block {i} level {lvl} acc")
+    assert len(phi[i]) == len(ref_phi[i])
+    for lvl in range(len(phi[i])):
+      for f in range(3):
+        _close(phi[i][lvl][f], ref_phi[i][lvl][f], rtol, f"block {i} level {lvl} phi")
   # the in-context updates matter far beyond the tolerance
   init = model.blocks[0].cms.params().init[0].w_gate
   assert np.abs(np.asarray(w[0][0].w_gate) - np.asarray(init)).max() > 1e-2
@@ -284,6 +308,17 @@ def test_hope_attention_matches_reference_with_remainder_reset_and_zero_lr():
   seg = jnp.array([[1] * 4 + [2] * 6, [1] * 10], jnp.int32)
   _model_vs_reference("hope_attention", tokens, seg, 2e-5, cms_chunk_sizes=(4, 8, 8),
                       cms_learning_rates=(0.5, 0.3, 0.0))
+
+
+def test_nested_hope_attention_matches_reference():
+  """cms_variant="nested" with the next-token objective (eq. 72 over eq. 71): level 0's context
+  ends at 8 and 16 (level 1's chunk ends), level 1's at 16; row 0 starts a document at 12.
+  The parents move more slowly than their children (lr 0.5 > 0.3 > 0.2), so restarting from
+  phi is not a no-op."""
+  tokens = _tokens(2, 16)
+  seg = jnp.array([[1] * 12 + [2] * 4, [1] * 16], jnp.int32)
+  _model_vs_reference("hope_attention", tokens, seg, 2e-5, cms_chunk_sizes=(4, 8, 16),
+                      cms_learning_rates=(0.5, 0.3, 0.2), cms_variant="nested")
 
 
 @pytest.mark.slow
