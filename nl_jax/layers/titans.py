@@ -114,6 +114,8 @@ class TitansLayer(nnx.Module):
     first_order: stop gradients through the memory writes.
     value_norm: "l2" (default: v is L2-normalised like q and k) or "none" (Titans as
       published: only q and k are). See the module docstring.
+    anchored_step: "mean" (default) or "sum" (Titans' eqs. 16-18): the MLP memory's
+      anchored step per token, divided by chunk_size or not (nl_jax.memory.MLPMemory).
     dtype: activation dtype (the memory state is float32).
     param_dtype: parameter dtype.
     rngs: parameter initialisation.
@@ -125,7 +127,7 @@ class TitansLayer(nnx.Module):
                momentum: bool = True, eta_max: float = 1.0, alpha_min: float = 0.0,
                mu_max: float = 0.9, conv_width: int = 4, memory_implementation: str = "auto",
                memory_kernel: str = "auto", first_order: bool = False, norm_eps: float = 1e-6,
-               value_norm: str = "l2", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               value_norm: str = "l2", anchored_step: str = "mean", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if memory_depth not in (1, 2):
       raise ValueError(f"TitansLayer: memory_depth must be 1 (matrix) or 2 (MLP), got "
                        f"{memory_depth}")
@@ -166,7 +168,8 @@ class TitansLayer(nnx.Module):
     hk = n_heads * head_dim
     if memory_depth == 2:
       self.memory = MLPMemory(in_dim=head_dim, hidden_dim=memory_expansion * head_dim,
-                              activation=memory_activation, residual=True, **common)
+                              activation=memory_activation, residual=True,
+                              anchored_step=anchored_step, **common)
       init = self.memory.init_params(rngs.params(), head_shape=(n_heads,), dtype=param_dtype)
       self.memory_init_w1 = nnx.Param(init.initial.w1)
       self.memory_init_w2 = nnx.Param(init.initial.w2)

@@ -65,6 +65,10 @@ class TitansConfig(LMConfig):
     value_norm: "l2" (default: v L2-normalised like q and k; departs from Titans, where v is
       not normalised: without it seed 1 of the in-context LM run diverged at step 151, see
       experiments/stability/README.md) or "none" (Titans as published).
+    anchored_step: the MLP memory's chunk-parallel step (memory_depth=2): "mean" (default:
+      each token's gradient step, taken at the chunk's anchor, divided by chunk_size, as a
+      mini-batch average) or "sum" (Titans' eqs. 16-18: every token's full step). Departs
+      from Titans by default; see nl_jax.memory.mlp and experiments/in_context/README.md.
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
@@ -94,6 +98,7 @@ class TitansConfig(LMConfig):
   memory_kernel: str = "auto"
   first_order: bool = False
   value_norm: str = "l2"
+  anchored_step: str = "mean"
   SAVED_BEFORE: ClassVar[dict[str, Any]] = {"value_norm": "none"}
 
   def __post_init__(self):
@@ -107,6 +112,9 @@ class TitansConfig(LMConfig):
     if self.memory_kernel == "pallas" and self.memory_depth != 1:
       raise ValueError(f"{name}.memory_kernel='pallas' needs memory_depth=1 (the kernel computes "
                        "the matrix-memory scan); use memory_kernel='auto' or 'xla'")
+    if self.anchored_step not in ("mean", "sum"):
+      raise ValueError(f"{name}.anchored_step={self.anchored_step!r} is not one of "
+                       "('mean', 'sum')")
     for f in ("chunk_size", "memory_expansion", "conv_width"):
       v = getattr(self, f)
       if not isinstance(v, int) or v < 1:
@@ -131,7 +139,8 @@ class TitansConfig(LMConfig):
                 mu_max=self.mu_max, conv_width=self.conv_width,
                 memory_implementation=self.memory_implementation,
                 memory_kernel=self.memory_kernel, first_order=self.first_order,
-                norm_eps=self.norm_eps, value_norm=self.value_norm)
+                norm_eps=self.norm_eps, value_norm=self.value_norm,
+                anchored_step=self.anchored_step)
 
 
 class TitansBlock(nnx.Module):

@@ -58,20 +58,23 @@ def test_tiny_forward_backward_under_jit_reaches_every_parameter():
         jax.tree_util.keystr(path)
 
 
-def _layer(impl, depth, dtype):
+def _layer(impl, depth, dtype, anchored_step="mean"):
   return TitansLayer(16, 2, 8, memory_depth=depth, chunk_size=4, memory_implementation=impl,
-                     memory_kernel="xla", dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(3))
+                     memory_kernel="xla", dtype=dtype, param_dtype=dtype,
+                     anchored_step=anchored_step, rngs=nnx.Rngs(3))
 
 
-@pytest.mark.parametrize("depth", [2, pytest.param(1, marks=pytest.mark.slow)])
-def test_layer_chunked_equals_sequential_float64(depth):
+@pytest.mark.parametrize("depth,anchored_step", [
+    (2, "mean"), (2, "sum"),  # sum: Titans' eqs. 16-18, no 1/C
+    pytest.param(1, "mean", marks=pytest.mark.slow)])
+def test_layer_chunked_equals_sequential_float64(depth, anchored_step):
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(1), (2, 11, 16), jnp.float64)  # ragged: 11 = 2*4 + 3
     seg = jnp.array([[1] * 8 + [2] * 3, [1] * 4 + [5] * 7])  # resets on chunk starts only
     reset = seg != jnp.concatenate([seg[:, :1], seg[:, :-1]], axis=1)
 
-    def run(impl):
-      layer = _layer(impl, depth, jnp.float64)
+    def run(impl, anchored_step=anchored_step):
+      layer = _layer(impl, depth, jnp.float64, anchored_step)
       graphdef, params = nnx.split(layer)
 
       @jax.jit
@@ -90,6 +93,9 @@ def test_layer_chunked_equals_sequential_float64(depth):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11),
                  g_chunk, g_seq)
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g_seq)) > 0
+    if anchored_step == "sum":  # the option reaches the memory: C times the in-chunk steps
+      _, (y_mean, _) = run("chunked", "mean")
+      assert float(jnp.abs(y_mean - y_chunk).max()) > 1e-3
 
 
 def test_streaming_independence_and_resets():
@@ -156,6 +162,8 @@ def test_bad_inputs_and_configs():
     registry.model_config("titans", "tiny", memory_depth=3)
   with pytest.raises(ValueError, match="memory_kernel"):
     registry.model_config("titans", "tiny", memory_kernel="triton")
+  with pytest.raises(ValueError, match=r"TitansConfig.anchored_step='max' is not one of"):
+    registry.model_config("titans", "tiny", anchored_step="max")
   with pytest.raises(ValueError, match="needs memory_depth=1"):
     registry.model_config("titans", "tiny", memory_kernel="pallas")
   with pytest.raises(ValueError, match="needs memory_depth=1"):
