@@ -38,10 +38,15 @@ static q           adaptive_q=False
 static k           static_projections=("k",) (k_t = l2norm of the static projection)
 static v           static_projections=("v",)
 nested CMS         cms_variant="nested" (eq. 72: level s meta-learns level s+1's start)
+nested CMS (slow   the same with cms_learning_rates=(1e-3, 1e-4): the parent moves the
+parent)           child's start 10x more slowly than the child adapts (at equal rates
+                   nested is sequential but for the step clip, nl_jax.layers.cms)
+slow level 1       cms_learning_rates=(1e-3, 1e-4) in the sequential chain: the control of
+(sequential)       the row above (same rates, no nesting)
 fully adaptive     smt_targets="shared" (eqs. 79-82: adaptive projections, no vhat = M(v))
 =================  ==============================================================
 
-The last two rows are not in Table 6 (no paper number): the nested CMS and the fully adaptive
+The last four rows are not in Table 6 (no paper number): the nested CMS and the fully adaptive
 memory are the paper's other variants, measured beside the ablations.
 
   python experiments/ablations/run.py                    # full (see README for time)
@@ -72,6 +77,8 @@ ROWS = {
     "static v": {"static_projections": ("v",)},
     # Not in Table 6: the paper's other variants (issue 21), stated as differences too.
     "nested CMS": {"cms_variant": "nested"},
+    "nested CMS (slow parent)": {"cms_variant": "nested", "cms_learning_rates": (1e-3, 1e-4)},
+    "slow level 1 (sequential)": {"cms_learning_rates": (1e-3, 1e-4)},
     "fully adaptive": {"smt_targets": "shared"},
 }
 # Table 6 (spec 8.7): average LM perplexity and reasoning accuracy, 1.3B / 100B tokens.
