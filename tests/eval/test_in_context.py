@@ -197,3 +197,30 @@ def test_fit_max_seconds_leaves_out_compilation():
   assert len(log["losses"]) == 1 and float(model.scale[...]) != 1.0
   log = fit.train(model, iter([batch] * 5), 5, optax.sgd(0.1), max_seconds=600.0)
   assert len(log["losses"]) == 5
+
+
+def test_switch_off_variants_and_table(tmp_path):
+  """Which in-context updates each model has, and the aggregation over seeds."""
+  from nl_jax.models import registry
+
+  script = _script("switch_off.py")
+  hope = script.variants(registry.model_config("hope", "tiny"))
+  assert hope == {"as trained": {}, "no SMT / Titans writes": {"eta_max": 1e-6},
+                  "no CMS steps": {"cms_learning_rates": (0.0, 0.0)},
+                  "both off": {"eta_max": 1e-6, "cms_learning_rates": (0.0, 0.0)}}
+  assert list(script.variants(registry.model_config("titans", "tiny"))) == [
+      "as trained", "no SMT / Titans writes"]
+  assert list(script.variants(registry.model_config("transformer_pp", "tiny"))) == [
+      "as trained"]
+
+  def r(base, off):
+    return {"as trained": {"heldout_nll": base, "first_nll": 2.0, "second_nll": 1.9},
+            "no CMS steps": {"heldout_nll": base + off, "first_nll": 2.0, "second_nll": 2.0}}
+
+  md = script.table({"runs/hope_seed0": r(2.0, 0.02), "runs/hope_seed1": r(2.2, 0.04)})
+  assert "| hope | as trained | 2 | 2.10000 | +0.00000 [+0.00000, +0.00000] | " \
+         "-0.1000 [-0.1000, -0.1000] |" in md, md
+  assert "| hope | no CMS steps | 2 | 2.13000 | +0.03000 [+0.02000, +0.04000] | " \
+         "+0.0000 [+0.0000, +0.0000] |" in md, md
+  with pytest.raises(SystemExit, match="no checkpoints/"):
+    script.main(["--workdirs", str(tmp_path)])
