@@ -366,15 +366,29 @@ def _plot_gain(plt, path: str, results: dict, args) -> None:
   plt.close(fig)
 
 
+def check_lengths(models: list[str], args) -> None:
+  """Unknown models and lengths that are not multiples of a model's alignment, before any
+  training (the alignment of the tiny preset: chunk sizes, never changed by these flags)."""
+  from nl_jax.models import registry  # noqa: PLC0415
+
+  for m in models:
+    if m not in CONFIG_FILES:
+      raise ValueError(f"--models: unknown model {m!r}; expected some of {sorted(CONFIG_FILES)}")
+    align = getattr(registry.model_config(m, "tiny"), "alignment", 1)
+    for flag, value in (("--twice-len", args.twice_len), ("--ppl-reset", args.ppl_reset)):
+      if value and value % align:
+        raise ValueError(f"{flag} {value} must be a multiple of {m}'s alignment {align} "
+                         f"(e.g. {max(align, value // align * align)})")
+
+
 def main(argv=None):
   args = parse(argv)
   path = experiment.out_dir(__file__, args.out)
   models, seeds = args.models.split(","), _ints(args.seeds)
   t0 = time.time()
+  check_lengths(models, args)
   results = {}
   for m in models:
-    if m not in CONFIG_FILES:
-      raise ValueError(f"--models: unknown model {m!r}; expected some of {sorted(CONFIG_FILES)}")
     results[m] = {}
     for s in seeds:
       workdir = os.path.join(path, "runs", f"{m}_seed{s}")
@@ -400,7 +414,7 @@ def main(argv=None):
             json.dump({"settings": _eval_settings(args), "eval": r["eval"]}, f)
         r["params"] = _params(workdir)
         b = r["eval"]["buckets"]
-        print(f"   loss by position: " + ", ".join(
+        print("   loss by position: " + ", ".join(
             f"[{x['start']},{x['end']}) {x['nll']:.3f}" for x in b), flush=True)
         for mode in ("context", "segments"):
           t = r["eval"][f"twice_{mode}"]

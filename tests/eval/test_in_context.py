@@ -159,6 +159,16 @@ def test_lm_tables_from_results(tmp_path):
   assert os.path.getsize(tmp_path / "context_gain.png") > 1000
 
 
+def test_lm_refuses_misaligned_lengths_before_training(tmp_path):
+  script = _script("lm.py")
+  with pytest.raises(ValueError, match="--ppl-reset 20 must be a multiple of titans's "
+                                       r"alignment 16 \(e.g. 16\)"):
+    script.main(["--models", "titans", "--ppl-reset", "20", "--out", str(tmp_path)])
+  with pytest.raises(ValueError, match="--models: unknown model 'gpt'"):
+    script.main(["--models", "gpt", "--out", str(tmp_path)])
+  assert not os.path.exists(tmp_path / "runs")  # nothing trained
+
+
 def test_lm_match_params_sets_the_baselines_width():
   script = _script("lm.py")
   args = script.parse(["--match-params", "hope"])
