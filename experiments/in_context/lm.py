@@ -167,13 +167,6 @@ def _failure(workdir: str) -> str:
   return f" (non-finite loss at step {found[-1]})" if found else ""
 
 
-def heldout_texts(num: int, length: int, seed: int) -> list[str]:
-  text = perplexity.heldout_text()
-  rng = np.random.default_rng([seed, length, 2])
-  starts = rng.integers(0, len(text) - length, size=num)
-  return [text[s:s + length] for s in starts]
-
-
 def evaluate(workdir: str, args) -> dict:
   """Loss by position and read-twice of the run's last checkpoint."""
   from nl_jax.train import load_for_eval  # noqa: PLC0415
@@ -197,7 +190,7 @@ def evaluate(workdir: str, args) -> dict:
   segmented = runner.make_logits_fn(model, segment_len=args.twice_len)
   for mode, fn in (("context", full), ("segments", segmented)):
     reads = [perplexity.read_twice(fn, t)
-             for t in heldout_texts(args.twice_texts, args.twice_len, seed=0)]
+             for t in perplexity.heldout_texts(args.twice_texts, args.twice_len, seed=0)]
     first = float(np.mean([np.log(r["first_ppl"]) for r in reads]))
     second = float(np.mean([np.log(r["second_ppl"]) for r in reads]))
     out[f"twice_{mode}"] = {"first_nll": first, "second_nll": second,

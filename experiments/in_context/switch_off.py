@@ -79,10 +79,7 @@ def run(workdir: str, args) -> dict:
 
   model, _ = load_for_eval(workdir)
   windows = perplexity.windows(args.len, args.windows, seed=args.seed)
-  text = perplexity.heldout_text()
-  rng = np.random.default_rng([args.seed, args.twice_len, 2])
-  texts = [text[s:s + args.twice_len]
-           for s in rng.integers(0, len(text) - args.twice_len, size=args.twice_texts)]
+  texts = perplexity.heldout_texts(args.twice_texts, args.twice_len, args.seed)
   out = {}
   for name, overrides in variants(model.config).items():
     m = model

@@ -45,6 +45,14 @@ def windows(seq_len: int, num_windows: int, seed: int, text: str | None = None) 
   return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int32)
 
 
+def heldout_texts(num: int, length: int, seed: int) -> list[str]:
+  """``num`` random held-out texts of ``length`` characters (the read-twice texts)."""
+  text = heldout_text()
+  rng = np.random.default_rng([seed, length, 2])
+  starts = rng.integers(0, len(text) - length, size=num)
+  return [text[s:s + length] for s in starts]
+
+
 def position_nll(logits_fn: LogitsFn, tokens_NxT: np.ndarray, batch_size: int = 4,
                  reset_every: int | None = None) -> np.ndarray:
   """Mean NLL (nats) of predicting token t+1 at each position t; shape [T-1].

@@ -124,7 +124,8 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   segment_ids_BxT = ctx.segment_ids
 
   block_states0 = [memory_state[f"block_{i}"] for i in range(n_blocks)]
-  aligned = [_smt_aligned(blk, s, ctx.start_aligned) for blk in blocks]
+  # Every block has the same chunk sizes, so one answer holds for all of them.
+  aligned = _smt_aligned(blocks[0], s, ctx.start_aligned)
   kv0 = []
   for blk in blocks:
     if hasattr(blk, "smt"):
@@ -153,7 +154,7 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
       return [fn(*args) for args in zip(*per_block, strict=True)]
 
   def block_forward(blk, x, state, kv_i, weights_i, seg):
-    x, m_state, kv_i, m_aux = _mixer(blk, x, state, kv_i, seg, segment_ids_BxT, aligned[0])
+    x, m_state, kv_i, m_aux = _mixer(blk, x, state, kv_i, seg, segment_ids_BxT, aligned)
     x = constrain_activations(cms_ntp.apply_levels(cms_cfg, blk.cms.params(), weights_i, x))
     return x, m_state, kv_i, m_aux
 
