@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from nl_jax.layers.mlp import dense_init
-from nl_jax.layers.projection import project
+from nl_jax.layers.projection import project, project_shared
 
 # A finite fill instead of -inf: a fully masked row (only possible for padded query rows of
 # the blocked path) becomes uniform instead of NaN, and NaN never reaches the gradient.
@@ -154,11 +154,10 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                segment_ids_BxT: jax.Array) -> jax.Array:
     x = x_BxTxD.astype(self.dtype)
-    q_BxTxHxK = rope(project("btd,dhk->bthk", x, self.wq, self.dtype), positions_BxT,
-                     self.rope_theta)
-    k_BxTxHxK = rope(project("btd,dhk->bthk", x, self.wk, self.dtype), positions_BxT,
-                     self.rope_theta)
-    v_BxTxHxK = project("btd,dhk->bthk", x, self.wv, self.dtype)
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = project_shared(
+        "btd,dhk->bthk", x, (self.wq, self.wk, self.wv), self.dtype)
+    q_BxTxHxK = rope(q_BxTxHxK, positions_BxT, self.rope_theta)
+    k_BxTxHxK = rope(k_BxTxHxK, positions_BxT, self.rope_theta)
     o_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, segment_ids_BxT,
                                  sliding_window=self.sliding_window, block_size=self.block_size)
     return project("bthk,hkd->btd", o_BxTxHxK, self.wo, self.dtype)
@@ -187,11 +186,10 @@ class Attention(nnx.Module):
     """
     s = x_BxSxD.shape[1]
     x = x_BxSxD.astype(self.dtype)
-    q_BxSxHxK = rope(project("bsd,dhk->bshk", x, self.wq, self.dtype), positions_BxS,
-                     self.rope_theta)
-    k_BxSxHxK = rope(project("bsd,dhk->bshk", x, self.wk, self.dtype), positions_BxS,
-                     self.rope_theta)
-    v_BxSxHxK = project("bsd,dhk->bshk", x, self.wv, self.dtype)
+    q_BxSxHxK, k_BxSxHxK, v_BxSxHxK = project_shared(
+        "bsd,dhk->bshk", x, (self.wq, self.wk, self.wv), self.dtype)
+    q_BxSxHxK = rope(q_BxSxHxK, positions_BxS, self.rope_theta)
+    k_BxSxHxK = rope(k_BxSxHxK, positions_BxS, self.rope_theta)
     k_buf = jax.lax.dynamic_update_slice_in_dim(k_buf_BxTxHxK,
                                                 k_BxSxHxK.astype(k_buf_BxTxHxK.dtype), start, 1)
     v_buf = jax.lax.dynamic_update_slice_in_dim(v_buf_BxTxHxK,

@@ -17,7 +17,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from nl_jax.layers.projection import project
+from nl_jax.layers.projection import project, project_shared
 
 
 def dense_init(rng: jax.Array, shape: tuple[int, ...], fan_in: int, dtype) -> jax.Array:
@@ -49,6 +49,6 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     x = x_BxTxD.astype(self.dtype)
-    gate_BxTxF = project("...d,df->...f", x, self.w_gate, self.dtype)
-    up_BxTxF = project("...d,df->...f", x, self.w_up, self.dtype)
+    gate_BxTxF, up_BxTxF = project_shared("...d,df->...f", x, (self.w_gate, self.w_up),
+                                          self.dtype)
     return project("...f,fd->...d", jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down, self.dtype)

@@ -185,14 +185,32 @@ def project(equation: str, x: jax.Array, weight: Any, dtype: Any = None,
   Raises:
     ValueError: the contracted axes are not the trailing axes of ``x`` in the weight's order.
   """
+  return project_shared(equation, x, (weight,), dtype, **einsum_kwargs)[0]
+
+
+def project_shared(equation: str, x: jax.Array, weights: Any, dtype: Any = None,
+                   **einsum_kwargs: Any) -> tuple[jax.Array, ...]:
+  """`project` of one input by several weights (wq, wk, wv; w_gate, w_up).
+
+  The input is recorded once for all of them, so an input-aware optimizer computes one
+  ``X^T X`` for the group instead of one per weight (for DGD on Transformer++ that is a third
+  of the attention's statistics and half of the SwiGLU's input side).
+
+  Args:
+    equation, x, dtype, **einsum_kwargs: as in `project` (the same equation for every weight).
+    weights: a sequence of ``nnx.Param`` s (or arrays) of one shape.
+
+  Returns:
+    A tuple with ``einsum(equation, x, W)`` per weight, in order.
+  """
   xs, ws, out = _parse(equation)
   contracted = [c for c in xs if c in ws and c not in out]
   if xs[len(xs) - len(contracted):] != "".join(c for c in ws if c in contracted):
     raise ValueError(f"project: equation {equation!r} must contract the trailing axes of the "
                      "input, in the order of the weight's axes")
-  w = weight[...] if isinstance(weight, nnx.Variable) else weight
+  arrays = [w[...] if isinstance(w, nnx.Variable) else w for w in weights]
   if dtype is not None:
     x = x.astype(dtype)
-    w = w.astype(dtype)
-  x = record_input(x, weight, in_axes=len(contracted))
-  return jnp.einsum(equation, x, w, **einsum_kwargs)
+    arrays = [w.astype(dtype) for w in arrays]
+  x = record_input(x, *weights, in_axes=len(contracted))
+  return tuple(jnp.einsum(equation, x, w, **einsum_kwargs) for w in arrays)

@@ -113,3 +113,48 @@ def test_dgd_from_statistics_equals_dgd_from_rows_on_a_matrix_view():
     np.testing.assert_allclose(d_stats["w"].reshape(6, 6), d_rows["w"], rtol=1e-10)
     # And it is eq. 57's preconditioned direction, not the gradient.
     assert float(jnp.abs(d_stats["w"] - g).max()) > 1e-2
+
+
+def _gram_count(layer, x, *call_args):
+  """Dot products in the recorded loss's gradient program minus those without recording."""
+  projection.tag_param_paths(layer)
+  graphdef, params = nnx.split(layer, nnx.Param)
+
+  def count(record):
+    def loss(params, probes, x):  # x differentiated too, so both programs have its cotangent
+      m = nnx.merge(graphdef, params)
+      with projection.recording(probes if record else {}):
+        return jnp.sum(m(x, *call_args))
+
+    with projection.recording() as seen:
+      nnx.merge(graphdef, params)(x, *call_args)
+    probes = {p: projection.zero_stats(n) for p, n in seen.items()}
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(params, probes, x)
+    return str(jaxpr).count("dot_general")
+
+  return count(True) - count(False)
+
+
+def test_weights_sharing_an_input_share_one_gram_matrix():
+  """wq/wk/wv and w_gate/w_up read the same input: one X^T X each group, not one per weight."""
+  from nl_jax.layers.attention import Attention  # pylint: disable=import-outside-toplevel
+  from nl_jax.layers.mlp import SwiGLU  # pylint: disable=import-outside-toplevel
+  x = jnp.ones((2, 8, 16))
+  attn = Attention(16, 2, 8, block_size=None, rngs=nnx.Rngs(0))
+  pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
+  assert _gram_count(attn, x, pos, jnp.ones((2, 8), jnp.int32)) == 2  # {q, k, v} and o
+  assert _gram_count(SwiGLU(16, 24, rngs=nnx.Rngs(0)), x) == 2  # {gate, up} and down
+  # The shared record is the same statistics for every weight of the group.
+  projection.tag_param_paths(attn)
+  graphdef, params = nnx.split(attn, nnx.Param)
+  probes = {k: projection.zero_stats(16) for k in ("wq", "wk", "wv")}
+
+  def loss(params, probes):
+    with projection.recording(probes):
+      return jnp.sum(nnx.merge(graphdef, params)(x + 0.1 * jnp.arange(16), pos,
+                                                  jnp.ones((2, 8), jnp.int32)))
+  _, stats = jax.grad(loss, argnums=(0, 1))(params, probes)
+  rows = np.asarray(x + 0.1 * jnp.arange(16)).reshape(-1, 16)
+  for k in ("wq", "wk", "wv"):
+    np.testing.assert_allclose(stats[k].gram, rows.T @ rows, rtol=1e-5)
+    np.testing.assert_allclose(stats[k].count, 16.0)
