@@ -82,6 +82,12 @@ Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConf
   anchor, are averaged like a TTT / Titans mini-batch), ``"sum"`` takes eq. 90's step
   literally (each token's full step; C identical tokens then move the weights C times as far
   as one exact step, see nl_jax.memory.mlp). The erase and the decay are never scaled.
+* output_error: ``"anchor"`` (default) takes every memory's output-side weight (w1) error at
+  the chunk's anchor like its other gradients; ``"current"`` takes it at w1's current value,
+  the delta rule on the features h = act(w2 k) (MLPMemory.output_error): sequential inside
+  the chunk, in closed form, and without the 1/C, since the delta step cannot overshoot on
+  repeated tokens. With the 1/C the trained writes are too small to change Hope's loss
+  (experiments/in_context/README.md).
 
 Chunk-parallel anchored semantics (spec 5.4): inside a chunk every k, v, eta, alpha and vhat
 comes from the memories' anchor (the state at the end of the previous chunk, a causal reading
@@ -126,6 +132,7 @@ SMT_READS = ("pre", "post", "anchor")
 VALUE_NORMS = ("l2", "none")
 ANCHORED_STEPS = ("mean", "sum")
 TARGETS = ("self", "shared")
+OUTPUT_ERRORS = ("anchor", "current")
 IMPLEMENTATIONS = ("auto", "chunked", "sequential")
 
 
@@ -156,6 +163,8 @@ class SelfModifyingTitansConfig:
       equations: only q and k are normalised). See the module docstring.
     anchored_step: "mean" (default: each anchored gradient step divided by the memory's chunk
       size) or "sum" (eq. 90 literally, no 1/C). See the module docstring.
+    output_error: "anchor" (default) or "current" (w1's delta-rule step at its current value,
+      no 1/C). See the module docstring.
     targets: "self" (default: vhat = M(v), eqs. 84-85) or "shared" (the fully adaptive
       memory of eqs. 79-82: the vector memories regress onto v). See the module docstring.
     conv_width: width of the causal depthwise conv on the q/k/v branch.
@@ -186,6 +195,7 @@ class SelfModifyingTitansConfig:
   stop_target_grad: bool = False
   value_norm: str = "l2"
   anchored_step: str = "mean"
+  output_error: str = "anchor"
   targets: str = "self"
   conv_width: int = 4
   implementation: str = "auto"
@@ -205,7 +215,8 @@ class SelfModifyingTitansConfig:
         raise ValueError(f"{name}.{f} must be None or a positive int, got {v!r}")
     choices = {"rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
                "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS,
-               "anchored_step": ANCHORED_STEPS, "targets": TARGETS}
+               "anchored_step": ANCHORED_STEPS, "targets": TARGETS,
+               "output_error": OUTPUT_ERRORS}
     for f, allowed in choices.items():
       if getattr(self, f) not in allowed:
         raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
@@ -239,7 +250,8 @@ class SelfModifyingTitansConfig:
                      out_dim=out_dim, activation=self.activation, residual=residual,
                      rule=self.rule, semantics="anchored", chunk_size=chunk,
                      momentum=self.momentum, read_at=read_at, remat=False,
-                     implementation="chunked", anchored_step=self.anchored_step)
+                     implementation="chunked", anchored_step=self.anchored_step,
+                     output_error=self.output_error)
 
   @property
   def proj_memory(self) -> MLPMemory:
@@ -534,7 +546,12 @@ def _token_write(cfg, residual, chunk, w, s, anchor, k, vhat, eta, alpha, mu):
   hidden = act(anchor.w2 @ k)
   lr1 = eta / (1.0 + eta * jnp.sum(hidden * hidden)) if cfg.rule == "dgd" else coef.lr
   scale = 1.0 / chunk if cfg.anchored_step == "mean" else 1.0
-  step = MLPWeights(w1=scale * lr1 * grads.w1, w2=scale * coef.lr * grads.w2)
+  scale1 = scale
+  if cfg.output_error == "current":  # delta rule on h: w1's error at its current value, no 1/C
+    err = w.w1 @ hidden + (k if residual else 0.0) - vhat
+    grads = grads._replace(w1=jnp.outer(err, hidden))
+    scale1 = 1.0
+  step = MLPWeights(w1=scale1 * lr1 * grads.w1, w2=scale * coef.lr * grads.w2)
   decay = MLPWeights(w1=alpha * w.w1, w2=alpha * w.w2 - coef.erase * jnp.outer(w.w2 @ k, k))
   if cfg.momentum:
     s = jax.tree.map(lambda sv, gv: mu * sv - gv, s, step)

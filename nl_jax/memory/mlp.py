@@ -34,6 +34,20 @@ exact semantics (gradients at the current weights) has no parallel form and runs
 loop; anchored semantics (gradients of a chunk at the chunk's anchor) runs chunk-parallel:
 the anchored gradients are rank-1 (G2 = dz k^T, G1 = err h^T), so each layer is a matrix
 memory with known writes, solved in closed form by chunk_ops.
+
+output_error (anchored semantics only): ``"anchor"`` (default) takes the output-side weight's
+error at the anchor like every other gradient. ``"current"`` takes it at w1's current value,
+with h = act(w2 k) still from the anchor::
+
+    W1 <- alpha W1 - lr1 (W1 h + k - v) h^T          # lr1 not divided by C
+
+This is the delta rule on the features h, sequential inside the chunk and still closed form
+(chunk_ops' exact writes). It needs no 1/C: C identical tokens contract W1 along h by
+(alpha - lr1 ||h||^2) per token (in (alpha - 1, alpha] under dgd) instead of adding C copies
+of one anchored step, which is what makes anchored_step='sum' overshoot. The 1/C of
+'mean' shrinks every in-context write C-fold; at C = 64 that leaves the writes of a trained
+Hope too small to change its loss (experiments/in_context/README.md), which this option is
+for. w2's step is unchanged (anchored, anchored_step).
 """
 
 import dataclasses
@@ -75,6 +89,7 @@ class MLPMemory(FastLevel):
   activation: str = "silu"
   residual: bool = True
   anchored_step: str = "mean"
+  output_error: str = "anchor"
 
   def __post_init__(self):
     super().__post_init__()
@@ -85,6 +100,12 @@ class MLPMemory(FastLevel):
     if self.anchored_step not in ("mean", "sum"):
       raise ValueError(f"MLPMemory: anchored_step={self.anchored_step!r} is not one of "
                        "('mean', 'sum')")
+    if self.output_error not in ("anchor", "current"):
+      raise ValueError(f"MLPMemory: output_error={self.output_error!r} is not one of "
+                       "('anchor', 'current')")
+    if self.output_error == "current" and self.semantics != "anchored":
+      raise ValueError("MLPMemory: output_error='current' is for semantics='anchored' (exact "
+                       "semantics already takes every error at the current weights)")
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"MLPMemory: activation={self.activation!r} is not one of "
                        f"{tuple(ACTIVATIONS)}")
@@ -137,7 +158,7 @@ class MLPMemory(FastLevel):
   def _read_weights(self, w, queries_TxK):
     return self._apply(w, queries_TxK)
 
-  def _hidden_lr(self, eta, lr, h):
+  def _hidden_lr(self, eta, lr, h, scaled=True):
     """Step of the output-side weight w1, whose input is the hidden h = act(w2 k).
 
     dgd normalises it by w1's own input, c1 = eta / (1 + eta ||h||^2) (DGD applied per layer
@@ -148,7 +169,7 @@ class MLPMemory(FastLevel):
     """
     if self.rule == "dgd":
       lr = eta / (1.0 + eta * jnp.sum(h * h, axis=-1))
-    return lr * self._step_scale
+    return lr * self._step_scale if scaled else lr
 
   @property
   def _step_scale(self) -> float:
@@ -173,7 +194,12 @@ class MLPMemory(FastLevel):
     k, v, lr, erase, a = x["k"], x["v"], x["lr"], x["erase"], x["alpha"]
     base = anchor_in if self.semantics == "anchored" else w_in
     grads = jax.grad(self._inner_loss)(base, k, v)
-    lr1 = self._hidden_lr(x["eta"], lr, self._act(base.w2 @ k))
+    h = self._act(base.w2 @ k)
+    current = self.output_error == "current"
+    lr1 = self._hidden_lr(x["eta"], lr, h, scaled=not current)
+    if current:  # the delta rule on h: the error at w1's current value
+      err = w_in.w1 @ h + (k if self.residual else 0.0) - v
+      grads = grads._replace(w1=jnp.outer(err, h))
     decay = MLPWeights(w1=a * w_in.w1,
                        w2=a * w_in.w2 - erase * jnp.outer(w_in.w2 @ k, k))
     step = MLPWeights(w1=lr1 * grads.w1, w2=lr * self._step_scale * grads.w2)
@@ -213,8 +239,15 @@ class MLPMemory(FastLevel):
     beta = None if self.rule == "gd" else ch["erase"]
     sol2 = chunk_ops.solve_chunk(kern, w0c.w2, s2, k, beta,
                                  writes_CxV=-(lr * self._step_scale)[:, None] * dz_CxH)
-    lr1 = self._hidden_lr(ch["eta"], lr, h_CxH)
-    sol1 = chunk_ops.solve_chunk(kern, w0c.w1, s1, h_CxH, None, writes_CxV=-lr1[:, None] * err_CxV)
+    if self.output_error == "current":  # writes lr1 (v - k - W1_{i-1} h_i): chunk_ops' exact form
+      lr1 = self._hidden_lr(ch["eta"], lr, h_CxH, scaled=False)
+      sol1 = chunk_ops.solve_chunk(kern, w0c.w1, s1, h_CxH, None,
+                                   values_CxV=v - (k if self.residual else 0.0), lr_C=lr1,
+                                   g_C=jnp.ones_like(lr1))
+    else:
+      lr1 = self._hidden_lr(ch["eta"], lr, h_CxH)
+      sol1 = chunk_ops.solve_chunk(kern, w0c.w1, s1, h_CxH, None,
+                                   writes_CxV=-lr1[:, None] * err_CxV)
     out = None
     if "q" in ch:
       q = ch["q"]

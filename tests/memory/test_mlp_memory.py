@@ -34,11 +34,11 @@ def _setup(dtype, seed, **cfg):
   return mem, params, inputs
 
 
-def _check_anchored_chunked_against_sequential(rule, cases):
+def _check_anchored_chunked_against_sequential(rule, cases, **cfg):
   with jax.enable_x64(True):
     for c, momentum, read_at in cases:
       mem, params, inputs = _setup(jnp.float64, c, rule=rule, semantics="anchored",
-                                   momentum=momentum, chunk_size=c, read_at=read_at)
+                                   momentum=momentum, chunk_size=c, read_at=read_at, **cfg)
       _, o1, s1, g1 = loss_and_grads(mem, params, inputs, "chunked")
       _, o2, s2, g2 = loss_and_grads(mem, params, inputs, "sequential")
       what = f"{rule} C={c} momentum={momentum} read_at={read_at}"
@@ -59,6 +59,41 @@ def test_anchored_chunked_equals_sequential_f64(rule):
 def test_anchored_chunked_equals_sequential_f64_every_chunk_size(rule, momentum):
   _check_anchored_chunked_against_sequential(
       rule, [(c, momentum, r) for c in (1, 4, 16, 64) for r in ("post", "pre", "anchor")])
+
+
+@pytest.mark.parametrize("rule", ("dgd", pytest.param("gd", marks=pytest.mark.slow)))
+def test_output_error_current_chunked_equals_sequential_f64(rule):
+  """w1's delta-rule step (error at its current value) in closed form == the token loop."""
+  _check_anchored_chunked_against_sequential(
+      rule, [(4, True, "pre"), (16, False, "post"), (8, True, "anchor")],
+      output_error="current")
+
+
+def test_output_error_current_contracts_on_repeated_tokens():
+  """C copies of one token: w1's delta steps converge on the target; anchored 'sum' adds C
+  copies of the anchor's step and overshoots; 'mean' barely moves (1/C)."""
+  c = 64
+  with jax.enable_x64(True):
+    x = random_inputs(jax.random.PRNGKey(7), (), 1, D, D, jnp.float64, alpha_range=(1.0, 1.0))
+    rep = jax.tree.map(lambda a: jnp.repeat(a, c, axis=0), x)
+    rep = rep._replace(eta=jnp.full((c,), 0.5))
+    err = {}
+    for name, cfg in (("current", dict(output_error="current")),
+                      ("sum", dict(anchored_step="sum")), ("mean", {})):
+      # gd: no erase of w2 k (dgd's would shrink h itself over C repeats), so w1 is isolated.
+      mem = MLPMemory(in_dim=D, hidden_dim=H, rule="gd", semantics="anchored", chunk_size=c,
+                      **cfg)
+      params = mem.init_params(jax.random.PRNGKey(3), dtype=jnp.float64)
+      for impl in ("chunked", "sequential"):
+        _, st = mem.scan(params, mem.init_state(params, ()), rep, implementation=impl)
+        y = mem._apply(st.memory, rep.keys[:1])[0]  # noqa: SLF001
+        err[name, impl] = float(jnp.linalg.norm(y - rep.values[0]))
+      np.testing.assert_allclose(err[name, "chunked"], err[name, "sequential"], rtol=1e-9)
+    y0 = mem._apply(params.initial, rep.keys[:1])[0]  # noqa: SLF001
+    before = float(jnp.linalg.norm(y0 - rep.values[0]))
+    assert err["current", "chunked"] < 0.5 * before, (err, before)
+    assert err["sum", "chunked"] > before, (err, before)
+    assert err["mean", "chunked"] > 0.5 * before, (err, before)
 
 
 @pytest.mark.parametrize("activation,residual", [
@@ -158,6 +193,10 @@ def test_bad_configs_and_inputs_raise():
     MLPMemory(in_dim=D, hidden_dim=H, out_dim=3)
   with pytest.raises(ValueError, match="activation='swish'"):
     MLPMemory(in_dim=D, hidden_dim=H, activation="swish")
+  with pytest.raises(ValueError, match="output_error='last' is not one of"):
+    MLPMemory(in_dim=D, hidden_dim=H, semantics="anchored", output_error="last")
+  with pytest.raises(ValueError, match="output_error='current' is for semantics='anchored'"):
+    MLPMemory(in_dim=D, hidden_dim=H, output_error="current")
   mem, params, inputs = _setup(jnp.float32, 8, chunk_size=8)
   with pytest.raises(ValueError, match="no chunk-parallel form"):
     mem.scan(params, mem.init_state(params, (B,)), inputs, implementation="chunked")

@@ -79,6 +79,17 @@ def test_chunked_equals_sequential_all_options_float64():
     _compare(cfg, params, inp, state)
 
 
+def test_output_error_current_chunked_equals_sequential_float64():
+  """w1's delta-rule writes (no 1/C) in closed form == the token loop, every memory."""
+  with jax.enable_x64(True):
+    cfg, params, inp = _setup(3, output_error="current", momentum=True, chunk_size=4,
+                              proj_chunk_size=2, eta_max=0.8)
+    o = _compare(cfg, params, inp, init_memory_state(cfg, params, 2))
+    base = dataclasses.replace(cfg, output_error="anchor")
+    o_anchor = memory_scan(base, params, init_memory_state(base, params, 2), inp, "chunked")[0]
+    assert float(jnp.max(jnp.abs(o - o_anchor))) > 1e-3  # the option reaches the memories
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("opts", [
     dict(),                                                      # dgd, pre reads
@@ -87,6 +98,7 @@ def test_chunked_equals_sequential_all_options_float64():
     dict(stop_target_grad=True, momentum=True, chunk_size=4, proj_chunk_size=4),
     dict(anchored_step="sum", value_norm="none", momentum=True, chunk_size=4,  # no 1/C
          proj_chunk_size=2),
+    dict(output_error="current", adaptive_q=True, rule="gd", chunk_size=4, proj_chunk_size=4),
 ])
 def test_chunked_equals_sequential_options_float64(opts):
   with jax.enable_x64(True):
