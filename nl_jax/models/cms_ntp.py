@@ -153,9 +153,9 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
     def each(fn, *per_block):
       return [fn(*args) for args in zip(*per_block, strict=True)]
 
-  def block_forward(blk, x, state, kv_i, weights_i, seg):
+  def block_forward(blk, cms_p, x, state, kv_i, weights_i, seg):
     x, m_state, kv_i, m_aux = _mixer(blk, x, state, kv_i, seg, segment_ids_BxT, aligned)
-    x = constrain_activations(cms_ntp.apply_levels(cms_cfg, blk.cms.params(), weights_i, x))
+    x = constrain_activations(cms_ntp.apply_levels(cms_cfg, cms_p, weights_i, x))
     return x, m_state, kv_i, m_aux
 
   def run_segment(carry, seg):
@@ -171,17 +171,18 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
       x = constrain_activations(seg["x"])
       if scanned:
         def body(x, xs):
-          block_params, state, kv_i, weights_i = xs
-          x, m_state, kv_i, m_aux = block_forward(nnx.merge(graphdef, block_params), x, state,
-                                                  kv_i, weights_i, seg)
+          block_params, cms_p, state, kv_i, weights_i = xs
+          x, m_state, kv_i, m_aux = block_forward(nnx.merge(graphdef, block_params), cms_p, x,
+                                                  state, kv_i, weights_i, seg)
           return x, (m_state, kv_i, m_aux)
         x, (mixer_states, new_kv, auxs) = jax.lax.scan(
-            body, x, (stacked_params, states, kv, weights))
+            body, x, (stacked_params, cms_params, states, kv, weights))
         aux = {f"block_{i}/{k}": v[i] for i in range(n_blocks) for k, v in auxs.items()}
       else:
         mixer_states, new_kv, aux = [], [], {}
         for i, blk in enumerate(blocks):
-          x, m_state, kv_i, m_aux = block_forward(blk, x, states[i], kv[i], weights[i], seg)
+          x, m_state, kv_i, m_aux = block_forward(blk, cms_params[i], x, states[i], kv[i],
+                                                  weights[i], seg)
           mixer_states.append(m_state)
           new_kv.append(kv_i)
           aux.update({f"block_{i}/{k}": v for k, v in m_aux.items()})
