@@ -81,7 +81,10 @@ Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConf
   of every token by its memory's chunk size (a chunk's C gradients, all taken at the same
   anchor, are averaged like a TTT / Titans mini-batch), ``"sum"`` takes eq. 90's step
   literally (each token's full step; C identical tokens then move the weights C times as far
-  as one exact step, see nl_jax.memory.mlp). The erase and the decay are never scaled.
+  as one exact step, see nl_jax.memory.mlp), ``"mean_all"`` divides the DGD erase by C too
+  (the chunk is one mini-batch step in both terms; under "mean" the erase outpaces the writes
+  C-fold and the memories' input-side weights collapse within a call, see
+  nl_jax.memory.mlp). The retention decay is never scaled.
 * output_error: ``"anchor"`` (default) takes every memory's output-side weight (w1) error at
   the chunk's anchor like its other gradients; ``"current"`` takes it at w1's current value,
   the delta rule on the features h = act(w2 k) (MLPMemory.output_error): sequential inside
@@ -125,12 +128,13 @@ from nl_jax.layers.projection import project, record_input
 from nl_jax.memory import aligned_chunks, gates
 from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory, MLPWeights
+from nl_jax.memory.mlp import ANCHORED_STEPS as MLP_ANCHORED_STEPS
 from nl_jax.memory.types import MemoryInputs, MemoryState, rule_coefficients
 
 SMT_RULES = ("dgd", "paper_l2", "gd")
 SMT_READS = ("pre", "post", "anchor")
 VALUE_NORMS = ("l2", "none")
-ANCHORED_STEPS = ("mean", "sum")
+ANCHORED_STEPS = MLP_ANCHORED_STEPS
 TARGETS = ("self", "shared")
 OUTPUT_ERRORS = ("anchor", "current")
 IMPLEMENTATIONS = ("auto", "chunked", "sequential")
@@ -162,7 +166,8 @@ class SelfModifyingTitansConfig:
     value_norm: "l2" (default: v_t is L2-normalised like k_t) or "none" (the paper's
       equations: only q and k are normalised). See the module docstring.
     anchored_step: "mean" (default: each anchored gradient step divided by the memory's chunk
-      size) or "sum" (eq. 90 literally, no 1/C). See the module docstring.
+      size), "sum" (eq. 90 literally, no 1/C) or "mean_all" (the erase divided by C too).
+      See the module docstring.
     output_error: "anchor" (default) or "current" (w1's delta-rule step at its current value,
       no 1/C). See the module docstring.
     targets: "self" (default: vhat = M(v), eqs. 84-85) or "shared" (the fully adaptive
@@ -545,14 +550,15 @@ def _token_write(cfg, residual, chunk, w, s, anchor, k, vhat, eta, alpha, mu):
   grads = jax.grad(inner_loss)(anchor)
   hidden = act(anchor.w2 @ k)
   lr1 = eta / (1.0 + eta * jnp.sum(hidden * hidden)) if cfg.rule == "dgd" else coef.lr
-  scale = 1.0 / chunk if cfg.anchored_step == "mean" else 1.0
+  scale = 1.0 / chunk if cfg.anchored_step in ("mean", "mean_all") else 1.0
+  erase = coef.erase / chunk if cfg.anchored_step == "mean_all" else coef.erase
   scale1 = scale
   if cfg.output_error == "current":  # delta rule on h: w1's error at its current value, no 1/C
     err = w.w1 @ hidden + (k if residual else 0.0) - vhat
     grads = grads._replace(w1=jnp.outer(err, hidden))
     scale1 = 1.0
   step = MLPWeights(w1=scale1 * lr1 * grads.w1, w2=scale * coef.lr * grads.w2)
-  decay = MLPWeights(w1=alpha * w.w1, w2=alpha * w.w2 - coef.erase * jnp.outer(w.w2 @ k, k))
+  decay = MLPWeights(w1=alpha * w.w1, w2=alpha * w.w2 - erase * jnp.outer(w.w2 @ k, k))
   if cfg.momentum:
     s = jax.tree.map(lambda sv, gv: mu * sv - gv, s, step)
     return jax.tree.map(jnp.add, decay, s), s

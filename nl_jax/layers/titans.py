@@ -114,8 +114,9 @@ class TitansLayer(nnx.Module):
     first_order: stop gradients through the memory writes.
     value_norm: "l2" (default: v is L2-normalised like q and k) or "none" (Titans as
       published: only q and k are). See the module docstring.
-    anchored_step: "mean" (default) or "sum" (Titans' eqs. 16-18): the MLP memory's
-      anchored step per token, divided by chunk_size or not (nl_jax.memory.MLPMemory).
+    anchored_step: "mean" (default), "sum" (Titans' eqs. 16-18) or "mean_all": the MLP
+      memory's anchored step per token, divided by chunk_size or not, and its erase too under
+      "mean_all" (nl_jax.memory.MLPMemory).
     dtype: activation dtype (the memory state is float32).
     param_dtype: parameter dtype.
     rngs: parameter initialisation.

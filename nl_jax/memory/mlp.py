@@ -23,7 +23,13 @@ with lr1 = eta / (1 + eta ||h||^2), h = act(W2 k) for dgd (w1's own input normal
 see ``_hidden_lr``) and lr1 = lr for paper_l2 and gd. In anchored semantics both steps are
 divided by C by default (anchored_step='mean': a chunk's gradients, all taken at its anchor,
 are averaged as in TTT / Titans mini-batches; 'sum' adds them, which overshoots by up to C and
-diverges on repeated tokens); the per-token erase is not scaled.
+diverges on repeated tokens); under 'mean' the per-token erase is not scaled. 'mean_all'
+divides the erase by C too, so that the chunk is one mini-batch step in both of its terms:
+under 'mean', C identical tokens erase w2 k C times and write it once, and over a call the
+input-side weight is erased C times faster than it is written. In a trained Hope that decays
+w2 to ~1% of its size within a 512-token call (||w2|| 0.009 at the call's end against 0.54
+under 'sum'), h = act(w2 k) vanishes with it, and so do every write of w1 and every read
+(experiments/in_context/README.md, "Why the self-modifying Titans' writes went unused").
 
 (momentum: S <- mu S - lr G, W <- decay(W) + S). Rules: dgd uses
 c = eta / (1 + eta ||k||^2) for both the erase and the step, so the key-direction factor of
@@ -68,6 +74,10 @@ ACTIVATIONS = {
 }
 
 
+# How an anchored chunk scales its per-token steps (see the module docstring).
+ANCHORED_STEPS = ("mean", "sum", "mean_all")
+
+
 class MLPWeights(NamedTuple):
   """Fast weights of the MLP memory: w1 [d_out, hidden] (output side) and
   w2 [hidden, d_in] (input side), with optional leading axes."""
@@ -97,9 +107,9 @@ class MLPMemory(FastLevel):
       raise ValueError("MLPMemory: rule='hebbian' is defined for MatrixMemory only")
     if self.retention_order != "after":
       raise ValueError("MLPMemory: retention_order='before' is defined for MatrixMemory only")
-    if self.anchored_step not in ("mean", "sum"):
+    if self.anchored_step not in ANCHORED_STEPS:
       raise ValueError(f"MLPMemory: anchored_step={self.anchored_step!r} is not one of "
-                       "('mean', 'sum')")
+                       f"{ANCHORED_STEPS}")
     if self.output_error not in ("anchor", "current"):
       raise ValueError(f"MLPMemory: output_error={self.output_error!r} is not one of "
                        "('anchor', 'current')")
@@ -177,7 +187,14 @@ class MLPMemory(FastLevel):
     anchor, are averaged like a TTT / Titans mini-batch: C identical tokens then move the
     weights as far as one exact step, where summing them overshoots by C and diverges),
     else 1."""
-    if self.semantics == "anchored" and self.anchored_step == "mean":
+    if self.semantics == "anchored" and self.anchored_step in ("mean", "mean_all"):
+      return 1.0 / self.chunk_size
+    return 1.0
+
+  @property
+  def _erase_scale(self) -> float:
+    """1 / C for anchored_step='mean_all' (the erase averaged like the writes), else 1."""
+    if self.semantics == "anchored" and self.anchored_step == "mean_all":
       return 1.0 / self.chunk_size
     return 1.0
 
@@ -191,7 +208,7 @@ class MLPMemory(FastLevel):
     if fo:
       w_in, s_in, anchor_in = jax.tree.map(sg, (w, s, anchor))
       x = {name: (v if name == "q" else sg(v)) for name, v in x.items()}
-    k, v, lr, erase, a = x["k"], x["v"], x["lr"], x["erase"], x["alpha"]
+    k, v, lr, erase, a = x["k"], x["v"], x["lr"], x["erase"] * self._erase_scale, x["alpha"]
     base = anchor_in if self.semantics == "anchored" else w_in
     grads = jax.grad(self._inner_loss)(base, k, v)
     h = self._act(base.w2 @ k)
@@ -236,7 +253,7 @@ class MLPMemory(FastLevel):
     kern = chunk_ops.decay_kernels(ch["log_a"], ch.get("log_mu"), ch["valid"])
     s1 = None if s0c is None else s0c.w1
     s2 = None if s0c is None else s0c.w2
-    beta = None if self.rule == "gd" else ch["erase"]
+    beta = None if self.rule == "gd" else ch["erase"] * self._erase_scale
     sol2 = chunk_ops.solve_chunk(kern, w0c.w2, s2, k, beta,
                                  writes_CxV=-(lr * self._step_scale)[:, None] * dz_CxH)
     if self.output_error == "current":  # writes lr1 (v - k - W1_{i-1} h_i): chunk_ops' exact form

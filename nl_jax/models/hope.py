@@ -204,7 +204,8 @@ class HopeConfig(_CMSFields):
     smt_chunk_size: chunk of the output memory.
     smt_proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
     smt_anchored_step: (profile field: default "mean", paper "sum") "mean" divides each
-      anchored gradient step by the memory's chunk size, "sum" is eq. 90 as printed (no 1/C).
+      anchored gradient step by the memory's chunk size, "sum" is eq. 90 as printed (no 1/C),
+      "mean_all" divides the DGD erase by C too (see nl_jax.layers.self_modifying_titans).
     smt_targets: "self" (Hope's self-modifying Titans: each memory regresses onto its own
       M(v), eqs. 84-85) or "shared" (the fully adaptive memory of eqs. 79-82: the vector
       memories regress onto v; the eta / alpha memories keep their own target, see

@@ -28,6 +28,7 @@ import jax
 from nl_jax.layers.mlp import SwiGLU
 from nl_jax.layers.norms import RMSNorm
 from nl_jax.layers.titans import MEMORY_KERNELS, TitansLayer
+from nl_jax.memory.mlp import ANCHORED_STEPS as MLP_ANCHORED_STEPS
 from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
 
 
@@ -67,8 +68,8 @@ class TitansConfig(LMConfig):
       experiments/stability/README.md) or "none" (Titans as published).
     anchored_step: the MLP memory's chunk-parallel step (memory_depth=2): "mean" (default:
       each token's gradient step, taken at the chunk's anchor, divided by chunk_size, as a
-      mini-batch average) or "sum" (Titans' eqs. 16-18: every token's full step). Departs
-      from Titans by default; see nl_jax.memory.mlp and experiments/in_context/README.md.
+      mini-batch average), "sum" (Titans' eqs. 16-18: every token's full step) or "mean_all"
+      (the DGD erase divided by chunk_size too). Departs from Titans by default; see nl_jax.memory.mlp and experiments/in_context/README.md.
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
@@ -112,9 +113,9 @@ class TitansConfig(LMConfig):
     if self.memory_kernel == "pallas" and self.memory_depth != 1:
       raise ValueError(f"{name}.memory_kernel='pallas' needs memory_depth=1 (the kernel computes "
                        "the matrix-memory scan); use memory_kernel='auto' or 'xla'")
-    if self.anchored_step not in ("mean", "sum"):
+    if self.anchored_step not in MLP_ANCHORED_STEPS:
       raise ValueError(f"{name}.anchored_step={self.anchored_step!r} is not one of "
-                       "('mean', 'sum')")
+                       f"{MLP_ANCHORED_STEPS}")
     for f in ("chunk_size", "memory_expansion", "conv_width"):
       v = getattr(self, f)
       if not isinstance(v, int) or v < 1:

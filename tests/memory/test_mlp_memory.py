@@ -69,6 +69,34 @@ def test_output_error_current_chunked_equals_sequential_f64(rule):
       output_error="current")
 
 
+def test_mean_all_chunked_equals_sequential_f64():
+  _check_anchored_chunked_against_sequential(
+      "dgd", [(4, True, "pre"), (16, False, "post")], anchored_step="mean_all")
+
+
+def test_mean_all_keeps_the_input_side_weight_on_repeated_tokens():
+  """C copies of one key: 'mean' erases w2 k C times (factor (1 - c)^C) but writes it once, so
+  the hidden features vanish; 'mean_all' erases it as one step (about e^-c)."""
+  c = 16
+  with jax.enable_x64(True):
+    x = random_inputs(jax.random.PRNGKey(7), (), 1, D, D, jnp.float64, alpha_range=(1.0, 1.0))
+    rep = jax.tree.map(lambda a: jnp.repeat(a, c, axis=0), x)
+    rep = rep._replace(eta=jnp.full((c,), 2.0))
+    k = rep.keys[0]
+    kept = {}
+    for step in ("mean", "mean_all"):
+      mem = MLPMemory(in_dim=D, hidden_dim=H, rule="dgd", semantics="anchored", chunk_size=c,
+                      anchored_step=step)
+      params = mem.init_params(jax.random.PRNGKey(3), dtype=jnp.float64)
+      for impl in ("chunked", "sequential"):
+        _, st = mem.scan(params, mem.init_state(params, ()), rep, implementation=impl)
+        kept[step, impl] = float(jnp.linalg.norm(st.memory.w2 @ k)
+                                 / jnp.linalg.norm(params.initial.w2 @ k))
+      np.testing.assert_allclose(kept[step, "chunked"], kept[step, "sequential"], rtol=1e-9)
+    assert kept["mean", "chunked"] < 0.05, kept
+    assert kept["mean_all", "chunked"] > 0.3, kept
+
+
 def test_output_error_current_contracts_on_repeated_tokens():
   """C copies of one token: w1's delta steps converge on the target; anchored 'sum' adds C
   copies of the anchor's step and overshoots; 'mean' barely moves (1/C)."""

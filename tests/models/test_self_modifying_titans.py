@@ -79,13 +79,14 @@ def test_chunked_equals_sequential_all_options_float64():
     _compare(cfg, params, inp, state)
 
 
-def test_output_error_current_chunked_equals_sequential_float64():
-  """w1's delta-rule writes (no 1/C) in closed form == the token loop, every memory."""
+def test_output_error_current_and_mean_all_chunked_equals_sequential_float64():
+  """w1's delta-rule writes (no 1/C) and the erase divided by C, in closed form == the token
+  loop, every memory."""
   with jax.enable_x64(True):
-    cfg, params, inp = _setup(3, output_error="current", momentum=True, chunk_size=4,
-                              proj_chunk_size=2, eta_max=0.8)
+    cfg, params, inp = _setup(3, output_error="current", anchored_step="mean_all",
+                              momentum=True, chunk_size=4, proj_chunk_size=2, eta_max=0.8)
     o = _compare(cfg, params, inp, init_memory_state(cfg, params, 2))
-    base = dataclasses.replace(cfg, output_error="anchor")
+    base = dataclasses.replace(cfg, output_error="anchor", anchored_step="mean")
     o_anchor = memory_scan(base, params, init_memory_state(base, params, 2), inp, "chunked")[0]
     assert float(jnp.max(jnp.abs(o - o_anchor))) > 1e-3  # the option reaches the memories
 
@@ -99,6 +100,7 @@ def test_output_error_current_chunked_equals_sequential_float64():
     dict(anchored_step="sum", value_norm="none", momentum=True, chunk_size=4,  # no 1/C
          proj_chunk_size=2),
     dict(output_error="current", adaptive_q=True, rule="gd", chunk_size=4, proj_chunk_size=4),
+    dict(anchored_step="mean_all", rule="paper_l2", chunk_size=4, proj_chunk_size=2),
 ])
 def test_chunked_equals_sequential_options_float64(opts):
   with jax.enable_x64(True):
@@ -210,7 +212,7 @@ def test_bad_config_raises():
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, read_at="later")
   with pytest.raises(ValueError, match="static_projections"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, static_projections=("q",))
-  with pytest.raises(ValueError, match=r"anchored_step='max' is not one of \('mean', 'sum'\)"):
+  with pytest.raises(ValueError, match=r"anchored_step='max' is not one of \('mean', 'sum', 'mean_all'\)"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, anchored_step="max")
   with pytest.raises(ValueError, match=r"targets='given' is not one of \('self', 'shared'\)"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, targets="given")
