@@ -85,7 +85,6 @@ def _state_reads(kern: ChunkKernels, m0: jax.Array, s0: jax.Array | None, keys_C
   return out
 
 
-@jax.custom_jvp
 def unit_lower_inverse(a_CxC: jax.Array) -> jax.Array:
   """``(I + a)^-1`` for strictly lower-triangular ``a``, by recursive 2x2 blocking.
 
@@ -101,13 +100,23 @@ def unit_lower_inverse(a_CxC: jax.Array) -> jax.Array:
   ``abar = -tril(X^T Xbar X^T, -1)``, two matmuls with the saved inverse instead of the
   transposes of every level of the recursion (and none of its intermediates kept).
   """
+  if a_CxC.shape[-1] == 1:
+    # No strictly lower entries: the inverse is 1 and a constant. (Through the custom JVP the
+    # constant primal and the tangent built from da were batched differently under vmap, and
+    # the gradient of a chunk-1 scan failed to transpose.)
+    return jnp.ones_like(a_CxC)
+  return _unit_lower_inverse(a_CxC)
+
+
+@jax.custom_jvp
+def _unit_lower_inverse(a_CxC: jax.Array) -> jax.Array:
   return _blocked_unit_lower_inverse(a_CxC)
 
 
-@unit_lower_inverse.defjvp
+@_unit_lower_inverse.defjvp
 def _unit_lower_inverse_jvp(primals, tangents):
   (a_CxC,), (da_CxC,) = primals, tangents
-  x_CxC = unit_lower_inverse(a_CxC)
+  x_CxC = _unit_lower_inverse(a_CxC)
   # d(I + a)^-1 = -X da X; the recursion ignores every entry on or above the diagonal.
   return x_CxC, -(x_CxC @ jnp.tril(da_CxC, -1) @ x_CxC)
 

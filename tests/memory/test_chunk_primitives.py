@@ -108,6 +108,25 @@ def test_unit_lower_inverse_gradient_and_batching():
                 order=1, modes=("rev",), eps=1e-6, atol=1e-7, rtol=1e-7)
 
 
+def test_chunk_of_one_differentiates_under_vmap_and_remat():
+  """C = 1 (chunk_size=1): the inverse is the constant 1; the gradient of a vmapped,
+  rematerialised solve through it used to fail to transpose (a batching mismatch)."""
+  keys = jax.random.normal(jax.random.key(0), (2, 3, 1, 4))
+  rhs = jax.random.normal(jax.random.key(1), (2, 3, 1, 5))
+
+  def solve(k_CxK, r_CxV):
+    a_CxC = jnp.tril(k_CxK @ k_CxK.T, -1)
+    return chunk_ops.unit_lower_inverse(a_CxC) @ r_CxV
+
+  def loss(keys, rhs):
+    out = jax.vmap(jax.vmap(jax.checkpoint(solve)))(keys, rhs)
+    return jnp.sum(out * out)
+
+  gk, gr = jax.jit(jax.grad(loss, argnums=(0, 1)))(keys, rhs)
+  np.testing.assert_allclose(gr, 2.0 * rhs, rtol=1e-6)
+  np.testing.assert_array_equal(gk, jnp.zeros_like(keys))
+
+
 @pytest.mark.parametrize("c", SIZES)
 def test_unit_lower_inverse_hand_written_derivative_equals_autodiff_of_the_recursion(c):
   """The custom JVP (dX = -X tril(da) X) against autodiff of the blocked recursion itself, on a
