@@ -263,13 +263,13 @@ def plots(path: str, results: dict, args) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
+  w = 16  # running-mean width of the loss-by-position curves
   fig, ax = plt.subplots(figsize=(6, 4))
   for i, (m, runs) in enumerate(results.items()):
     ok = [r for r in runs.values() if r.get("eval")]
     if not ok:
       continue
     nll = np.asarray([r["eval"]["position_nll"] for r in ok])
-    w = 16
     smooth = np.asarray([np.convolve(x, np.ones(w) / w, mode="valid") for x in nll])
     xs = np.arange(smooth.shape[1]) + w
     ax.plot(xs, smooth.mean(0), color=f"C{i}",

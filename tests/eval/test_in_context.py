@@ -158,6 +158,17 @@ def test_lm_tables_from_results(tmp_path):
   script.plots(str(tmp_path), results, args)
   assert os.path.getsize(tmp_path / "context_gain.png") > 1000
 
+  # A run that failed (no evaluation, e.g. a non-finite loss) still gets its plots and
+  # tables written, without a curve.
+  failed = {"train": {"status": "non-finite loss at step 58", "eval_loss": float("nan"),
+                      "last_eval_step": None, "eval_curve": [], "train_curve": []},
+            "params": 100}
+  args = script.parse(["--ppl-len", "64", "--twice-len", "32"])
+  (tmp_path / "failed").mkdir()
+  script.plots(str(tmp_path / "failed"), {"hope": {0: failed}}, args)
+  assert os.path.getsize(tmp_path / "failed" / "loss_by_position.png") > 1000
+  assert "non-finite loss at step 58" in script.tables({"hope": {0: failed}}, args)
+
 
 def test_lm_refuses_misaligned_lengths_before_training(tmp_path):
   script = _script("lm.py")
