@@ -82,15 +82,14 @@ Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConf
   anchor, are averaged like a TTT / Titans mini-batch), ``"sum"`` takes eq. 90's step
   literally (each token's full step; C identical tokens then move the weights C times as far
   as one exact step, see nl_jax.memory.mlp), ``"mean_all"`` divides the DGD erase by C too
-  (the chunk is one mini-batch step in both terms; under "mean" the erase outpaces the writes
-  C-fold and the memories' input-side weights collapse within a call, see
-  nl_jax.memory.mlp). The retention decay is never scaled.
+  (the chunk is one mini-batch step in both terms; under "mean", C identical tokens erase
+  C times and write once, see nl_jax.memory.mlp). The retention decay is never scaled.
 * output_error: ``"anchor"`` (default) takes every memory's output-side weight (w1) error at
   the chunk's anchor like its other gradients; ``"current"`` takes it at w1's current value,
   the delta rule on the features h = act(w2 k) (MLPMemory.output_error): sequential inside
   the chunk, in closed form, and without the 1/C, since the delta step cannot overshoot on
-  repeated tokens. With the 1/C the trained writes are too small to change Hope's loss
-  (experiments/in_context/README.md).
+  repeated tokens. What keeps a trained Hope's writes from counting is measured in
+  experiments/in_context/README.md ("Why the self-modifying Titans' writes went unused").
 
 Chunk-parallel anchored semantics (spec 5.4): inside a chunk every k, v, eta, alpha and vhat
 comes from the memories' anchor (the state at the end of the previous chunk, a causal reading

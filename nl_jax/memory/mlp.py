@@ -24,12 +24,11 @@ see ``_hidden_lr``) and lr1 = lr for paper_l2 and gd. In anchored semantics both
 divided by C by default (anchored_step='mean': a chunk's gradients, all taken at its anchor,
 are averaged as in TTT / Titans mini-batches; 'sum' adds them, which overshoots by up to C and
 diverges on repeated tokens); under 'mean' the per-token erase is not scaled. 'mean_all'
-divides the erase by C too, so that the chunk is one mini-batch step in both of its terms:
-under 'mean', C identical tokens erase w2 k C times and write it once, and over a call the
-input-side weight is erased C times faster than it is written. In a trained Hope that decays
-w2 to ~1% of its size within a 512-token call (||w2|| 0.009 at the call's end against 0.54
-under 'sum'), h = act(w2 k) vanishes with it, and so do every write of w1 and every read
-(experiments/in_context/README.md, "Why the self-modifying Titans' writes went unused").
+divides the erase by C too, so that the chunk is one mini-batch step in both of its terms
+(under 'mean', C identical tokens erase w2 k C times and write it once). Neither makes the
+writes of a trained Hope count: there the retention decay empties the memory within a call
+whatever the erase (experiments/in_context/README.md, "Why the self-modifying Titans'
+writes went unused").
 
 (momentum: S <- mu S - lr G, W <- decay(W) + S). Rules: dgd uses
 c = eta / (1 + eta ||k||^2) for both the erase and the step, so the key-direction factor of
@@ -50,10 +49,9 @@ with h = act(w2 k) still from the anchor::
 This is the delta rule on the features h, sequential inside the chunk and still closed form
 (chunk_ops' exact writes). It needs no 1/C: C identical tokens contract W1 along h by
 (alpha - lr1 ||h||^2) per token (in (alpha - 1, alpha] under dgd) instead of adding C copies
-of one anchored step, which is what makes anchored_step='sum' overshoot. The 1/C of
-'mean' shrinks every in-context write C-fold; at C = 64 that leaves the writes of a trained
-Hope too small to change its loss (experiments/in_context/README.md), which this option is
-for. w2's step is unchanged (anchored, anchored_step).
+of one anchored step, which is what makes anchored_step='sum' overshoot. w2's step is
+unchanged (anchored, anchored_step). On its own it does not make a trained Hope's writes
+count (w2, and with it h, still decays within a call; same README section).
 """
 
 import dataclasses
