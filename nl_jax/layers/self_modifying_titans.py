@@ -128,6 +128,7 @@ from nl_jax.memory import aligned_chunks, gates
 from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory, MLPWeights
 from nl_jax.memory.mlp import ANCHORED_STEPS as MLP_ANCHORED_STEPS
+from nl_jax.memory.mlp import OUTPUT_ERRORS
 from nl_jax.memory.types import MemoryInputs, MemoryState, rule_coefficients
 
 SMT_RULES = ("dgd", "paper_l2", "gd")
@@ -135,7 +136,6 @@ SMT_READS = ("pre", "post", "anchor")
 VALUE_NORMS = ("l2", "none")
 ANCHORED_STEPS = MLP_ANCHORED_STEPS
 TARGETS = ("self", "shared")
-OUTPUT_ERRORS = ("anchor", "current")
 IMPLEMENTATIONS = ("auto", "chunked", "sequential")
 
 

@@ -72,8 +72,10 @@ ACTIVATIONS = {
 }
 
 
-# How an anchored chunk scales its per-token steps (see the module docstring).
+# How an anchored chunk scales its per-token steps, and where w1's error is taken (see the
+# module docstring).
 ANCHORED_STEPS = ("mean", "sum", "mean_all")
+OUTPUT_ERRORS = ("anchor", "current")
 
 
 class MLPWeights(NamedTuple):
@@ -108,9 +110,9 @@ class MLPMemory(FastLevel):
     if self.anchored_step not in ANCHORED_STEPS:
       raise ValueError(f"MLPMemory: anchored_step={self.anchored_step!r} is not one of "
                        f"{ANCHORED_STEPS}")
-    if self.output_error not in ("anchor", "current"):
+    if self.output_error not in OUTPUT_ERRORS:
       raise ValueError(f"MLPMemory: output_error={self.output_error!r} is not one of "
-                       "('anchor', 'current')")
+                       f"{OUTPUT_ERRORS}")
     if self.output_error == "current" and self.semantics != "anchored":
       raise ValueError("MLPMemory: output_error='current' is for semantics='anchored' (exact "
                        "semantics already takes every error at the current weights)")

@@ -110,6 +110,14 @@ def test_explicit_fields_win_over_the_profile():
     registry.model_config("hope_attention", "tiny", cms_max_step_norm=0.0)
   with pytest.raises(ValueError, match="anchored_step"):
     registry.model_config("hope", "tiny", smt_anchored_step="median")
+  # The chunk-step variants reach the layer (issue 17's measurements use them).
+  cfg = registry.model_config("hope", "tiny", smt_output_error="current",
+                              smt_anchored_step="mean_all")
+  assert (cfg.smt_config().output_error, cfg.smt_config().anchored_step) == ("current",
+                                                                              "mean_all")
+  assert cfg.smt_config().out_memory.output_error == "current"
+  with pytest.raises(ValueError, match=r"output_error='last' is not one of"):
+    registry.model_config("hope", "tiny", smt_output_error="last")
 
 
 def _fmt(v, quote):

@@ -212,7 +212,8 @@ def test_bad_config_raises():
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, read_at="later")
   with pytest.raises(ValueError, match="static_projections"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, static_projections=("q",))
-  with pytest.raises(ValueError, match=r"anchored_step='max' is not one of \('mean', 'sum', 'mean_all'\)"):
+  with pytest.raises(ValueError, match=r"anchored_step='max' is not one of "
+                     r"\('mean', 'sum', 'mean_all'\)"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, anchored_step="max")
   with pytest.raises(ValueError, match=r"targets='given' is not one of \('self', 'shared'\)"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, targets="given")
