@@ -192,9 +192,9 @@ def project_shared(equation: str, x: jax.Array, weights: Any, dtype: Any = None,
                    **einsum_kwargs: Any) -> tuple[jax.Array, ...]:
   """`project` of one input by several weights (wq, wk, wv; w_gate, w_up).
 
-  The input is recorded once for all of them, so an input-aware optimizer computes one
-  ``X^T X`` for the group instead of one per weight (for DGD on Transformer++ that is a third
-  of the attention's statistics and half of the SwiGLU's input side).
+  The input is recorded once for all of them, so the program holds one ``X^T X`` for the
+  group instead of one per weight. (XLA:CPU already merged the identical products: the DGD
+  step time did not change, experiments/optimizers/README.md.)
 
   Args:
     equation, x, dtype, **einsum_kwargs: as in `project` (the same equation for every weight).
