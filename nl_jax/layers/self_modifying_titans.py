@@ -535,10 +535,13 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: 
 def _token_write(cfg, residual, chunk, w, s, anchor, k, vhat, eta, alpha, mu):
   """One token of eq. 88 for one memory (no batch / head axes): decay + anchored gradient.
 
-  The steps follow MLPMemory: both are divided by the memory's chunk size when
-  cfg.anchored_step == "mean" (eq. 90 as printed has no 1/C: "sum"), and under dgd the
-  output-side weight's step is normalised by its own input, eta / (1 + eta ||h||^2) with
-  h = act(w2 k) at the anchor.
+  The steps follow MLPMemory, written out independently of its chunk algebra (this is the
+  reference the chunked path is tested against): both are divided by the memory's chunk size
+  when cfg.anchored_step is "mean" or "mean_all" (eq. 90 as printed has no 1/C: "sum"),
+  "mean_all" divides the erase too, and under dgd the output-side weight's step is normalised
+  by its own input, eta / (1 + eta ||h||^2) with h = act(w2 k) at the anchor. With
+  cfg.output_error == "current" that weight's error is taken at its current value, w1 h +
+  k - vhat, and its step is not divided by C.
   """
   act = ACTIVATIONS[cfg.activation]
   coef = rule_coefficients(cfg.rule, eta, jnp.sum(k * k))
