@@ -14,7 +14,7 @@
 """Which choice of the paper profile overflows: one forward of Hope tiny at init per variant.
 
 ``profile="paper"`` trained from step 1 gives non-finite values. This script runs one
-forward at init on a 32 x 64-byte corpus batch (the trainer's first step) for the profile as it
+forward at init on a 32 x 64-byte corpus batch (the trainer's batch shape) for the profile as it
 is and with one choice moved back to the default, and prints whether the logits and every
 aux statistic are finite (experiments/stability/README.md, "Long runs with the new gate").
 
