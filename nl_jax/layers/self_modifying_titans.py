@@ -162,7 +162,7 @@ class SelfModifyingTitansConfig:
     alpha_min: retention bound, alpha in [alpha_min, 1].
     eta_bias_init, alpha_bias_init: initial logits of the gates (b_eta, b_alpha); the paper
       gives no initialisation. alpha_bias_init=8 (default) starts the retention at 0.9998 per
-      token (with alpha_min 0.5): the memories keep ~90% of their state over a 512-token
+      token (with alpha_min 0.5): the memories keep ~92% of their state over a 512-token
       call. At 4 (the earlier default, 0.991 per token) a 512-token call multiplied every
       fast weight by ~0.01, the 1/C-divided writes could not refill it and the trained
       memories' writes went unused (experiments/in_context/README.md, "Why the

@@ -85,7 +85,7 @@ the gates' squashing, chunk sizes, widths, learning rates, ``cms_retention=None`
     the self-modifying Titans' retention at 0.9998 per token. The earlier 4 (0.991 per token)
     emptied the memories within a 512-token call (their weights x0.01), the trained gates
     stayed there, and switching the trained model's writes off changed its loss by 1e-4;
-    at 8 the writes count (+0.003 over 3 seeds, +0.006 at 1,000 steps) at no cost in
+    at 8 the writes count (+0.003 over 3 seeds, +0.006 at 1,000 steps) at no measurable cost in
     held-out loss (experiments/in_context/README.md). Saved runs keep the value they were
     trained with.
 """
