@@ -31,8 +31,7 @@ variant:
 * ``nested`` (eq. 72, spec 6.2): the chain of ``sequential``, but the initial state of each
   level but the slowest is learned in context by the next slower level, which re-initialises
   it from that state at the end of each of its own chunks. Levels are listed fastest first,
-  each C_{l+1} a multiple of C_l; both objectives (``ntp``: nl_jax.layers.cms_ntp). Our
-  reading of eq. 72 below.
+  each C_{l+1} a multiple of C_l; both objectives. Our reading of eq. 72 below.
 
 Nested CMS, our reading of eq. 72, theta^(f_{s+1})_0 = argmin_Phi E_{T ~ C^(s)} [l(Theta, T;
 Phi)]: "level s meta-learns the initial state of level s+1, which is re-initialised at the end
@@ -89,10 +88,17 @@ It is causal (t-1 and t are both seen at t) and cheap (one extra MLP forward and
 level on the tokens of the call).
 
 objective="ntp" (the paper's: the next-token loss of the whole model, eq. 71): the gradient
-needs the whole model, so the model runs the call segment by segment and drives the levels
-(nl_jax.models.cms_ntp, with the pure level functions and the state ``NTPState`` in
-nl_jax.layers.cms_ntp); the layer's ``init_memory`` returns that state and calling the layer
-itself raises a ValueError.
+needs the whole model, so the model runs the call segment by segment (S = min C_l) and drives
+the levels (nl_jax.models.cms_ntp) through the functions of this module: ``reset_levels``,
+then its segment loss through ``apply_levels`` differentiated w.r.t. the fast weights, then
+``step_levels``. Calling the layer itself with "ntp" raises a ValueError.
+
+One state (``CMSState``) and one step rule (``step_level``, with the boundary rule
+``closes_chunk``) serve both objectives: a level steps when the tokens it has taken in reach a
+multiple of C_l in stream positions, on everything accumulated since its last step. The
+local objective's chunks are aligned to those multiples; an "ntp" segment that straddles one
+(a call that starts mid-segment) steps at the segment's end, its tokens after the boundary
+included.
 
 Chunk-parallel path (``cms_scan``): each level runs on its own clock, a scan over its own chunks
 of C_l tokens aligned to global stream positions, carrying only its own state (fast weights,
@@ -112,7 +118,10 @@ Resets (True at the first token of a new document): every level goes back to its
 weights and drops its accumulated gradient (nested: phi_l and macc_l too). Exact anywhere, in
 the token loop and in the chunked path: a level's weights change only at its chunk ends and at
 resets, so within a chunk the tokens before its first reset read the carried weights, those
-from it on the initial weights, and only the gradient after the last reset is kept.
+from it on the initial weights, and only the gradient after the last reset is kept. Under
+"ntp" a segment resets as a whole: a document must start on a multiple of S (the model's
+``alignment``; the data pipeline's ``data.alignment`` sees to it), and the model refuses a
+concrete reset elsewhere.
 
 meta_gradient (CMSConfig): "exact" (default) differentiates the outer loss through the
 in-context gradients (second order); "first_order" treats them as constants: the same forward,
@@ -258,7 +267,9 @@ class CMSState(NamedTuple):
 
   weights / acc: per level the fast weights and the gradient accumulated since its last step;
   prev_h [k, ...]: per level the last token's normalised input ([B, k, d]); prev_valid [B]:
-  prev_h holds a token of the current document; position [B]: tokens seen.
+  prev_h holds a token of the current document (both for objective "local" only, where a
+  level predicts h_t from h_{t-1}; zeros under "ntp"); position [B]: tokens seen (sets the
+  chunk boundaries).
   meta_init / meta_acc (variant="nested" only, else empty): per level l < k - 1 its
   meta-learned initial weights phi_l (learned by level l + 1) and the sum of level l's
   gradients since level l + 1's last step.
@@ -280,6 +291,8 @@ def _mlp(w: SwiGLUWeights, x_BxSxD):
 
 
 def init_state(cfg: CMSConfig, params: CMSParams, batch_size: int) -> CMSState:
+  """Initial weights, one copy per sequence (float32, or float64 when the initial weights
+  are), empty accumulators, position 0; both objectives."""
   b = batch_size
   dt = state_dtype(params.init[0].w_gate.dtype)
   weights = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a.astype(dt),
@@ -333,6 +346,64 @@ def retain(gamma: float, init: SwiGLUWeights, w: SwiGLUWeights,
   return jax.tree.map(one, init, w)
 
 
+def _where_rows(flag_B, new, old):
+  return jax.tree.map(lambda n, o: jnp.where(_rows(flag_B, o), n.astype(o.dtype), o), new, old)
+
+
+def closes_chunk(start_B: jax.Array, end_B: jax.Array, c: int) -> jax.Array:
+  """The boundary rule of every CMS level, both objectives: the tokens at stream positions
+  [start, end) end a chunk of c tokens (a level steps after its stream position p with
+  (p + 1) % C_l == 0, on everything accumulated since its last step)."""
+  return (end_B // c) > (start_B // c)
+
+
+def step_level(cfg: CMSConfig, lvl: int, init: SwiGLUWeights, w: SwiGLUWeights,
+               acc: SwiGLUWeights, phi: SwiGLUWeights | None, macc: SwiGLUWeights | None,
+               start_B: jax.Array, end_B: jax.Array):
+  """Level lvl's step (eq. 71) and, nested, its parent's step of phi_l (eq. 72); both
+  objectives.
+
+  Applies the steps whose boundary (``closes_chunk``) the tokens [start_B, end_B) reach, per
+  sequence::
+
+    at a chunk end of C_l:     w <- base + gamma_l (w - base) - s(lr_l, acc) acc;  acc <- 0
+                               (base: phi_l when nested, else the level's initial weights)
+    nested, at a chunk end of C_{l+1} (the end of level l's context):
+      phi <- init + gamma_{l+1} (phi - init) - s(lr_{l+1}, macc) macc;  w <- phi;
+      acc, macc <- 0
+
+  Args:
+    cfg, lvl: the config and the level.
+    init: the level's initial weights (leaves without the batch axis).
+    w: the fast weights the tokens read ([B, ...]).
+    acc: the gradient accumulated since the last step, these tokens' included.
+    phi, macc: nested levels (l < k - 1): the meta-learned start and the gradients of the
+      current context; None otherwise.
+    start_B, end_B: the stream positions of the tokens, [start, end).
+
+  Returns:
+    (w, acc, phi, macc) after the steps (phi, macc None when not nested).
+  """
+  nested = phi is not None
+  base = retain(cfg.gammas[lvl], phi if nested else init, w, batched=nested)
+  scale = _step_scale(cfg, cfg.lrs[lvl], acc)
+  step_B = closes_chunk(start_B, end_B, cfg.chunk_sizes[lvl])
+  w_new = _where_rows(step_B, jax.tree.map(lambda b, a: b - _rows(scale, a) * a, base, acc), w)
+  acc = _where_rows(step_B, jax.tree.map(jnp.zeros_like, acc), acc)
+  if not nested:
+    return w_new, acc, None, None
+  parent = lvl + 1
+  meta_B = closes_chunk(start_B, end_B, cfg.chunk_sizes[parent])
+  mscale = _step_scale(cfg, cfg.lrs[parent], macc)
+  new_phi = jax.tree.map(lambda p, a: p - _rows(mscale, a) * a,
+                         retain(cfg.gammas[parent], init, phi), macc)
+  phi = _where_rows(meta_B, new_phi, phi)
+  macc = _where_rows(meta_B, jax.tree.map(jnp.zeros_like, macc), macc)
+  w_new = _where_rows(meta_B, phi, w_new)
+  acc = _where_rows(meta_B, jax.tree.map(jnp.zeros_like, acc), acc)
+  return w_new, acc, phi, macc
+
+
 class _LevelCarry(NamedTuple):
   """One level's part of CMSState during its scan (meta_*: None unless nested, l < k - 1)."""
   weights: SwiGLUWeights
@@ -341,10 +412,6 @@ class _LevelCarry(NamedTuple):
   prev_valid: jax.Array
   meta_init: SwiGLUWeights | None
   meta_acc: SwiGLUWeights | None
-
-
-def _where_rows(flag_B, new, old):
-  return jax.tree.map(lambda n, o: jnp.where(_rows(flag_B, o), n.astype(o.dtype), o), new, old)
 
 
 def _level_chunk(cfg, lvl, init, carry: _LevelCarry, ch, end_pos_B):
@@ -387,26 +454,17 @@ def _level_chunk(cfg, lvl, init, carry: _LevelCarry, ch, end_pos_B):
                      lambda: out)
 
   acc = jax.tree.map(lambda a, gg: jnp.where(_rows(any_reset, a), 0.0, a) + gg, carry.acc, g)
-  step = vmask[:, -1]  # the chunk is complete: its end is a global multiple of C_l
   nested = carry.meta_init is not None
-  phi = _where_rows(any_reset, init_b, carry.meta_init) if nested else None
-  base = retain(cfg.gammas[lvl], phi if nested else init, w_eff, batched=nested)
-  scale = _step_scale(cfg, cfg.lrs[lvl], acc)
-  stepped = jax.tree.map(lambda w, a: w - _rows(scale, a) * a, base, acc)
-  weights = _where_rows(step, stepped, w_eff)
-  acc = _where_rows(step, jax.tree.map(jnp.zeros_like, acc), acc)
-  meta_init = meta_acc = None
-  if nested:  # the end of this level's context: the parent steps phi, the level restarts
-    parent = lvl + 1
+  phi = macc = None
+  if nested:
+    phi = _where_rows(any_reset, init_b, carry.meta_init)
     macc = jax.tree.map(lambda a, gg: jnp.where(_rows(any_reset, a), 0.0, a) + gg,
                         carry.meta_acc, g)
-    meta_step = step & (end_pos_B % cfg.chunk_sizes[parent] == 0)
-    mscale = _step_scale(cfg, cfg.lrs[parent], macc)
-    new_phi = jax.tree.map(lambda p, a: p - _rows(mscale, a) * a,
-                           retain(cfg.gammas[parent], init, phi), macc)
-    meta_init = _where_rows(meta_step, new_phi, phi)
-    meta_acc = _where_rows(meta_step, jax.tree.map(jnp.zeros_like, macc), macc)
-    weights = _where_rows(meta_step, meta_init, weights)
+  # The chunk's tokens are stream positions [end - C_l, end - C_l + n_valid): the boundary
+  # rule decides whether they close a chunk of this level (and one of its parent).
+  n_valid = jnp.max(jnp.where(vmask, j + 1, 0), axis=1)
+  seen = (end_pos_B - c, end_pos_B - c + n_valid)
+  weights, acc, meta_init, meta_acc = step_level(cfg, lvl, init, w_eff, acc, phi, macc, *seen)
   # Diagnostics only: no gradient (sqrt has an infinite derivative at an unchanged level).
   moved = jax.lax.stop_gradient(jnp.sum(jnp.sqrt(sum(
       jnp.sum((a - w) ** 2, axis=(1, 2)) for a, w in zip(weights, w_eff, strict=True)))))
@@ -488,6 +546,84 @@ def level_drift(params: CMSParams, weights) -> dict:
              for a, i in zip(w, init, strict=True))
     out[f"level_{lvl}/drift"] = jnp.sqrt(jnp.max(sq))
   return out
+
+# objective="ntp": the pieces the model's segment driver (nl_jax.models.cms_ntp) calls for each
+# segment of S = min(C_l) tokens: reset_levels, then the model's loss through apply_levels
+# differentiated w.r.t. the fast weights, then step_levels with that gradient.
+
+
+def apply_levels(cfg: CMSConfig, params: CMSParams, weights: tuple[SwiGLUWeights, ...],
+                 x_BxSxD: jax.Array) -> jax.Array:
+  """The CMS chain with frozen fast weights, residuals included (the variants of cms_scan).
+
+  Computed in the fast weights' dtype (float32 under bf16 activations), cast back to x's.
+  """
+  dt = weights[0].w_gate.dtype
+  x = x_BxSxD.astype(dt)
+  if cfg.variant in ("sequential", "nested"):
+    for lvl in range(cfg.n_levels):
+      x = x + _mlp(weights[lvl], rms_norm(x, params.norm[lvl], cfg.norm_eps))
+    y = x
+  else:
+    h = rms_norm(x, params.norm[0], cfg.norm_eps)
+    y = x + sum(params.agg[lvl] * _mlp(weights[lvl], h) for lvl in range(cfg.n_levels))
+  return y.astype(x_BxSxD.dtype)
+
+
+def reset_levels(params: CMSParams, st: CMSState, flag_B: jax.Array) -> CMSState:
+  """Rows with flag_B True go back to the initial weights with empty accumulators (nested:
+  phi_l back to the initial weights, macc_l emptied). A reset applies to the whole segment,
+  so it is exact only at a segment's first token; the driver refuses a concrete document
+  start anywhere else (nl_jax.memory.base.check_reset_alignment)."""
+  def to_init(states):
+    return tuple(_where_rows(flag_B, jax.tree.map(lambda i, w: jnp.broadcast_to(
+        i.astype(w.dtype), w.shape), init, w), w)
+                 for init, w in zip(params.init, states, strict=False))
+
+  def to_zero(states):
+    return tuple(_where_rows(flag_B, _zeros_like(a), a) for a in states)
+
+  return st._replace(weights=to_init(st.weights), acc=to_zero(st.acc),
+                     meta_init=to_init(st.meta_init), meta_acc=to_zero(st.meta_acc))
+
+
+def step_levels(cfg: CMSConfig, st: CMSState, grads: tuple[SwiGLUWeights, ...], length: int,
+                init: tuple[SwiGLUWeights, ...]) -> tuple[CMSState, jax.Array]:
+  """Adds a segment's next-token gradient to every level and applies ``step_level``.
+
+  Args:
+    cfg: the CMS config (chunk_sizes, lrs).
+    st: the state the segment ran with (position = stream index of its first token).
+    grads: per level the gradient of the segment's loss w.r.t. st.weights.
+    length: number of tokens in the segment (static).
+    init: per level the initial weights (``params.init``).
+
+  Returns:
+    (state after the segment, update_norm [B, k]: Frobenius norm of each level's step).
+  """
+  start_B = st.position
+  end_B = start_B + length
+  n_meta = len(st.meta_init)
+  weights, acc, meta_init, meta_acc, norms = [], [], [], [], []
+  for lvl in range(cfg.n_levels):
+    add = lambda x, g: x + g.astype(x.dtype)  # noqa: E731
+    a = jax.tree.map(add, st.acc[lvl], grads[lvl])
+    phi = macc = None
+    if lvl < n_meta:
+      phi, macc = st.meta_init[lvl], jax.tree.map(add, st.meta_acc[lvl], grads[lvl])
+    w_new, a_new, phi, macc = step_level(cfg, lvl, init[lvl], st.weights[lvl], a, phi, macc,
+                                         start_B, end_B)
+    weights.append(w_new)
+    acc.append(a_new)
+    if lvl < n_meta:
+      meta_init.append(phi)
+      meta_acc.append(macc)
+    norms.append(jnp.sqrt(sum(jnp.sum((n - o) ** 2, axis=tuple(range(1, n.ndim)))
+                              for n, o in zip(w_new, st.weights[lvl], strict=True))))
+  return (st._replace(weights=tuple(weights), acc=tuple(acc), position=end_B,
+                      meta_init=tuple(meta_init), meta_acc=tuple(meta_acc)),
+          jnp.stack(norms, axis=1))
+
 
 def _per_row_init(params: CMSParams, b: int, dt) -> tuple:
   """Every level's initial weights, one copy per sequence (the token loops' reset value)."""
@@ -680,11 +816,8 @@ class ContinuumMemorySystem(nnx.Module):
                          f"{tuple(w.shape)}, expected {tuple(old.shape)}")
       old[...] = jnp.asarray(w, old[...].dtype)
 
-  def init_memory(self, batch_size: int):
-    """CMSState (objective="local") or nl_jax.layers.cms_ntp.NTPState (objective="ntp")."""
-    if self.cfg.objective == "ntp":
-      from nl_jax.layers import cms_ntp  # pylint: disable=g-import-not-at-top  (it imports us)
-      return cms_ntp.init_ntp_state(self.cfg, self.params(), batch_size)
+  def init_memory(self, batch_size: int) -> CMSState:
+    """The per-sequence state at stream start (both objectives)."""
     return init_state(self.cfg, self.params(), batch_size)
 
   def __call__(self, x_BxTxD, state: CMSState, reset_BxT, implementation: str = "chunked",

@@ -53,7 +53,9 @@ def straight_through(new, old):
 
 
 def check_reset_alignment(owner: str, reset, position, chunk_size: int,
-                          field: str = "chunk_size") -> None:
+                          field: str = "chunk_size",
+                          fix: str = "Align documents to the chunk size or use "
+                                     "implementation='sequential'.") -> None:
   """Raises if a concrete reset falls inside a chunk (a chunked path would miss it).
 
   reset [..., T] (True / nonzero at a document's first token), position [...] (tokens the
@@ -72,8 +74,7 @@ def check_reset_alignment(owner: str, reset, position, chunk_size: int,
     raise ValueError(f"{owner}: inputs.reset is set at index {where} (global position "
                      f"{int(position_np[where[:-1]]) + where[-1]}), which is not a multiple of "
                      f"{field}={chunk_size}; the chunked path resets at chunk starts "
-                     "only. Align documents to the chunk size or use "
-                     "implementation='sequential'.")
+                     f"only. {fix}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

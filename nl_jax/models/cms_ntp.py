@@ -29,7 +29,7 @@ inside a segment), carrying every fast state::
         across calls; Hope-Attention: a key/value buffer of the call, so segment k's queries
         see the earlier segments) and every block's CMS with fast weights theta
       loss_k, g = jax.value_and_grad(loss_k)(theta_carried)      # inside the scan
-      nl_jax.layers.cms_ntp.step_levels: acc += g; levels at a boundary step
+      nl_jax.layers.cms.step_levels: acc += g; levels at a boundary step
 
 The outer loss differentiates through all of it, so the initial CMS weights (and everything
 else) are trained by backprop through the in-context updates (eq. 73; second order through
@@ -50,7 +50,7 @@ Choices (documented; the paper leaves them open):
 * Streaming: splitting a stream at a multiple of S gives exactly the one-call result when
   the caller passes the true next token as the target of each call's last token. A call that
   starts mid-segment is cut from its own first token; its levels step at the end of the
-  segment that contains a boundary (nl_jax.layers.cms_ntp.step_levels).
+  segment that contains a boundary (nl_jax.layers.cms.step_levels).
 * Cost: every segment runs a forward and a backward of the whole model (the inner gradient),
   and the outer backward is second order: roughly 3-4x the compute of objective="local".
   Hope-Attention keeps a key/value buffer of the call per block; the checkpointed scan saves
@@ -66,35 +66,12 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from nl_jax.layers import cms_ntp
+from nl_jax.layers import cms as cms_lib
 from nl_jax.losses import masked_cross_entropy
+from nl_jax.memory.base import check_reset_alignment
 from nl_jax.models.common import (SequenceContext, advance_stream, constrain_activations,
                                   stack_trees)
 from nl_jax.optim.partition import STACKED_BLOCKS
-
-
-def _mixer(block, x_BxSxD, state, kv, seg, segment_ids_BxT, start_aligned):
-  """The block's sequence mixer with its residual: Hope (SMT) or Hope-Attention (attention).
-
-  start_aligned: the segment starts on a boundary of the mixer's memory chunks, so its memory
-  scans run no padded chunk (see _smt_aligned).
-  Returns (x_BxSxD, new mixer state or None, new (k_buf, v_buf) or None, aux dict).
-  """
-  if hasattr(block, "smt"):
-    y, smt_state, smt_aux = block.smt(block.smt_norm(x_BxSxD), state["smt"], seg["segment_ids"],
-                                      seg["reset"], start_aligned=start_aligned)
-    return x_BxSxD + y, smt_state, None, {f"smt/{k}": v for k, v in smt_aux.items()}
-  y, k_buf, v_buf = block.attn.attend_with_buffer(block.attn_norm(x_BxSxD), seg["positions"],
-                                                  seg["start"], kv[0], kv[1], segment_ids_BxT)
-  return x_BxSxD + y, None, (k_buf, v_buf), {}
-
-
-def _smt_aligned(block, segment: int, start_aligned: bool) -> bool:
-  """Every segment of a call that starts at position 0 starts at a multiple of the segment
-  length, hence on a boundary of the self-modifying Titans chunks when they divide it."""
-  if not (start_aligned and hasattr(block, "smt")):
-    return False
-  return segment % block.smt.cfg.chunk_size == 0 and segment % block.smt.cfg.proj_chunk_size == 0
 
 
 def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext,
@@ -102,11 +79,11 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   """Blocks -> head with the CMS learning from the next-token loss (module docstring).
 
   Args:
-    model: a Hope or HopeAttention model (blocks with ``smt``/``smt_norm`` or
-      ``attn``/``attn_norm``, and ``cms``); its CMS states in memory_state must be
-      nl_jax.layers.cms_ntp.NTPState.
+    model: a Hope or HopeAttention model: blocks with ``cms`` and the segment methods of
+      their sequence mixer (``segment_kv``, ``segment_aligned``, ``mix_segment``; see
+      nl_jax.models.hope.HopeBlock).
     x_BxTxD: token embeddings.
-    memory_state: validated state ({"stream": ..., "block_i": {..., "cms": NTPState}}).
+    memory_state: validated state ({"stream": ..., "block_i": {..., "cms": CMSState}}).
     ctx: the SequenceContext from ``model.prepare`` (targets / loss_mask used here).
     cms_cfg: the CMSConfig (default ``model.config.cms_config()``).
 
@@ -124,16 +101,15 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   segment_ids_BxT = ctx.segment_ids
 
   block_states0 = [memory_state[f"block_{i}"] for i in range(n_blocks)]
+  # A segment resets as a whole (cms.reset_levels): refuse a document start inside one.
+  check_reset_alignment(f"{type(model).__name__} (cms_objective='ntp')", reset_BxT,
+                        block_states0[0]["cms"].position, s, field="min(cms_chunk_sizes)",
+                        fix="Start documents on multiples of it (the data pipeline's "
+                            "data.alignment does) or use cms_objective='local', exact for "
+                            "resets anywhere.")
   # Every block has the same chunk sizes, so one answer holds for all of them.
-  aligned = _smt_aligned(blocks[0], s, ctx.start_aligned)
-  kv0 = []
-  for blk in blocks:
-    if hasattr(blk, "smt"):
-      kv0.append(None)
-    else:
-      a = blk.attn
-      shape = (b, t) + tuple(a.wq[...].shape[1:])
-      kv0.append((jnp.zeros(shape, a.dtype), jnp.zeros(shape, a.dtype)))
+  aligned = ctx.start_aligned and blocks[0].segment_aligned(s)
+  kv0 = [blk.segment_kv(b, t) for blk in blocks]
 
   # Per-block work has two layouts. Unrolled: lists with one entry per block. scan_layers: one
   # tree whose leaves are stacked on a leading block axis; the blocks of a segment run under
@@ -154,8 +130,8 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
       return [fn(*args) for args in zip(*per_block, strict=True)]
 
   def block_forward(blk, cms_p, x, state, kv_i, weights_i, seg):
-    x, m_state, kv_i, m_aux = _mixer(blk, x, state, kv_i, seg, segment_ids_BxT, aligned)
-    x = constrain_activations(cms_ntp.apply_levels(cms_cfg, cms_p, weights_i, x))
+    x, m_state, kv_i, m_aux = blk.mix_segment(x, state, kv_i, seg, segment_ids_BxT, aligned)
+    x = constrain_activations(cms_lib.apply_levels(cms_cfg, cms_p, weights_i, x))
     return x, m_state, kv_i, m_aux
 
   def run_segment(carry, seg):
@@ -163,7 +139,7 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
     states, kv = carry
     length = seg["x"].shape[1]
     flag_B = jnp.any(seg["reset"], axis=1)
-    cms_states = each(lambda p, st: cms_ntp.reset_levels(p, st["cms"], flag_B),
+    cms_states = each(lambda p, st: cms_lib.reset_levels(p, st["cms"], flag_B),
                       cms_params, states)
     weights = cms_states.weights if scanned else tuple(st.weights for st in cms_states)
 
@@ -193,7 +169,7 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
     (loss, (logits, mixer_states, new_kv, aux, count)), grads = jax.value_and_grad(
         seg_loss, has_aux=True)(weights)
     init = cms_params.init if scanned else [p.init for p in cms_params]
-    stepped = each(lambda st, g, i: cms_ntp.step_levels(cms_cfg, st, g, length, i),
+    stepped = each(lambda st, g, i: cms_lib.step_levels(cms_cfg, st, g, length, i),
                    cms_states, grads, init)
     if scanned:
       new_cms, norm_NxBxK = stepped

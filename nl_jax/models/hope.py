@@ -387,6 +387,25 @@ class HopeBlock(nnx.Module):
     aux.update(_cms_aux(cms_aux))
     return x_BxTxD, {"smt": smt_state, "cms": cms_state}, aux
 
+  # The sequence mixer over one segment of the CMS next-token driver (nl_jax.models.cms_ntp).
+
+  def segment_kv(self, batch_size: int, length: int) -> None:
+    """No key/value buffer: the memories carry the earlier segments."""
+    del batch_size, length
+
+  def segment_aligned(self, segment: int) -> bool:
+    """Segments of `segment` tokens from position 0 start on the memories' chunk boundaries."""
+    cfg = self.smt.cfg
+    return segment % cfg.chunk_size == 0 and segment % cfg.proj_chunk_size == 0
+
+  def mix_segment(self, x_BxSxD, state, kv, seg, segment_ids_BxT, start_aligned: bool):
+    """x + SelfModifyingTitans(RMSNorm(x)) on a segment, memories carried: (x, smt state,
+    None, aux)."""
+    del kv, segment_ids_BxT
+    y, smt_state, smt_aux = self.smt(self.smt_norm(x_BxSxD), state["smt"], seg["segment_ids"],
+                                     seg["reset"], start_aligned=start_aligned)
+    return x_BxSxD + y, smt_state, None, {f"smt/{k}": v for k, v in smt_aux.items()}
+
 
 class HopeAttentionBlock(nnx.Module):
   """x + Attention(RMSNorm(x)), then ContinuumMemorySystem(x)."""
@@ -408,6 +427,26 @@ class HopeAttentionBlock(nnx.Module):
     x_BxTxD, cms_state, cms_aux = self.cms(x_BxTxD, state["cms"], _reset(ctx),
                                            start_aligned=ctx.start_aligned)
     return x_BxTxD, {"cms": cms_state}, _cms_aux(cms_aux)
+
+  # The sequence mixer over one segment of the CMS next-token driver (nl_jax.models.cms_ntp).
+
+  def segment_kv(self, batch_size: int, length: int):
+    """Key/value buffers of the whole call: a segment's queries see the earlier segments."""
+    shape = (batch_size, length) + tuple(self.attn.wq[...].shape[1:])
+    return jnp.zeros(shape, self.attn.dtype), jnp.zeros(shape, self.attn.dtype)
+
+  def segment_aligned(self, segment: int) -> bool:
+    """Attention has no chunks to align."""
+    del segment
+    return False
+
+  def mix_segment(self, x_BxSxD, state, kv, seg, segment_ids_BxT, start_aligned: bool):
+    """x + Attention(RMSNorm(x)) on a segment over the call's buffers: (x, None, buffers,
+    {})."""
+    del state, start_aligned
+    y, k_buf, v_buf = self.attn.attend_with_buffer(self.attn_norm(x_BxSxD), seg["positions"],
+                                                   seg["start"], kv[0], kv[1], segment_ids_BxT)
+    return x_BxSxD + y, None, (k_buf, v_buf), {}
 
 
 class Hope(CausalLM):

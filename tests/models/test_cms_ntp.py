@@ -29,7 +29,7 @@ import numpy as np
 import optax
 import pytest
 
-from nl_jax.layers import cms_ntp
+from nl_jax.layers import cms as cms_lib
 from nl_jax.layers.attention import Attention
 from nl_jax.layers.cms import CMSConfig, SwiGLUWeights
 from nl_jax.models import registry
@@ -178,9 +178,11 @@ def test_step_levels_sums_over_the_chunk_and_steps_at_boundaries():
     keys = iter(jax.random.split(jax.random.key(0), 32))
     rnd = lambda *s: jax.random.normal(next(keys), s, jnp.float64)  # noqa: E731
     w = lambda: SwiGLUWeights(rnd(2, 3, 2), rnd(2, 3, 2), rnd(2, 2, 3))  # noqa: E731
-    st = cms_ntp.NTPState((w(), w()), (w(), w()), jnp.array([0, 1], jnp.int32))
+    init = (w(), w())
+    st = cms_lib.CMSState((w(), w()), (w(), w()), jnp.zeros((2, 2, 3)), jnp.zeros((2,), bool),
+                          jnp.array([0, 1], jnp.int32))
     grads = (w(), w())
-    new, norms = cms_ntp.step_levels(cfg, st, grads, 2)
+    new, norms = cms_lib.step_levels(cfg, st, grads, 2, init)
     # row 0: [0, 2) ends a chunk of level 0 (C=2), not of level 1 (C=4); row 1: [1, 3)
     # contains the end of [0, 2) (misaligned call: steps at the segment's end).
     for f in range(3):
@@ -192,12 +194,12 @@ def test_step_levels_sums_over_the_chunk_and_steps_at_boundaries():
     np.testing.assert_array_equal(new.position, [2, 3])
     assert norms.shape == (2, 2) and np.all(np.asarray(norms[:, 1]) == 0)
     # a segment inside a chunk only accumulates
-    new2, _ = cms_ntp.step_levels(cfg, st._replace(position=jnp.array([4, 4])), grads, 1)
+    new2, _ = cms_lib.step_levels(cfg, st._replace(position=jnp.array([4, 4])), grads, 1, init)
     np.testing.assert_array_equal(new2.weights[0][0], st.weights[0][0])
     # with max_step_norm the step lr * acc is shrunk to that norm (per sequence)
     clipped = CMSConfig(d_model=3, hidden=2, chunk_sizes=(2, 4), learning_rates=(0.5, 0.0),
                         objective="ntp", max_step_norm=0.25)
-    new3, norms3 = cms_ntp.step_levels(clipped, st, grads, 2)
+    new3, norms3 = cms_lib.step_levels(clipped, st, grads, 2, init)
     for row in range(2):
       a0 = [st.acc[0][f][row] + grads[0][f][row] for f in range(3)]
       raw = 0.5 * np.sqrt(sum(float(jnp.sum(x * x)) for x in a0))
@@ -396,9 +398,21 @@ def test_hope_ntp_reset_at_document_start():
 def test_ntp_state_and_the_layer_refuses_to_run_alone():
   model = _model("hope_attention")
   state = model.init_memory(2)
-  assert isinstance(state["block_0"]["cms"], cms_ntp.NTPState)
+  assert isinstance(state["block_0"]["cms"], cms_lib.CMSState)
   assert state["block_0"]["cms"].weights[0].w_gate.shape == (2, 16, 24)
   with pytest.raises(ValueError, match="objective='ntp'"):
     model.blocks[0].cms(jnp.zeros((2, 4, 16)), state["block_0"]["cms"], jnp.zeros((2, 4), bool))
   with pytest.raises(ValueError, match="cms_objective"):
     registry.model_config("hope", "tiny", cms_objective="next_token")
+
+
+def test_a_document_start_inside_a_segment_is_refused():
+  # S = 4: a reset at position 6 would reset the whole segment [4, 8) (cms.reset_levels); the
+  # model refuses it, with the memory layers' error, before any work is done.
+  model = _model("hope_attention")
+  tokens = _tokens(1, 8)
+  seg = jnp.array([[1] * 6 + [2] * 2], jnp.int32)
+  with pytest.raises(ValueError, match=r"global position 6\), which is not a multiple of "
+                     r"min\(cms_chunk_sizes\)=4.*cms_objective='local'"):
+    model(tokens, segment_ids=seg)
+  model(tokens, segment_ids=jnp.array([[1] * 4 + [2] * 4], jnp.int32))  # on a boundary: runs
