@@ -47,7 +47,7 @@ VARIANTS = {
 
 def main():
   batch = fit.lm_batch(np.random.default_rng(0), 32, 64)
-  x, y = jnp.asarray(batch["tokens"]), jnp.asarray(batch["targets"])
+  x, y = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
   for name, overrides in VARIANTS.items():
     cfg = registry.model_config("hope", "tiny", profile="paper", **overrides)
     model = registry.build_model(cfg, rngs=nnx.Rngs(0))

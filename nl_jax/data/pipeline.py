@@ -82,11 +82,11 @@ import numpy as np
 from grain._src.python.dataset.transformations import packing_concat_then_split as _cts
 
 from nl_jax.data import shakespeare, sources, tokenizers
+from nl_jax.data.batch import BATCH_KEYS
 
 MAP_SOURCES = ("shakespeare", "arrayrecord")
 STREAM_SOURCES = ("parquet", "tfrecord")
 SOURCE_NAMES = MAP_SOURCES + STREAM_SOURCES + ("seqio:<task_or_mixture>",)
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
 
 class DataConfigError(ValueError):

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from nl_jax.data.batch import document_positions
 from nl_jax.data.tokenizers import PAD_ID, ByteTokenizer
 
 TOKENIZER = ByteTokenizer()
@@ -123,8 +124,9 @@ def make_batch(examples: Sequence[Example], pad_to_multiple: int = 1,
     length: pad to at least this length (one shape for every batch: one compilation).
 
   Returns:
-    ``tokens`` / ``segment_ids`` int32 [B, T], ``targets`` int32 [B, T] (tokens shifted
-    left), ``loss_mask`` float32 [B, T] (1 where the target is an answer token).
+    A batch of the one schema (nl_jax.data.batch): ``inputs`` / ``segment_ids`` /
+    ``positions`` int32 [B, T], ``targets`` int32 [B, T] (inputs shifted left),
+    ``loss_mask`` float32 [B, T] (1 where the target is an answer token).
   """
   if not examples:
     raise ValueError("make_batch needs at least one example")
@@ -143,7 +145,8 @@ def make_batch(examples: Sequence[Example], pad_to_multiple: int = 1,
     for span in ex.spans:
       loss_mask[i, span.start - 1:span.end - 1] = 1.0
   targets = np.concatenate([tokens[:, 1:], np.full((b, 1), PAD_ID, np.int32)], axis=1)
-  return {"tokens": tokens, "segment_ids": segment_ids, "targets": targets,
+  return {"inputs": tokens, "segment_ids": segment_ids, "targets": targets,
+          "positions": document_positions(segment_ids),
           "loss_mask": loss_mask}
 
 
@@ -184,10 +187,10 @@ def score(logits_fn: LogitsFn, examples: Sequence[Example], batch_size: int = 8,
     chunk = list(examples[i:i + batch_size])
     batch = make_batch(chunk + [chunk[0]] * (min(batch_size, len(examples)) - len(chunk)),
                        pad_to_multiple, length)
-    logits_BxTxV = np.asarray(logits_fn(batch["tokens"], batch["segment_ids"]))
-    if logits_BxTxV.shape[:2] != batch["tokens"].shape:
+    logits_BxTxV = np.asarray(logits_fn(batch["inputs"], batch["segment_ids"]))
+    if logits_BxTxV.shape[:2] != batch["inputs"].shape:
       raise ValueError(f"logits_fn returned shape {logits_BxTxV.shape}; expected "
-                       f"[{batch['tokens'].shape[0]}, {batch['tokens'].shape[1]}, vocab]")
+                       f"[{batch['inputs'].shape[0]}, {batch['inputs'].shape[1]}, vocab]")
     for b, ex in enumerate(chunk):
       flags = []
       for span in ex.spans:

@@ -16,9 +16,9 @@
 The trainer (`nl_jax.train`) is the tool for language-model pre-training at any scale; the
 experiments here also need to train on *task* batches (formal languages, MQAR, NIAH) whose
 loss is restricted to answer tokens, and to switch tasks mid-run (continual stream). This loop
-does that with one jitted step per batch shape. Batches are dicts with ``tokens``,
-``targets``, ``segment_ids`` (int32 [B, T]) and ``loss_mask`` (float32 [B, T]) as produced by
-`nl_jax.eval.examples.make_batch` or `lm_batch`.
+does that with one jitted step per batch shape. Batches have the trainer's schema
+(nl_jax.data.batch: ``inputs``, ``targets``, ``segment_ids``, ``positions``, ``loss_mask``), as
+`nl_jax.eval.examples.make_batch` and `lm_batch` make them.
 """
 
 import time
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nl_jax.data import batch as batch_lib
 from nl_jax.eval import text as text_lib
 from nl_jax.eval.examples import encode, make_batch
 from nl_jax.eval.runner import model_alignment
@@ -42,8 +43,10 @@ def lm_batch(rng: np.random.Generator, batch_size: int, seq_len: int,
   starts = rng.integers(0, len(base) - seq_len - 1, size=batch_size)
   rows = np.stack([base[s:s + seq_len + 1] for s in starts]).astype(np.int32)
   mask = np.ones((batch_size, seq_len), np.float32)
-  return {"tokens": rows[:, :-1], "targets": rows[:, 1:], "loss_mask": mask,
-          "segment_ids": np.ones((batch_size, seq_len), np.int32)}
+  return {"inputs": rows[:, :-1], "targets": rows[:, 1:], "loss_mask": mask,
+          "segment_ids": np.ones((batch_size, seq_len), np.int32),
+          "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
+                                       (batch_size, seq_len)).copy()}
 
 
 def examples_batch(make_examples: Callable[[np.random.Generator], list], rng,
@@ -60,7 +63,10 @@ def examples_batch(make_examples: Callable[[np.random.Generator], list], rng,
 
 
 def _loss(model, batch):
-  logits_BxTxV, _, _ = model(batch["tokens"], None, segment_ids=batch["segment_ids"])
+  # The CMS "ntp" objective learns from its own next-token loss here (tokens shifted left),
+  # not from the task's loss mask: targets / loss_mask are left out of the call.
+  logits_BxTxV, _, _ = model(batch["inputs"], None, segment_ids=batch["segment_ids"],
+                             positions=batch["positions"])
   total, count = masked_cross_entropy(logits_BxTxV, batch["targets"], batch["loss_mask"])
   return total / jnp.maximum(count, 1.0)
 
@@ -114,8 +120,9 @@ def train(model, batches: Iterator[dict], num_steps: int,
   t_first = None  # end of step 0 (after compilation): the start of the max_seconds budget
   for i in range(num_steps):
     batch = next(batches)
-    if batch["tokens"].shape[1] % align:
-      raise ValueError(f"batch length {batch['tokens'].shape[1]} is not a multiple of the "
+    batch_lib.check_keys(batch, "fit.train")
+    if batch["inputs"].shape[1] % align:
+      raise ValueError(f"batch length {batch['inputs'].shape[1]} is not a multiple of the "
                        f"model's alignment {align}; pad with make_batch(pad_to_multiple=...)")
     new_params, new_opt_state, loss = step(params, opt_state, rest,
                                            {k: jnp.asarray(v) for k, v in batch.items()})

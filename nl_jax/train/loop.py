@@ -45,6 +45,7 @@ from absl import logging
 from flax import nnx
 
 from nl_jax import data as data_lib
+from nl_jax.data import batch as batch_lib
 from nl_jax.layers import projection
 from nl_jax.losses import masked_cross_entropy
 from nl_jax.models import common as model_common
@@ -168,11 +169,6 @@ def _check_layer_inputs(graphdef, rest, abstract_params, wanted, batch_size, seq
   return {p: found[p] for p in wanted}
 
 
-def _model_kwargs(batch):
-  return dict(segment_ids=batch["segment_ids"], positions=batch["positions"],
-              targets=batch["targets"], loss_mask=batch["loss_mask"])
-
-
 def make_train_step(setup: Setup):
   """The jitted ``(params, train_state, batch, rest) -> (params, train_state, metrics)``."""
   graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
@@ -188,7 +184,7 @@ def make_train_step(setup: Setup):
     # knows it starts at position 0 (no padded chunk in the chunked scans).
     with model_common.activation_sharding(act_sh), model_common.memory_sharding(memory_sh), \
         projection.recording(probes):
-      logits, _, aux = model(batch["inputs"], None, **_model_kwargs(batch))
+      logits, _, aux = model(batch["inputs"], None, **batch_lib.model_kwargs(batch))
     total, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
     return total / jnp.maximum(count, 1.0), (aux, count)
 
@@ -250,7 +246,7 @@ def make_eval_step(setup: Setup):
   def eval_fn(params, batch, rest):
     model = nnx.merge(graphdef, params, rest)
     with model_common.activation_sharding(act_sh), model_common.memory_sharding(memory_sh):
-      logits, _, _ = model(batch["inputs"], None, **_model_kwargs(batch))
+      logits, _, _ = model(batch["inputs"], None, **batch_lib.model_kwargs(batch))
     return masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
   batch_sh = {k: setup.batch_sh for k in data_lib.BATCH_KEYS}

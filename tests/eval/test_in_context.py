@@ -38,7 +38,7 @@ def test_mqar_training_batch_answers_recoverable():
   rng = np.random.default_rng(0)
   batch = mqar.training_batch(rng, 16, 96, min_pairs=2, max_pairs=16, max_gap=32,
                               pad_to_multiple=32)
-  assert batch["tokens"].shape == (16, 96) and batch["loss_mask"].dtype == np.float32
+  assert batch["inputs"].shape == (16, 96) and batch["loss_mask"].dtype == np.float32
   ex = mqar.sample_examples(np.random.default_rng(1), 32, min_pairs=2, max_pairs=16,
                             max_gap=32)
   for e in ex:
@@ -210,8 +210,8 @@ def test_fit_max_seconds_leaves_out_compilation():
   from tests.eval.test_runner import _RunningCount
 
   tokens = np.array([[1, 2, 3, 4, 5, 6, 0, 0]], np.int32)
-  batch = {"tokens": tokens, "targets": np.roll(tokens, -1, axis=1),
-           "segment_ids": (tokens > 0).astype(np.int32),
+  batch = {"inputs": tokens, "targets": np.roll(tokens, -1, axis=1),
+           "segment_ids": (tokens > 0).astype(np.int32), "positions": np.arange(8)[None],
            "loss_mask": (tokens > 0).astype(np.float32)}
   model = _RunningCount(vocab=7)
   log = fit.train(model, iter([batch] * 5), 5, optax.sgd(0.1), max_seconds=0.0)

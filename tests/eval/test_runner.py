@@ -44,7 +44,8 @@ class _RunningCount(nnx.Module):
   def init_memory(self, batch_size):
     return {"counts": jnp.zeros((batch_size, self.vocab))}
 
-  def __call__(self, tokens, memory_state=None, *, segment_ids=None):
+  def __call__(self, tokens, memory_state=None, *, segment_ids=None, positions=None):
+    del positions
     if tokens.shape[1] % self.config.alignment:
       raise ValueError("length must be a multiple of the alignment")
     state = memory_state if memory_state is not None else self.init_memory(tokens.shape[0])
@@ -82,8 +83,8 @@ def test_fit_trains_and_stops_at_a_non_finite_loss():
   def batches():
     tokens = np.array([[1, 2, 3, 4, 5, 6, 0, 0]], np.int32)
     while True:
-      yield {"tokens": tokens, "targets": np.roll(tokens, -1, axis=1),
-             "segment_ids": (tokens > 0).astype(np.int32),
+      yield {"inputs": tokens, "targets": np.roll(tokens, -1, axis=1),
+             "segment_ids": (tokens > 0).astype(np.int32), "positions": np.arange(8)[None],
              "loss_mask": (tokens > 0).astype(np.float32)}
 
   model = _RunningCount(vocab=7)

@@ -208,7 +208,7 @@ def test_score_is_teacher_forced_greedy_and_padding_safe():
   res = score(one_wrong, [ex])
   assert res["accuracy"] == 0.0 and res["token_accuracy"] == 0.5
   batch = make_batch([ex, Example(np.arange(3, 10, dtype=np.int32), (Span(1, 2),))])
-  assert batch["tokens"].shape == (2, 7) and batch["segment_ids"][0, 5:].sum() == 0
+  assert batch["inputs"].shape == (2, 7) and batch["segment_ids"][0, 5:].sum() == 0
   np.testing.assert_array_equal(batch["loss_mask"][0], [0, 0, 1, 1, 0, 0, 0])
   with pytest.raises(ValueError, match="span"):
     Example(np.arange(4, dtype=np.int32), (Span(0, 2),))
@@ -287,3 +287,27 @@ def test_progress_line_per_subtask_and_length():
   assert len(lines) == 2 * len(niah.TASKS)
   assert lines[0].startswith("niah length 400 (1/2), s_niah_1 (1/4): accuracy 100.0%")
   assert lines[-1].startswith("niah length 500 (2/2), mk_niah_1 (4/4)")
+
+
+def test_task_batches_have_the_trainers_schema():
+  """make_batch / lm_batch make what the data pipeline makes (nl_jax.data.batch), and the
+  task loop names a missing key before any work."""
+  from nl_jax.data import batch as batch_lib
+  from nl_jax.eval import fit
+
+  ex = Example(np.array([5, 6, 7, 8, 9], np.int32), (Span(3, 5, "g"),))
+  batch = make_batch([ex, Example(np.arange(3, 10, dtype=np.int32), (Span(1, 2),))])
+  lm = fit.lm_batch(np.random.default_rng(0), 2, 16)
+  for b in (batch, lm):
+    assert sorted(b) == sorted(batch_lib.BATCH_KEYS)
+    assert {k: v.dtype for k, v in b.items()} == {
+        k: np.dtype(np.float32 if k == "loss_mask" else np.int32) for k in batch_lib.BATCH_KEYS}
+  # positions restart with the padding's segment 0 (right padding of the 5-token example)
+  np.testing.assert_array_equal(batch["positions"], [[0, 1, 2, 3, 4, 0, 1], np.arange(7)])
+  np.testing.assert_array_equal(lm["positions"], np.tile(np.arange(16), (2, 1)))
+  import optax
+
+  from tests.eval.test_runner import _RunningCount
+  no_positions = {k: v for k, v in lm.items() if k != "positions"}
+  with pytest.raises(ValueError, match=r"fit.train: the batch has no \['positions'\]"):
+    fit.train(_RunningCount(vocab=7), iter([no_positions]), 1, optax.sgd(0.1))
