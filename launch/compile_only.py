@@ -16,9 +16,9 @@ r"""Compiles the train step ahead of time for a target topology and prints memor
 Finds an out-of-memory before a job is launched::
 
   # TPU topologies (needs libtpu installed on this host; no TPU required):
-  python launch/compile_only.py --config=experiments/configs/hope_1_3b.py --topology=v5p:4x4x4
+  python launch/compile_only.py --config=experiments/configs/lm.py:hope,1_3b --topology=v5p:4x4x4
   # Simulated CPU devices (anywhere):
-  python launch/compile_only.py --config=experiments/configs/hope_tiny.py --topology=cpu:8
+  python launch/compile_only.py --config=experiments/configs/lm.py:hope,tiny --topology=cpu:8
 
 TPU topologies come from ``jax.experimental.topologies.get_topology_desc`` (e.g.
 ``v5e:4x4``, ``v5p:2x2x2``, ``v4:2x2x1``); every override of launch/train.py works

@@ -16,11 +16,11 @@
 #
 # SLURM (one task per node; JAX reads the SLURM environment):
 #   sbatch --nodes=4 --ntasks-per-node=1 --gpus-per-node=8 launch/gpu_multihost.sh \
-#     experiments/configs/hope_1_3b.py:files /shared/runs/hope_1_3b
+#     experiments/configs/lm.py:hope,1_3b,files /shared/runs/hope_1_3b
 #
 # Without SLURM (run on every node; node 0's address is the coordinator):
 #   COORDINATOR=10.0.0.1:1234 NUM_NODES=4 NODE_RANK=<0..3> \
-#     launch/gpu_multihost.sh experiments/configs/hope_1_3b.py:files /shared/runs/hope_1_3b
+#     launch/gpu_multihost.sh experiments/configs/lm.py:hope,1_3b,files /shared/runs/hope_1_3b
 #
 # The workdir must be on storage all nodes share. Extra arguments go to launch/train.py.
 # Data: export NL_JAX_TRAIN_FILES / NL_JAX_EVAL_FILES / NL_JAX_TOKENIZER (see

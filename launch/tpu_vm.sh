@@ -16,7 +16,7 @@
 # workers with the same config (JAX's cluster auto-detection gives each its process id).
 #
 #   TPU_NAME=nl-hope ZONE=us-east5-a ACCELERATOR=v5p-128 \
-#   CONFIG=experiments/configs/hope_1_3b.py:files WORKDIR=gs://my-bucket/runs/hope_1_3b \
+#   CONFIG=experiments/configs/lm.py:hope,1_3b,files WORKDIR=gs://my-bucket/runs/hope_1_3b \
 #   TRAIN_FILES='gs://my-bucket/fineweb-edu/train/*.parquet' \
 #   EVAL_FILES='gs://my-bucket/fineweb-edu/val/*.parquet' TOKENIZER=spm:/home/$USER/spm.model \
 #   launch/tpu_vm.sh all            # create + setup + train
@@ -30,7 +30,7 @@ set -euo pipefail
 : "${ZONE:?set ZONE}"
 ACCELERATOR="${ACCELERATOR:-v5p-8}"
 RUNTIME="${RUNTIME:-v2-alpha-tpuv5}"
-CONFIG="${CONFIG:-experiments/configs/hope_760m.py}"
+CONFIG="${CONFIG:-experiments/configs/lm.py:hope,760m}"
 WORKDIR="${WORKDIR:?set WORKDIR (a gs:// path, shared by all workers)}"
 REPO="${REPO:-https://github.com/nl-jax/nl_jax.git}"
 BRANCH="${BRANCH:-main}"

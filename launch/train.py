@@ -16,9 +16,9 @@ r"""Trains an nl_jax model: ``python launch/train.py --config=<file> --workdir=<
 Examples::
 
   # The default: Hope (tiny) on the embedded Shakespeare corpus, a few minutes on a CPU.
-  python launch/train.py --config=experiments/configs/hope_tiny.py --workdir=/tmp/hope_tiny
+  python launch/train.py --config=experiments/configs/lm.py:hope,tiny --workdir=/tmp/hope_tiny
   # Any field can be overridden (the config is locked: typos fail):
-  python launch/train.py --config=experiments/configs/hope_tiny.py --workdir=/tmp/h \
+  python launch/train.py --config=experiments/configs/lm.py:hope,tiny --workdir=/tmp/h \
       --config.model.d_model=256 --config.train.steps=1000 --config.optimizer.name=m3
 
 Running it again with the same workdir resumes from the newest checkpoint. Multi-host

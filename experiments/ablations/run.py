@@ -19,7 +19,7 @@ the same corpus batches (next-token loss, byte tokens) and scored by held-out pe
 common-sense reasoning accuracy) needs benchmarks and scale this machine does not have.
 
 Rows: every row is a difference from the reference "hope" row, experiments/configs/common.py
-``HOPE_REFERENCE`` (the same Hope as the paper-scale configs hope_760m.py / hope_1_3b.py): the
+``HOPE_REFERENCE`` (the same Hope as the paper-scale configs lm.py:hope,760m / hope,1_3b): the
 default profile with inner momentum and adaptive q on, since Table 6 ablates them (the default
 profile has both off). Its other differences from the paper's literal choices (table in
 nl_jax/models/hope.py; ``--model-overrides profile=paper`` runs every row on the paper

@@ -11,11 +11,12 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Shared pieces of the experiment configs (each file is ``get_config(arg=None)``).
+"""Shared pieces of the training configs (experiments/configs/lm.py holds the table of models
+and sizes).
 
-``arg`` (the text after ``:`` in ``--config=experiments/configs/<file>.py:<arg>``):
+The mode (the last entry of lm.py's arg, ``--config=experiments/configs/lm.py:hope,tiny,smoke``):
 
-* None: the experiment as described in the file.
+* None: the run as described in lm.py.
 * ``smoke``: the same model and data pipeline shrunk to a few steps (tests, quick checks).
 * ``files``: paper-scale data from the environment: ``NL_JAX_TRAIN_FILES`` and
   ``NL_JAX_EVAL_FILES`` (comma-separated globs of Parquet files with a ``text`` column, e.g.
@@ -31,7 +32,7 @@ from nl_jax.train import config as config_lib
 
 ARGS = (None, "smoke", "files")
 
-# The project's Hope: the model of the paper-scale configs (hope_760m.py, hope_1_3b.py) and the
+# The project's Hope: the model of the paper-scale configs (lm.py:hope,760m / hope,1_3b) and the
 # reference row of experiments/ablations. Table 6 ablates Hope's inner momentum and its
 # adaptive q, so the paper's Hope has both; the rest is the default profile, whose differences
 # from the paper profile (``--config.model.profile=paper``) nl_jax/models/hope.py tabulates:
@@ -115,8 +116,8 @@ def paper(model_name: str, preset: str, arg: str | None, *, tokens: float,
 
 def _apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   if arg not in ARGS:
-    raise ValueError(f"config arg {arg!r}: expected one of {list(ARGS)} (text after ':' in "
-                     "--config=<file>.py:<arg>)")
+    raise ValueError(f"config mode {arg!r}: expected one of {list(ARGS)} (the last entry of "
+                     "--config=experiments/configs/lm.py:<model>,<size>,<mode>)")
   if arg == "smoke":
     c.train.steps = 6
     c.train.log_every = 2

@@ -14,7 +14,7 @@
 """Language modelling in context: Hope vs Titans vs Transformer++ at equal size and tokens.
 
 For every (model, seed) the script trains the tiny config of the model with the trainer
-(``launch/train.py --config=experiments/configs/<model>_tiny.py``, same data settings and
+(``launch/train.py --config=experiments/configs/lm.py:<model>,tiny``, same data settings and
 steps for all, so equal training tokens; the presets are size-matched), then
 
 1. reads the held-out loss from the run's ``metrics.jsonl`` (last ``eval`` row);
@@ -53,8 +53,7 @@ sys.path.insert(0, ROOT)
 
 from nl_jax.eval import experiment, perplexity, runner  # noqa: E402
 
-CONFIG_FILES = {"hope": "hope_tiny.py", "titans": "titans_tiny.py",
-                "transformer_pp": "transformer_tiny.py", "hope_attention": "hope_attention_tiny.py"}
+MODELS = ("hope", "titans", "transformer_pp", "hope_attention")  # lm.py's model names
 
 
 def parse(argv=None):
@@ -98,9 +97,10 @@ def _ints(spec: str) -> list[int]:
 
 
 def train_cmd(model: str, seed: int, workdir: str, args) -> list[str]:
-  config = os.path.join(ROOT, "experiments", "configs", CONFIG_FILES[model])
+  config = os.path.join(ROOT, "experiments", "configs", "lm.py")
   cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-         f"--config={config}" + (":smoke" if args.shrunk else ""), f"--workdir={workdir}",
+         f"--config={config}:{model},tiny" + (",smoke" if args.shrunk else ""),
+         f"--workdir={workdir}",
          f"--config.train.seed={seed}", f"--config.train.steps={args.steps}"]
   if args.seq_len:
     cmd.append(f"--config.data.seq_len={args.seq_len}")
@@ -365,8 +365,8 @@ def check_lengths(models: list[str], args) -> None:
   from nl_jax.models import registry  # noqa: PLC0415
 
   for m in models:
-    if m not in CONFIG_FILES:
-      raise ValueError(f"--models: unknown model {m!r}; expected some of {sorted(CONFIG_FILES)}")
+    if m not in MODELS:
+      raise ValueError(f"--models: unknown model {m!r}; expected some of {sorted(MODELS)}")
     align = getattr(registry.model_config(m, "tiny"), "alignment", 1)
     for flag, value in (("--twice-len", args.twice_len), ("--ppl-reset", args.ppl_reset)):
       if value and value % align:

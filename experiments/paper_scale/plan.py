@@ -14,7 +14,7 @@
 """Paper-scale runs (760M / 30B tokens and 1.3B / 100B tokens): commands and a memory plan.
 
 For every model of the paper's Table 2 that nl_jax has (Hope, Titans, Transformer++, and
-Hope-Attention) and both scales, prints the training command (experiments/configs/*), the
+Hope-Attention) and both scales, prints the training command (experiments/configs/lm.py), the
 step count and token budget of that config, the exact parameter count (registry, from shapes
 only), the evaluation commands, and the per-chip memory of the *training state* (fp32
 parameters + gradients + AdamW moments = 16 bytes/parameter, FSDP-sharded over the chips).
@@ -66,12 +66,9 @@ def main(argv=None):
   rows, records = [], []
   for model, scale in runs:
     name = f"{model}_{scale}"
-    cfg_file = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
-    if not os.path.exists(cfg_file):
-      rows.append([name, "config missing", "", "", "", ""] + [""] * len(chips))
-      continue
+    spec = f"experiments/configs/lm.py:{model},{scale}"
     try:
-      config = importlib.import_module(f"experiments.configs.{name}").get_config()
+      config = importlib.import_module("experiments.configs.lm").get_config(f"{model},{scale}")
     except ValueError as e:  # e.g. the model module is not in this checkout
       rows.append([name, f"unavailable: {e}", "", "", "", ""] + [""] * len(chips))
       continue
@@ -82,20 +79,20 @@ def main(argv=None):
     rec = {"run": name, "params": params, "steps": int(config.train.steps),
            "tokens": int(tokens), "seq_len": int(config.data.seq_len),
            "global_batch": int(config.data.batch_size), "state_gib_per_chip": mem,
-           "train": (f"python launch/train.py --config=experiments/configs/{name}.py:files "
+           "train": (f"python launch/train.py --config={spec},files "
                      f"--workdir=$RUNS/{name}"),
            "eval": (f"python -m nl_jax.eval --task niah,babilong,ppl --checkpoint $RUNS/{name} "
                     "--lengths 4k,8k,16k")}
     if args.compile:
       cmd = [sys.executable, os.path.join(ROOT, "launch", "compile_only.py"),
-             f"--config={cfg_file}", f"--topology={args.compile}"]
+             f"--config={os.path.join(ROOT, spec)}", f"--topology={args.compile}"]
       proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
       rec["compile_only"] = {"cmd": " ".join(cmd), "rc": proc.returncode,
                              "tail": (proc.stdout + proc.stderr)[-2000:]}
     records.append(rec)
     rows.append([name, f"{params / 1e6:.1f}M", f"{tokens / 1e9:.1f}B", rec["steps"],
                  f"{rec['global_batch']}x{rec['seq_len']}",
-                 f"`--config=experiments/configs/{name}.py:files`"]
+                 f"`--config={spec},files`"]
                 + [f"{mem[n]:.2f}" for n in chips])
   table = experiment.markdown_table(
       ["run", "params", "tokens", "steps", "batch (rows x len)", "config"]

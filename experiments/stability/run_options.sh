@@ -25,14 +25,14 @@ shift
 py=${PYTHON:-python}
 cfg=experiments/configs
 declare -A args=(
-  [default]="--config=$cfg/hope_tiny.py"
-  [readme_m3]="--config=$cfg/hope_tiny.py --config.model.d_model=128 --config.optimizer.name=m3"
-  [hope_attention]="--config=$cfg/hope_attention_tiny.py"
-  [paper_l2]="--config=$cfg/hope_tiny.py --config.model.inner_rule=paper_l2"
-  [gd]="--config=$cfg/hope_tiny.py --config.model.inner_rule=gd"
-  [ntp]="--config=$cfg/hope_tiny.py --config.model.cms_objective=ntp"
-  [momentum]="--config=$cfg/hope_tiny.py --config.model.momentum=True"
-  [adaptive_q]="--config=$cfg/hope_tiny.py --config.model.adaptive_q=True"
+  [default]="--config=$cfg/lm.py:hope,tiny"
+  [readme_m3]="--config=$cfg/lm.py:hope,tiny --config.model.d_model=128 --config.optimizer.name=m3"
+  [hope_attention]="--config=$cfg/lm.py:hope_attention,tiny"
+  [paper_l2]="--config=$cfg/lm.py:hope,tiny --config.model.inner_rule=paper_l2"
+  [gd]="--config=$cfg/lm.py:hope,tiny --config.model.inner_rule=gd"
+  [ntp]="--config=$cfg/lm.py:hope,tiny --config.model.cms_objective=ntp"
+  [momentum]="--config=$cfg/lm.py:hope,tiny --config.model.momentum=True"
+  [adaptive_q]="--config=$cfg/lm.py:hope,tiny --config.model.adaptive_q=True"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(readme_m3 hope_attention paper_l2 ntp momentum adaptive_q gd)

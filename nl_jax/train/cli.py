@@ -183,7 +183,7 @@ def preflight(argv: Sequence[str], config_flag: str | None = "config") -> None:
     return
   values = [(f, v) for f, v in _flag_values(argv, config_flag) if f == config_flag]
   if not values or not values[-1][1]:
-    example = os.path.relpath(os.path.join(_default_config_dir(), "hope_tiny.py"))
+    example = os.path.relpath(os.path.join(_default_config_dir(), "lm.py")) + ":hope,tiny"
     raise UserError(f"--{config_flag} is required, e.g. --{config_flag}={example} "
                     f"(configs: {os.path.dirname(example)}/)")
   config = load_config_file(values[-1][1])

@@ -149,10 +149,10 @@ def test_docs_tabulate_exactly_the_profile():
 # ---------------------------------------------------------------------------------------------
 
 def _cli_model(monkeypatch, name, *overrides):
-  """The model config launch/train.py builds from --config=<name>_tiny.py and overrides."""
+  """The model config launch/train.py builds from --config=lm.py:<name>,tiny and overrides."""
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True)
-  argv = ["prog", f"--config={ROOT / 'experiments' / 'configs' / f'{name}_tiny.py'}",
+  argv = ["prog", f"--config={ROOT / 'experiments' / 'configs' / 'lm.py'}:{name},tiny",
           *overrides]
   monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
   fv(argv)
@@ -178,9 +178,9 @@ def test_every_profile_field_round_trips_through_the_command_line(monkeypatch, n
 
 def test_paper_scale_configs_and_the_ablation_reference_are_one_model():
   ablations = _load(ROOT / "experiments" / "ablations" / "run.py", "_ablations_run")
+  lm = _load(ROOT / "experiments" / "configs" / "lm.py", "_lm_configs")
   for size in ("760m", "1_3b"):
-    module = _load(ROOT / "experiments" / "configs" / f"hope_{size}.py", f"_hope_{size}")
-    got = registry.config_from_dict("hope", module.get_config().model.to_dict())
+    got = registry.config_from_dict("hope", lm.get_config(f"hope,{size}").model.to_dict())
     ref = registry.model_config("hope", size, **ablations.REFERENCE)
     assert (got.profile, got.choices()) == (ref.profile, ref.choices())
     assert got.choices()["momentum"] and got.choices()["adaptive_q"]

@@ -23,11 +23,11 @@ from nl_jax.train import cli
 from nl_jax.train import config as config_lib
 from tests.train.conftest import ROOT, launch_cmd, subprocess_env
 
-CONFIG = "experiments/configs/transformer_tiny.py:smoke"
+CONFIG = "experiments/configs/lm.py:transformer,tiny,smoke"
 
 
 def _config():
-  return cli.load_config_file(str(ROOT / "experiments" / "configs" / "transformer_tiny.py"))
+  return cli.load_config_file(str(ROOT / "experiments" / "configs" / "lm.py") + ":transformer")
 
 
 def test_unknown_key_lists_the_closest():
@@ -45,9 +45,9 @@ def test_missing_config_file_lists_the_available_ones():
     cli.load_config_file("experiments/configs/hope_tiyn.py")
   msg = str(e.value)
   assert "no such file 'experiments/configs/hope_tiyn.py'" in msg
-  assert "hope_tiny.py" in msg and "transformer_tiny.py" in msg and "\n" not in msg
-  with pytest.raises(cli.UserError, match=r"config arg 'smok'"):
-    cli.load_config_file(str(ROOT / "experiments" / "configs" / "hope_tiny.py") + ":smok")
+  assert msg.endswith("available in experiments/configs/: lm.py") and "\n" not in msg
+  with pytest.raises(cli.UserError, match=r"config arg 'hope,tiny,smok': mode='smok'"):
+    cli.load_config_file(str(ROOT / "experiments" / "configs" / "lm.py") + ":hope,tiny,smok")
 
 
 def test_workdir_checks_create_nothing(tmp_path):
@@ -103,7 +103,7 @@ ERROR_TABLE = [
     (("--config.train.steps=abc",), "flag --config.train.steps=abc: invalid literal for int()"),
     (("--config.train.steps=0",), "invalid config: field 'optimizer.warmup_steps'"),
     (("--config=experiments/configs/nope.py",), "--config: no such file "
-     "'experiments/configs/nope.py'; available in experiments/configs/: hope_1_3b.py"),
+     "'experiments/configs/nope.py'; available in experiments/configs/: lm.py"),
     (("--workdir=AFILE",), "is a file, not a directory; choose another path"),
     (("positional",), "unexpected arguments: ['positional']"),
 ]

@@ -36,8 +36,8 @@ from nl_jax.train import metrics as metrics_lib
 from tests.train.conftest import ROOT, tiny_config
 
 CONFIG_DIR = ROOT / "experiments" / "configs"
-CONFIG_FILES = sorted(p.name for p in CONFIG_DIR.glob("*.py")
-                      if p.name not in ("__init__.py", "common.py"))
+MODELS = ("hope", "hope_attention", "titans", "transformer")
+SIZES = ("tiny", "760m", "1_3b")
 
 
 def _load_config_file(name: str, arg=None):
@@ -47,37 +47,52 @@ def _load_config_file(name: str, arg=None):
   return module, module.get_config(arg)
 
 
-def test_all_experiment_configs_are_there():
-  expected = {f"{m}_{p}.py" for m in ("hope", "titans", "transformer", "hope_attention")
-              for p in ("tiny", "760m", "1_3b")}
-  assert expected <= set(CONFIG_FILES)
+def test_the_configs_are_one_table():
+  """Every training config is an entry of lm.py's table; nothing else has a get_config."""
+  files = sorted(p.name for p in CONFIG_DIR.glob("*.py") if "def get_config" in p.read_text())
+  assert files == ["lm.py"]
+  module, default = _load_config_file("lm.py")
+  assert "--config=experiments/configs/lm.py:hope,tiny" in module.__doc__  # the command
+  assert (default.model_name, default.model_preset) == ("hope", "tiny")
+  named = _load_config_file("lm.py", "model=titans,size=760m,mode=smoke")[1]
+  assert named.to_dict() == _load_config_file("lm.py", "titans,760m,smoke")[1].to_dict()
+  for bad, match in (("hope,tiny,smok", r"mode='smok' is not one of \['smoke', 'files'\]"),
+                     ("hopee", r"model='hopee' is not one of"),
+                     ("hope,7b", r"size='7b'"), ("colour=red", r"unknown key 'colour'"),
+                     ("hope,tiny,smoke,x", "too many entries"),
+                     ("hope,tiny,files,smoke", "mode given twice")):
+    with pytest.raises(ValueError, match=match):
+      _load_config_file("lm.py", bad)
 
 
-@pytest.mark.parametrize("name", CONFIG_FILES)
-def test_experiment_config_loads_and_validates(name):
-  module, config = _load_config_file(name)
-  assert f"--config=experiments/configs/{name}" in module.__doc__  # the launch command
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("size", SIZES)
+def test_experiment_config_loads_and_validates(model, size):
+  _, config = _load_config_file("lm.py", f"{model},{size}")
+  assert config.model_name == ("transformer_pp" if model == "transformer" else model)
   resolved = config_lib.validate(config, num_devices=8, process_count=1)
   assert resolved.mesh_shape["data"] * resolved.mesh_shape["fsdp"] * (
       resolved.mesh_shape["tensor"]) == 8
   assert resolved.data_config.alignment % resolved.model_config.alignment == 0
-  if "tiny" in name:
-    _, smoke = _load_config_file(name, "smoke")
+  if size == "tiny":
+    _, smoke = _load_config_file("lm.py", f"{model},{size},smoke")
     config_lib.validate(smoke, num_devices=8, process_count=1)
   else:
-    assert config.model_preset == ("1_3b" if "1_3b" in name else "760m")
+    assert config.model_preset == size
     assert config.model.dtype == "bfloat16" and config.model.remat and config.model.scan_layers
+    if model == "hope":  # the paper-scale Hope is the ablations' reference Hope
+      assert (config.model.momentum, config.model.adaptive_q) == (True, True)
 
 
 def test_files_arg_reads_data_paths_from_environment(tmp_path, monkeypatch):
   (tmp_path / "a.parquet").write_bytes(b"")
   monkeypatch.setenv("NL_JAX_TRAIN_FILES", str(tmp_path / "*.parquet"))
   monkeypatch.setenv("NL_JAX_EVAL_FILES", str(tmp_path / "a.parquet"))
-  _, config = _load_config_file("transformer_760m.py", "files")
+  _, config = _load_config_file("lm.py", "transformer,760m,files")
   assert config.data.name == "parquet" and config.data.paths == (str(tmp_path / "*.parquet"),)
   monkeypatch.delenv("NL_JAX_TRAIN_FILES")
   with pytest.raises(ValueError, match="NL_JAX_TRAIN_FILES"):
-    _load_config_file("transformer_760m.py", "files")
+    _load_config_file("lm.py", "transformer,760m,files")
 
 
 def _bad(config, *, devices=8, processes=1):

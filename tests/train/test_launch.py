@@ -30,7 +30,7 @@ import pytest
 from nl_jax.train import metrics as metrics_lib
 from tests.train.conftest import ROOT, launch_cmd, run, subprocess_env
 
-CONFIG = "experiments/configs/transformer_tiny.py:smoke"
+CONFIG = "experiments/configs/lm.py:transformer,tiny,smoke"
 COMMON = ("--config.model.n_layers=1", "--config.optimizer.decay_steps=100",
           "--config.train.log_every=1", "--config.train.checkpoint_every=0")
 
@@ -120,7 +120,7 @@ def test_cli_rejects_typos(tmp_path, compile_cache):
 def test_hope_tiny_default_config_trains(tmp_path, compile_cache):
   """The README's default model end to end (slow: Hope's step takes minutes to compile)."""
   workdir = tmp_path / "hope"
-  proc = run(launch_cmd("experiments/configs/hope_tiny.py:smoke", workdir),
+  proc = run(launch_cmd("experiments/configs/lm.py:hope,tiny,smoke", workdir),
              subprocess_env(compile_cache), timeout=900)
   rows = metrics_lib.read_jsonl(workdir)
   train = [row for row in rows if row["split"] == "train"]

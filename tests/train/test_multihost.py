@@ -29,7 +29,7 @@ from nl_jax.train import checkpoint as ckpt_lib
 from nl_jax.train import metrics as metrics_lib
 from tests.train.conftest import ROOT, launch_cmd, run, subprocess_env
 
-CONFIG = "experiments/configs/transformer_tiny.py:smoke"
+CONFIG = "experiments/configs/lm.py:transformer,tiny,smoke"
 ARGS = ("--config.model.n_layers=1", "--config.data.shard_count=2", "--config.train.steps=3",
         "--config.train.log_every=1", "--config.train.eval_batches=1",
         "--config.optimizer.decay_steps=100")

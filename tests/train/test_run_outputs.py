@@ -26,7 +26,7 @@ from nl_jax.train import loop
 from nl_jax.train import metrics as metrics_lib
 from tests.train.conftest import ROOT, launch_cmd, run, subprocess_env
 
-CONFIG = "experiments/configs/transformer_tiny.py:smoke"
+CONFIG = "experiments/configs/lm.py:transformer,tiny,smoke"
 RUN = ("--config.model.n_layers=1", "--config.optimizer.decay_steps=100",
        "--config.train.steps=4", "--config.train.log_every=1", "--config.train.eval_every=0",
        "--config.train.eval_batches=1", "--config.train.checkpoint_every=0",
