@@ -117,6 +117,10 @@ class TitansLayer(nnx.Module):
     anchored_step: "mean" (default), "sum" (Titans' eqs. 16-18) or "mean_all": the MLP
       memory's anchored step per token, divided by chunk_size or not, and its erase too under
       "mean_all" (nl_jax.memory.MLPMemory).
+    eta_bias_init, alpha_bias_init, mu_bias_init: initial logits of the eta / alpha / mu gates
+      (-2, 4, 0: eta ~ 0.12 eta_max, alpha ~ 0.98 of the way from alpha_min to 1, mu ~ mu_max
+      / 2). Titans gives no values; alpha 0.98 per token keeps 0.98^64 = 27% of a state over
+      64 tokens and 3e-5 over 512 (experiments/in_context/README.md).
     dtype: activation dtype (the memory state is float32).
     param_dtype: parameter dtype.
     rngs: parameter initialisation.
@@ -128,7 +132,9 @@ class TitansLayer(nnx.Module):
                momentum: bool = True, eta_max: float = 1.0, alpha_min: float = 0.0,
                mu_max: float = 0.9, conv_width: int = 4, memory_implementation: str = "auto",
                memory_kernel: str = "auto", first_order: bool = False, norm_eps: float = 1e-6,
-               value_norm: str = "l2", anchored_step: str = "mean", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               value_norm: str = "l2", anchored_step: str = "mean", eta_bias_init: float = -2.0,
+               alpha_bias_init: float = 4.0, mu_bias_init: float = 0.0, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     if memory_depth not in (1, 2):
       raise ValueError(f"TitansLayer: memory_depth must be 1 (matrix) or 2 (MLP), got "
                        f"{memory_depth}")
@@ -187,11 +193,10 @@ class TitansLayer(nnx.Module):
     self.qkv_conv = CausalConv(3 * hk, conv_width, param_dtype=param_dtype, rngs=rngs)
     self.out_norm_scale = nnx.Param(jnp.ones((n_heads, head_dim), param_dtype))
     n_gates = 3 if momentum else 2
-    # Small gate weights: the gates start near their biases (eta ~ 0.12 eta_max, alpha ~ 0.98
-    # of the way to 1, mu ~ mu_max / 2) whatever the input.
+    # Small gate weights: the gates start near their biases whatever the input.
     self.w_gates = nnx.Param(0.1 * dense_init(rngs.params(), (d_model, n_gates, n_heads),
                                               d_model, param_dtype))
-    bias = jnp.array([-2.0, 4.0, 0.0][:n_gates], param_dtype)
+    bias = jnp.array([eta_bias_init, alpha_bias_init, mu_bias_init][:n_gates], param_dtype)
     self.b_gates = nnx.Param(jnp.broadcast_to(bias[:, None], (n_gates, n_heads)))
 
   def memory_params(self):

@@ -70,6 +70,8 @@ class TitansConfig(LMConfig):
       each token's gradient step, taken at the chunk's anchor, divided by chunk_size, as a
       mini-batch average), "sum" (Titans' eqs. 16-18: every token's full step) or "mean_all"
       (the DGD erase divided by chunk_size too). Departs from Titans by default; see nl_jax.memory.mlp and experiments/in_context/README.md.
+    eta_bias_init, alpha_bias_init, mu_bias_init: initial logits of the memory's gates (see
+      nl_jax.layers.titans.TitansLayer; Titans gives no values).
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
@@ -100,6 +102,9 @@ class TitansConfig(LMConfig):
   first_order: bool = False
   value_norm: str = "l2"
   anchored_step: str = "mean"
+  eta_bias_init: float = -2.0
+  alpha_bias_init: float = 4.0
+  mu_bias_init: float = 0.0
   SAVED_BEFORE: ClassVar[dict[str, Any]] = {"value_norm": "none"}
 
   def __post_init__(self):
@@ -141,7 +146,8 @@ class TitansConfig(LMConfig):
                 memory_implementation=self.memory_implementation,
                 memory_kernel=self.memory_kernel, first_order=self.first_order,
                 norm_eps=self.norm_eps, value_norm=self.value_norm,
-                anchored_step=self.anchored_step)
+                anchored_step=self.anchored_step, eta_bias_init=self.eta_bias_init,
+                alpha_bias_init=self.alpha_bias_init, mu_bias_init=self.mu_bias_init)
 
 
 class TitansBlock(nnx.Module):

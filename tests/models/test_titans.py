@@ -182,3 +182,15 @@ def test_memory_bounded_whatever_the_value_scale(input_scale):
   assert float(aux["v_rms"]) == pytest.approx(1.0, abs=1e-3)
   for key in ("w1_norm", "w2_norm", "inner_loss"):
     assert np.isfinite(float(aux[key])) and float(aux[key]) < 1.0, (key, float(aux[key]))
+
+
+def test_gate_biases_reach_the_layer_from_the_config():
+  """The gates' initial logits are config fields (their values are an open choice)."""
+  cfg = registry.model_config("titans", "tiny", alpha_bias_init=8.0, eta_bias_init=-1.0,
+                              mu_bias_init=0.5)
+  model = registry.build_model(cfg, rngs=nnx.Rngs(0))
+  b = np.asarray(model.blocks[0].titans.b_gates[...])
+  np.testing.assert_array_equal(b, np.array([[-1.0] * 4, [8.0] * 4, [0.5] * 4], np.float32))
+  default = registry.build_model(registry.model_config("titans", "tiny"), rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(np.asarray(default.blocks[0].titans.b_gates[...])[:, 0],
+                                [-2.0, 4.0, 0.0])  # the values before the fields existed
