@@ -74,6 +74,87 @@ from nl_jax.models.common import (SequenceContext, advance_stream, constrain_act
 from nl_jax.optim.partition import STACKED_BLOCKS
 
 
+class _Blocks:
+  """The model's blocks in one of two layouts, with the per-block work of a segment.
+
+  Unrolled: lists with one entry per block. scan_layers: one tree whose leaves are stacked on
+  a leading block axis; the blocks of a segment run under one lax.scan and the per-block reset
+  and step are vmapped, so the program holds one block whatever the depth. ``each(fn, *xs)``
+  applies fn block by block in either layout.
+  """
+
+  def __init__(self, model, cms_cfg, segment_ids_BxT, aligned: bool):
+    self.model, self.cms_cfg = model, cms_cfg
+    self.segment_ids_BxT, self.aligned = segment_ids_BxT, aligned
+    self.blocks = model.block_list()
+    self.n = len(self.blocks)
+    self.scanned = model.config.scan_layers
+    if self.scanned:
+      self.graphdef, self.stacked = nnx.split(getattr(model, STACKED_BLOCKS))
+      self.cms_params = jax.vmap(
+          lambda bp: nnx.merge(self.graphdef, bp).cms.params())(self.stacked)
+    else:
+      self.cms_params = [blk.cms.params() for blk in self.blocks]
+
+  def layout(self, per_block: list):
+    return stack_trees(per_block) if self.scanned else per_block
+
+  def unlayout(self, tree) -> list:
+    if not self.scanned:
+      return tree
+    return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(self.n)]
+
+  def each(self, fn, *per_block):
+    if self.scanned:
+      return jax.vmap(fn)(*per_block)
+    return [fn(*args) for args in zip(*per_block, strict=True)]
+
+  def weights(self, cms_states):
+    return cms_states.weights if self.scanned else tuple(st.weights for st in cms_states)
+
+  def inits(self):
+    return self.cms_params.init if self.scanned else [p.init for p in self.cms_params]
+
+  def _one(self, blk, cms_p, x, state, kv_i, weights_i, seg):
+    x, m_state, kv_i, m_aux = blk.mix_segment(x, state, kv_i, seg, self.segment_ids_BxT,
+                                              self.aligned)
+    x = constrain_activations(cms_lib.apply_levels(self.cms_cfg, cms_p, weights_i, x))
+    return x, m_state, kv_i, m_aux
+
+  def forward(self, x, states, kv, weights, seg):
+    """Every block on one segment: (x, mixer states, key/value buffers, aux)."""
+    if self.scanned:
+      def body(x, xs):
+        block_params, cms_p, state, kv_i, weights_i = xs
+        x, m_state, kv_i, m_aux = self._one(nnx.merge(self.graphdef, block_params), cms_p, x,
+                                            state, kv_i, weights_i, seg)
+        return x, (m_state, kv_i, m_aux)
+      x, (mixer_states, new_kv, auxs) = jax.lax.scan(
+          body, x, (self.stacked, self.cms_params, states, kv, weights))
+      return x, mixer_states, new_kv, {f"block_{i}/{k}": v[i] for i in range(self.n)
+                                       for k, v in auxs.items()}
+    mixer_states, new_kv, aux = [], [], {}
+    for i, blk in enumerate(self.blocks):
+      x, m_state, kv_i, m_aux = self._one(blk, self.cms_params[i], x, states[i], kv[i],
+                                          weights[i], seg)
+      mixer_states.append(m_state)
+      new_kv.append(kv_i)
+      aux.update({f"block_{i}/{k}": v for k, v in m_aux.items()})
+    return x, mixer_states, new_kv, aux
+
+  def new_states(self, stepped, mixer_states):
+    """(block states after a segment, update norms [blocks, k] averaged over sequences)."""
+    if self.scanned:
+      new_cms, norm_NxBxK = stepped
+      states = {"cms": new_cms}
+      if mixer_states is not None:
+        states["smt"] = mixer_states
+      return states, jnp.mean(norm_NxBxK, axis=1)
+    states = [{"cms": st} if m is None else {"cms": st, "smt": m}
+              for (st, _), m in zip(stepped, mixer_states, strict=True)]
+    return states, jnp.stack([jnp.mean(norm_BxK, axis=0) for _, norm_BxK in stepped])
+
+
 def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext,
                          cms_cfg=None):
   """Blocks -> head with the CMS learning from the next-token loss (module docstring).
@@ -90,16 +171,11 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   Returns:
     (logits_BxTxV float32, new_memory_state, aux).
   """
-  cfg = model.config
-  cms_cfg = cms_cfg if cms_cfg is not None else cfg.cms_config()
+  cms_cfg = cms_cfg if cms_cfg is not None else model.config.cms_config()
   s = cms_cfg.segment
   b, t, _ = x_BxTxD.shape
-  n_full, rem = divmod(t, s)
-  blocks = model.block_list()
-  n_blocks = len(blocks)
   reset_BxT = ctx.reset if ctx.reset is not None else jnp.zeros((b, t), bool)
-  segment_ids_BxT = ctx.segment_ids
-
+  n_blocks = len(model.block_list())
   block_states0 = [memory_state[f"block_{i}"] for i in range(n_blocks)]
   # A segment resets as a whole (cms.reset_levels): refuse a document start inside one.
   check_reset_alignment(f"{type(model).__name__} (cms_objective='ntp')", reset_BxT,
@@ -108,125 +184,83 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
                             "data.alignment does) or use cms_objective='local', exact for "
                             "resets anywhere.")
   # Every block has the same chunk sizes, so one answer holds for all of them.
-  aligned = ctx.start_aligned and blocks[0].segment_aligned(s)
-  kv0 = [blk.segment_kv(b, t) for blk in blocks]
-
-  # Per-block work has two layouts. Unrolled: lists with one entry per block. scan_layers: one
-  # tree whose leaves are stacked on a leading block axis; the blocks of a segment run under
-  # one lax.scan and the per-block reset and step are vmapped, so the program holds one block
-  # whatever the depth. `each(fn, *per_block)` applies fn block by block in either layout.
-  scanned = cfg.scan_layers
-  if scanned:
-    graphdef, stacked_params = nnx.split(getattr(model, STACKED_BLOCKS))
-    cms_params = jax.vmap(lambda bp: nnx.merge(graphdef, bp).cms.params())(stacked_params)
-    block_states0, kv0 = stack_trees(block_states0), stack_trees(kv0)
-
-    def each(fn, *per_block):
-      return jax.vmap(fn)(*per_block)
-  else:
-    cms_params = [blk.cms.params() for blk in blocks]
-
-    def each(fn, *per_block):
-      return [fn(*args) for args in zip(*per_block, strict=True)]
-
-  def block_forward(blk, cms_p, x, state, kv_i, weights_i, seg):
-    x, m_state, kv_i, m_aux = blk.mix_segment(x, state, kv_i, seg, segment_ids_BxT, aligned)
-    x = constrain_activations(cms_lib.apply_levels(cms_cfg, cms_p, weights_i, x))
-    return x, m_state, kv_i, m_aux
+  aligned = ctx.start_aligned and model.block_list()[0].segment_aligned(s)
+  blocks = _Blocks(model, cms_cfg, ctx.segment_ids, aligned)
 
   def run_segment(carry, seg):
     """One segment: resets, value_and_grad of its loss w.r.t. the CMS weights, the step."""
     states, kv = carry
-    length = seg["x"].shape[1]
     flag_B = jnp.any(seg["reset"], axis=1)
-    cms_states = each(lambda p, st: cms_lib.reset_levels(p, st["cms"], flag_B),
-                      cms_params, states)
-    weights = cms_states.weights if scanned else tuple(st.weights for st in cms_states)
+    cms_states = blocks.each(lambda p, st: cms_lib.reset_levels(p, st["cms"], flag_B),
+                             blocks.cms_params, states)
 
     def seg_loss(weights):
-      x = constrain_activations(seg["x"])
-      if scanned:
-        def body(x, xs):
-          block_params, cms_p, state, kv_i, weights_i = xs
-          x, m_state, kv_i, m_aux = block_forward(nnx.merge(graphdef, block_params), cms_p, x,
-                                                  state, kv_i, weights_i, seg)
-          return x, (m_state, kv_i, m_aux)
-        x, (mixer_states, new_kv, auxs) = jax.lax.scan(
-            body, x, (stacked_params, cms_params, states, kv, weights))
-        aux = {f"block_{i}/{k}": v[i] for i in range(n_blocks) for k, v in auxs.items()}
-      else:
-        mixer_states, new_kv, aux = [], [], {}
-        for i, blk in enumerate(blocks):
-          x, m_state, kv_i, m_aux = block_forward(blk, cms_params[i], x, states[i], kv[i],
-                                                  weights[i], seg)
-          mixer_states.append(m_state)
-          new_kv.append(kv_i)
-          aux.update({f"block_{i}/{k}": v for k, v in m_aux.items()})
+      x, mixer_states, new_kv, aux = blocks.forward(constrain_activations(seg["x"]), states,
+                                                    kv, weights, seg)
       logits = model.head(x)
       loss, count = masked_cross_entropy(logits, seg["targets"], seg["loss_mask"])
       return loss, (logits, mixer_states, new_kv, aux, count)
 
     (loss, (logits, mixer_states, new_kv, aux, count)), grads = jax.value_and_grad(
-        seg_loss, has_aux=True)(weights)
-    init = cms_params.init if scanned else [p.init for p in cms_params]
-    stepped = each(lambda st, g, i: cms_lib.step_levels(cms_cfg, st, g, length, i),
-                   cms_states, grads, init)
-    if scanned:
-      new_cms, norm_NxBxK = stepped
-      norms = jnp.mean(norm_NxBxK, axis=1)
-      new_states = {"cms": new_cms}
-      if mixer_states is not None:
-        new_states["smt"] = mixer_states
-    else:
-      new_states = []
-      for (st, _), m_state in zip(stepped, mixer_states, strict=True):
-        new_states.append({"cms": st} if m_state is None else {"cms": st, "smt": m_state})
-      norms = jnp.stack([jnp.mean(norm_BxK, axis=0) for _, norm_BxK in stepped])
+        seg_loss, has_aux=True)(blocks.weights(cms_states))
+    length = seg["x"].shape[1]
+    stepped = blocks.each(lambda st, g, i: cms_lib.step_levels(cms_cfg, st, g, length, i),
+                          cms_states, grads, blocks.inits())
+    new_states, norms = blocks.new_states(stepped, mixer_states)
     return (new_states, new_kv), (logits, aux, norms, loss, count)
 
   body = jax.checkpoint(run_segment) if cms_cfg.remat else run_segment
+  fields = {"x": x_BxTxD, "positions": ctx.positions, "segment_ids": ctx.segment_ids,
+            "reset": reset_BxT, "targets": ctx.targets, "loss_mask": ctx.loss_mask}
+  kv0 = [blk.segment_kv(b, t) for blk in blocks.blocks]
+  carry = (blocks.layout(block_states0), blocks.layout(kv0))
+  carry, outs = _scan_segments(body, carry, fields, s)
+  states = blocks.unlayout(carry[0])
+  new_state = {f"block_{i}": states[i] for i in range(n_blocks)}
+  new_state["stream"] = advance_stream(memory_state["stream"], ctx.segment_ids)
+  logits, aux = _merge_segments(outs, t, n_blocks, cms_cfg.n_levels)
+  return logits, new_state, aux
 
-  def fields(lo, hi):
-    return {"x": x_BxTxD[:, lo:hi], "positions": ctx.positions[:, lo:hi],
-            "segment_ids": segment_ids_BxT[:, lo:hi], "reset": reset_BxT[:, lo:hi],
-            "targets": ctx.targets[:, lo:hi], "loss_mask": ctx.loss_mask[:, lo:hi]}
 
-  carry = (block_states0, kv0)
-  outs = []  # (logits [B, L, V], aux {k: [n]}, norms [n, blocks, k], loss [n], count [n], L)
+def _scan_segments(body, carry, fields, s: int):
+  """body over the call's full segments of s tokens (one lax.scan), then its remainder.
+
+  Returns (carry, outs): per run, (logits [B, L, V], aux {k: [n]}, norms [n, blocks, k],
+  loss [n], count [n], segment length).
+  """
+  b, t = fields["x"].shape[:2]
+  n_full, rem = divmod(t, s)
+  outs = []
   if n_full:
-    full = fields(0, n_full * s)
-    xs = {k: jnp.moveaxis(v.reshape((b, n_full, s) + v.shape[2:]), 1, 0)
-          for k, v in full.items()}
+    xs = {k: jnp.moveaxis(v[:, :n_full * s].reshape((b, n_full, s) + v.shape[2:]), 1, 0)
+          for k, v in fields.items()}
     xs["start"] = jnp.arange(n_full, dtype=jnp.int32) * s
     carry, (logits, aux, norms, loss, count) = jax.lax.scan(body, carry, xs)
     logits = jnp.moveaxis(logits, 0, 1).reshape((b, n_full * s) + logits.shape[3:])
     outs.append((logits, aux, norms, loss, count, s))
   if rem:
-    seg = fields(n_full * s, t)
+    seg = {k: v[:, n_full * s:] for k, v in fields.items()}
     seg["start"] = n_full * s
     carry, (logits, aux, norms, loss, count) = body(carry, seg)
     outs.append((logits, jax.tree.map(lambda v: v[None], aux), norms[None], loss[None],
                  count[None], rem))
+  return carry, outs
 
-  states, _ = carry
-  if scanned:
-    states = [jax.tree.map(lambda a, i=i: a[i], states) for i in range(n_blocks)]
+
+def _merge_segments(outs, t: int, n_blocks: int, n_levels: int):
+  """The call's logits and aux from _scan_segments' outputs (module docstring's aux)."""
   logits = jnp.concatenate([o[0] for o in outs], axis=1) if len(outs) > 1 else outs[0][0]
-  new_state = {f"block_{i}": states[i] for i in range(n_blocks)}
-  new_state["stream"] = advance_stream(memory_state["stream"], segment_ids_BxT)
-
   aux = {}
   for key in outs[0][1]:
     if key.endswith("_min"):
       aux[key] = jnp.min(jnp.concatenate([o[1][key] for o in outs]))
     else:
-      total = sum(jnp.sum(o[1][key]) * o[5] for o in outs)
-      aux[key] = total / t
+      aux[key] = sum(jnp.sum(o[1][key]) * o[5] for o in outs) / t
   norms = sum(jnp.sum(o[2], axis=0) for o in outs)  # [blocks, k]
   for i in range(n_blocks):
-    for lvl in range(cms_cfg.n_levels):
+    for lvl in range(n_levels):
       aux[f"block_{i}/cms/level_{lvl}/update_norm"] = norms[i, lvl]
   total_loss = sum(jnp.sum(o[3]) for o in outs)
   total_count = sum(jnp.sum(o[4]) for o in outs)
   aux["cms/ntp_loss"] = total_loss / jnp.maximum(total_count, 1.0)
-  return logits, new_state, aux
+  return logits, aux
