@@ -118,9 +118,10 @@ class TitansLayer(nnx.Module):
       memory's anchored step per token, divided by chunk_size or not, and its erase too under
       "mean_all" (nl_jax.memory.MLPMemory).
     eta_bias_init, alpha_bias_init, mu_bias_init: initial logits of the eta / alpha / mu gates
-      (-2, 4, 0: eta ~ 0.12 eta_max, alpha ~ 0.98 of the way from alpha_min to 1, mu ~ mu_max
-      / 2). Titans gives no values; alpha 0.98 per token keeps 0.98^64 = 27% of a state over
-      64 tokens and 3e-5 over 512 (experiments/in_context/README.md).
+      (-2, 8, 0: eta ~ 0.12 eta_max, alpha ~ 0.9997 of the way from alpha_min to 1, mu ~
+      mu_max / 2). Titans gives no values. The earlier alpha logit 4 (0.982 per token) kept
+      31% of a state over 64 tokens and 1e-4 over 512, and the trained memory's writes went
+      unused (experiments/in_context/README.md, "The Titans baseline's gate").
     dtype: activation dtype (the memory state is float32).
     param_dtype: parameter dtype.
     rngs: parameter initialisation.
@@ -133,7 +134,7 @@ class TitansLayer(nnx.Module):
                mu_max: float = 0.9, conv_width: int = 4, memory_implementation: str = "auto",
                memory_kernel: str = "auto", first_order: bool = False, norm_eps: float = 1e-6,
                value_norm: str = "l2", anchored_step: str = "mean", eta_bias_init: float = -2.0,
-               alpha_bias_init: float = 4.0, mu_bias_init: float = 0.0, dtype=jnp.float32,
+               alpha_bias_init: float = 8.0, mu_bias_init: float = 0.0, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     if memory_depth not in (1, 2):
       raise ValueError(f"TitansLayer: memory_depth must be 1 (matrix) or 2 (MLP), got "

@@ -71,7 +71,12 @@ class TitansConfig(LMConfig):
       mini-batch average), "sum" (Titans' eqs. 16-18: every token's full step) or "mean_all"
       (the DGD erase divided by chunk_size too). Departs from Titans by default; see nl_jax.memory.mlp and experiments/in_context/README.md.
     eta_bias_init, alpha_bias_init, mu_bias_init: initial logits of the memory's gates (see
-      nl_jax.layers.titans.TitansLayer; Titans gives no values).
+      nl_jax.layers.titans.TitansLayer; Titans gives no values). alpha_bias_init=8 (since
+      2026-12-06; it was 4) starts the retention at 0.9997 per token instead of 0.982, which
+      emptied the memory within a 512-token call: switching the trained memory's writes off
+      then cost +0.0001, against +0.0053 at 8, and the held-out loss was 0.008 worse over 3
+      seeds (experiments/in_context/README.md, "The Titans baseline's gate"). Runs saved
+      before the field existed keep 4 (SAVED_BEFORE).
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
@@ -103,9 +108,11 @@ class TitansConfig(LMConfig):
   value_norm: str = "l2"
   anchored_step: str = "mean"
   eta_bias_init: float = -2.0
-  alpha_bias_init: float = 4.0
+  alpha_bias_init: float = 8.0
   mu_bias_init: float = 0.0
-  SAVED_BEFORE: ClassVar[dict[str, Any]] = {"value_norm": "none"}
+  # Runs saved before these fields existed: v not normalised, the gates' old initial logits.
+  SAVED_BEFORE: ClassVar[dict[str, Any]] = {"value_norm": "none", "eta_bias_init": -2.0,
+                                            "alpha_bias_init": 4.0, "mu_bias_init": 0.0}
 
   def __post_init__(self):
     super().__post_init__()

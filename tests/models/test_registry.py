@@ -137,3 +137,15 @@ def test_saved_config_without_value_norm_loads_as_trained(name):
   assert old.value_norm == "none"
   assert registry.config_from_saved(name, {**saved, "value_norm": "l2"}).value_norm == "l2"
   assert registry.config_from_dict(name, saved).value_norm != "none"
+
+
+def test_titans_saved_before_the_gate_fields_loads_with_its_gate():
+  """Titans runs saved before the gates' initial logits were fields were trained with
+  alpha_bias_init 4; loading one must not switch to today's default (8)."""
+  saved = dataclasses.asdict(registry.model_config("titans", "tiny"))
+  for f in ("eta_bias_init", "alpha_bias_init", "mu_bias_init"):
+    del saved[f]
+  saved = {k: list(v) if isinstance(v, tuple) else v for k, v in saved.items()}
+  old = registry.config_from_saved("titans", saved)
+  assert (old.eta_bias_init, old.alpha_bias_init, old.mu_bias_init) == (-2.0, 4.0, 0.0)
+  assert registry.model_config("titans", "tiny").alpha_bias_init == 8.0

@@ -172,25 +172,31 @@ def test_bad_inputs_and_configs():
 
 @pytest.mark.parametrize("input_scale", [1.0, 4.0, 16.0])
 def test_memory_bounded_whatever_the_value_scale(input_scale):
-  """512 tokens in one call at random init: finite, with the fast weights bounded, however
-  large the layer input (training grows the value branch). With the published unnormalised v
-  (value_norm="none") the weights reach 2.2 at 4x and overflow to NaN at 16x (checked)."""
+  """512 tokens in one call at random init: finite, the fast weights no larger than at init
+  and the inner loss below 1, however large the layer input (training grows the value
+  branch). With the published unnormalised v (value_norm="none") the inner loss is 2.7 at 1x,
+  the weights grow to 1.8x their initial norm at 4x and overflow to NaN at 16x (checked, with
+  the retention near 1 of the default gate; with the earlier alpha logit of 4 the weights
+  decayed within the call instead)."""
   layer = TitansLayer(64, 4, 16, chunk_size=16, rngs=nnx.Rngs(0))
+  init = {"w1_norm": layer.memory_init_w1[...], "w2_norm": layer.memory_init_w2[...]}
   x = input_scale * jax.random.normal(jax.random.key(1), (2, 512, 64))
   y, _, aux = layer(x, layer.init_memory(2), None, jnp.ones((2, 512), jnp.int32))
   assert bool(jnp.all(jnp.isfinite(y)))
   assert float(aux["v_rms"]) == pytest.approx(1.0, abs=1e-3)
-  for key in ("w1_norm", "w2_norm", "inner_loss"):
-    assert np.isfinite(float(aux[key])) and float(aux[key]) < 1.0, (key, float(aux[key]))
+  for key, w in init.items():  # aux: the largest Frobenius norm over sequences and heads
+    bound = 1.1 * float(np.sqrt(np.sum(np.square(np.asarray(w)), axis=(-2, -1))).max())
+    assert np.isfinite(float(aux[key])) and float(aux[key]) < bound, (key, float(aux[key]))
+  assert float(aux["inner_loss"]) < 1.0
 
 
 def test_gate_biases_reach_the_layer_from_the_config():
   """The gates' initial logits are config fields (their values are an open choice)."""
-  cfg = registry.model_config("titans", "tiny", alpha_bias_init=8.0, eta_bias_init=-1.0,
+  cfg = registry.model_config("titans", "tiny", alpha_bias_init=6.0, eta_bias_init=-1.0,
                               mu_bias_init=0.5)
   model = registry.build_model(cfg, rngs=nnx.Rngs(0))
   b = np.asarray(model.blocks[0].titans.b_gates[...])
-  np.testing.assert_array_equal(b, np.array([[-1.0] * 4, [8.0] * 4, [0.5] * 4], np.float32))
+  np.testing.assert_array_equal(b, np.array([[-1.0] * 4, [6.0] * 4, [0.5] * 4], np.float32))
   default = registry.build_model(registry.model_config("titans", "tiny"), rngs=nnx.Rngs(0))
   np.testing.assert_array_equal(np.asarray(default.blocks[0].titans.b_gates[...])[:, 0],
-                                [-2.0, 4.0, 0.0])  # the values before the fields existed
+                                [-2.0, 8.0, 0.0])  # alpha 0.9997 per token at init
