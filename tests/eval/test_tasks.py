@@ -292,8 +292,11 @@ def test_progress_line_per_subtask_and_length():
 def test_task_batches_have_the_trainers_schema():
   """make_batch / lm_batch make what the data pipeline makes (nl_jax.data.batch), and the
   task loop names a missing key before any work."""
+  import optax
+
   from nl_jax.data import batch as batch_lib
   from nl_jax.eval import fit
+  from tests.eval.test_runner import _RunningCount
 
   ex = Example(np.array([5, 6, 7, 8, 9], np.int32), (Span(3, 5, "g"),))
   batch = make_batch([ex, Example(np.arange(3, 10, dtype=np.int32), (Span(1, 2),))])
@@ -305,9 +308,6 @@ def test_task_batches_have_the_trainers_schema():
   # positions restart with the padding's segment 0 (right padding of the 5-token example)
   np.testing.assert_array_equal(batch["positions"], [[0, 1, 2, 3, 4, 0, 1], np.arange(7)])
   np.testing.assert_array_equal(lm["positions"], np.tile(np.arange(16), (2, 1)))
-  import optax
-
-  from tests.eval.test_runner import _RunningCount
   no_positions = {k: v for k, v in lm.items() if k != "positions"}
   with pytest.raises(ValueError, match=r"fit.train: the batch has no \['positions'\]"):
     fit.train(_RunningCount(vocab=7), iter([no_positions]), 1, optax.sgd(0.1))
