@@ -350,6 +350,11 @@ def _where_rows(flag_B, new, old):
   return jax.tree.map(lambda n, o: jnp.where(_rows(flag_B, o), n.astype(o.dtype), o), new, old)
 
 
+def _init_like(init: SwiGLUWeights, w: SwiGLUWeights) -> SwiGLUWeights:
+  """A level's initial weights broadcast to the per-sequence fast weights w ([B, ...])."""
+  return jax.tree.map(lambda i, x: jnp.broadcast_to(i.astype(x.dtype), x.shape), init, w)
+
+
 def closes_chunk(start_B: jax.Array, end_B: jax.Array, c: int) -> jax.Array:
   """The boundary rule of every CMS level, both objectives: the tokens at stream positions
   [start, end) end a chunk of c tokens (a level steps after its stream position p with
@@ -428,8 +433,7 @@ def _level_chunk(cfg, lvl, init, carry: _LevelCarry, ch, end_pos_B):
   any_reset = jnp.any(reset, axis=1)
   first = jnp.min(jnp.where(reset, j, c), axis=1)
   last = jnp.max(jnp.where(reset, j, -1), axis=1)
-  init_b = jax.tree.map(lambda i, w: jnp.broadcast_to(i.astype(w.dtype), w.shape), init,
-                        carry.weights)
+  init_b = _init_like(init, carry.weights)
   w_eff = _where_rows(any_reset, init_b, carry.weights)
   left_valid = jnp.concatenate([jnp.zeros_like(vmask[:, :1]), vmask[:, :-1]], axis=1)
   pair = vmask & (left_valid | carry.prev_valid[:, None]) & ~reset
@@ -460,15 +464,15 @@ def _level_chunk(cfg, lvl, init, carry: _LevelCarry, ch, end_pos_B):
     phi = _where_rows(any_reset, init_b, carry.meta_init)
     macc = jax.tree.map(lambda a, gg: jnp.where(_rows(any_reset, a), 0.0, a) + gg,
                         carry.meta_acc, g)
-  # The chunk's tokens are stream positions [end - C_l, end - C_l + n_valid): the boundary
-  # rule decides whether they close a chunk of this level (and one of its parent).
-  n_valid = jnp.max(jnp.where(vmask, j + 1, 0), axis=1)
-  seen = (end_pos_B - c, end_pos_B - c + n_valid)
-  weights, acc, meta_init, meta_acc = step_level(cfg, lvl, init, w_eff, acc, phi, macc, *seen)
+  # The chunk's tokens are stream positions [end - C_l, end - C_l + idx + 1) (idx: its last
+  # valid slot, -1 for none): the boundary rule decides whether they close a chunk of this
+  # level (and one of its parent).
+  idx = jnp.max(jnp.where(vmask, j, -1), axis=1)
+  weights, acc, meta_init, meta_acc = step_level(cfg, lvl, init, w_eff, acc, phi, macc,
+                                                 end_pos_B - c, end_pos_B - c + idx + 1)
   # Diagnostics only: no gradient (sqrt has an infinite derivative at an unchanged level).
   moved = jax.lax.stop_gradient(jnp.sum(jnp.sqrt(sum(
       jnp.sum((a - w) ** 2, axis=(1, 2)) for a, w in zip(weights, w_eff, strict=True)))))
-  idx = jnp.max(jnp.where(vmask, j, -1), axis=1)
   picked = jnp.take_along_axis(h, jnp.maximum(idx, 0)[:, None, None], axis=1)[:, 0]
   prev_h = jnp.where((idx >= 0)[:, None], picked, carry.prev_h)
   prev_valid = carry.prev_valid | (idx >= 0)
@@ -576,8 +580,7 @@ def reset_levels(params: CMSParams, st: CMSState, flag_B: jax.Array) -> CMSState
   so it is exact only at a segment's first token; the driver refuses a concrete document
   start anywhere else (nl_jax.memory.base.check_reset_alignment)."""
   def to_init(states):
-    return tuple(_where_rows(flag_B, jax.tree.map(lambda i, w: jnp.broadcast_to(
-        i.astype(w.dtype), w.shape), init, w), w)
+    return tuple(_where_rows(flag_B, _init_like(init, w), w)
                  for init, w in zip(params.init, states, strict=False))
 
   def to_zero(states):

@@ -175,17 +175,18 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   s = cms_cfg.segment
   b, t, _ = x_BxTxD.shape
   reset_BxT = ctx.reset if ctx.reset is not None else jnp.zeros((b, t), bool)
-  n_blocks = len(model.block_list())
-  block_states0 = [memory_state[f"block_{i}"] for i in range(n_blocks)]
   # A segment resets as a whole (cms.reset_levels): refuse a document start inside one.
   check_reset_alignment(f"{type(model).__name__} (cms_objective='ntp')", reset_BxT,
-                        block_states0[0]["cms"].position, s, field="min(cms_chunk_sizes)",
+                        memory_state["block_0"]["cms"].position, s,
+                        field="min(cms_chunk_sizes)",
                         fix="Start documents on multiples of it (the data pipeline's "
                             "data.alignment does) or use cms_objective='local', exact for "
                             "resets anywhere.")
   # Every block has the same chunk sizes, so one answer holds for all of them.
   aligned = ctx.start_aligned and model.block_list()[0].segment_aligned(s)
   blocks = _Blocks(model, cms_cfg, ctx.segment_ids, aligned)
+  n_blocks = blocks.n
+  block_states0 = [memory_state[f"block_{i}"] for i in range(n_blocks)]
 
   def run_segment(carry, seg):
     """One segment: resets, value_and_grad of its loss w.r.t. the CMS weights, the step."""

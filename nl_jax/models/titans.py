@@ -110,9 +110,8 @@ class TitansConfig(LMConfig):
   eta_bias_init: float = -2.0
   alpha_bias_init: float = 8.0
   mu_bias_init: float = 0.0
-  # Runs saved before these fields existed: v not normalised, the gates' old initial logits.
-  SAVED_BEFORE: ClassVar[dict[str, Any]] = {"value_norm": "none", "eta_bias_init": -2.0,
-                                            "alpha_bias_init": 4.0, "mu_bias_init": 0.0}
+  # Runs saved before these fields existed: v not normalised, the retention gate's old logit.
+  SAVED_BEFORE: ClassVar[dict[str, Any]] = {"value_norm": "none", "alpha_bias_init": 4.0}
 
   def __post_init__(self):
     super().__post_init__()
