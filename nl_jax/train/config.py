@@ -357,6 +357,199 @@ def check_step_memory(resolved: Resolved, device) -> None:
         "data.batch_size, or add devices")
 
 
+class _Errors:
+  """Collects every bad field of a config, then raises them together (ConfigError)."""
+
+  def __init__(self):
+    self.lines: list[str] = []
+
+  def bad(self, field, message):
+    self.lines.append(f"field {field!r}: {message}")
+
+  def fail(self):
+    if self.lines:
+      raise ConfigError("invalid config:\n  " + "\n  ".join(self.lines))
+
+
+def _check_keys(config: Any, err: _Errors) -> None:
+  """Top-level keys and every section's keys and types (_schema)."""
+  keys = set(config.keys())
+  for k in sorted(keys - set(TOP_LEVEL)):
+    err.bad(k, f"unknown top-level key; valid keys: {list(TOP_LEVEL)}")
+  for k in TOP_LEVEL:
+    if k not in keys:
+      err.bad(k, "missing; start from nl_jax.train.config.default_config()")
+  err.fail()
+  for section, fields in _schema().items():
+    given = config[section]
+    for k in sorted(set(given.keys()) - set(fields)):
+      err.bad(f"{section}.{k}", f"unknown key; valid keys: {sorted(fields)}")
+    for k, typ in fields.items():
+      if k not in given:
+        err.bad(f"{section}.{k}", "missing; start from nl_jax.train.config.default_config()")
+      elif not _type_ok(given[k], typ):
+        err.bad(f"{section}.{k}", f"expected {typ.__name__}, got {type(given[k]).__name__} "
+                f"{given[k]!r}")
+  err.fail()
+
+
+def _check_model(config: Any, err: _Errors):
+  """The model's typed config (None when it is invalid)."""
+  if config.model_name not in MODEL_NAMES:
+    err.bad("model_name", f"unknown model {config.model_name!r}; choose one of "
+            f"{list(MODEL_NAMES)}")
+    return None
+  from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
+
+  try:
+    return registry.config_from_dict(config.model_name, config.model.to_dict())
+  except (ValueError, TypeError) as e:
+    err.bad("model", str(e))
+    return None
+
+
+def _check_optimizer(config: Any, model_cfg: Any, err: _Errors) -> None:
+  opt = config.optimizer
+  if opt.name not in OPTIMIZERS:
+    err.bad("optimizer.name", f"unknown optimizer {opt.name!r}; choose one of "
+            f"{list(OPTIMIZERS)}")
+  if opt.name == "dgd" and getattr(model_cfg, "scan_layers", False):
+    err.bad("model.scan_layers", "optimizer.name='dgd' needs the input statistics of each "
+            "layer, and stacked blocks share one probe per weight; set "
+            "--config.model.scan_layers=False")
+  if opt.schedule not in SCHEDULES:
+    err.bad("optimizer.schedule", f"unknown schedule {opt.schedule!r}; choose one of "
+            f"{list(SCHEDULES)}")
+  if opt.learning_rate <= 0:
+    err.bad("optimizer.learning_rate", f"must be > 0, got {opt.learning_rate}")
+  if opt.warmup_steps < 0 or opt.warmup_steps > config.train.steps:
+    err.bad("optimizer.warmup_steps", f"must be in [0, train.steps={config.train.steps}], "
+            f"got {opt.warmup_steps}")
+  if opt.decay_steps < 0:
+    err.bad("optimizer.decay_steps", f"must be >= 0 (0 = train.steps), got {opt.decay_steps}")
+  if not 0 <= opt.end_lr_fraction <= 1:
+    err.bad("optimizer.end_lr_fraction", f"must be in [0, 1], got {opt.end_lr_fraction}")
+  for k in ("grad_clip", "weight_decay"):
+    if opt[k] < 0:
+      err.bad(f"optimizer.{k}", f"must be >= 0 (0 = off), got {opt[k]}")
+
+
+def _check_train(t: Any, err: _Errors) -> None:
+  for k in ("steps", "log_every", "keep_checkpoints"):
+    if t[k] < 1:
+      err.bad(f"train.{k}", f"must be >= 1, got {t[k]}")
+  for k in ("eval_every", "eval_batches", "checkpoint_every", "nan_skip_budget",
+            "sample_tokens"):
+    if t[k] < 0:
+      err.bad(f"train.{k}", f"must be >= 0, got {t[k]}")
+  if t.nan_policy not in NAN_POLICIES:
+    err.bad("train.nan_policy", f"must be one of {list(NAN_POLICIES)}, got {t.nan_policy!r}")
+  if not t.get("growth_warn_factor", 4.0) > 1.0:
+    err.bad("train.growth_warn_factor", f"must be > 1, got {t.growth_warn_factor}")
+
+
+def _check_sharding(sharding: Any, err: _Errors) -> None:
+  logical = {}
+  for i, rule in enumerate(sharding.logical_axes):
+    if len(rule) != 2 or not isinstance(rule[0], str) or any(
+        a not in MESH_AXES for a in rule[1]):
+      err.bad(f"sharding.logical_axes[{i}]", f"expected (logical name, tuple of mesh axes "
+              f"from {list(MESH_AXES)}), got {rule!r}")
+    else:
+      logical[rule[0]] = tuple(rule[1])
+  for field in ("param_rules", "memory_rules"):
+    for i, rule in enumerate(sharding[field]):
+      if len(rule) != 2:
+        err.bad(f"sharding.{field}[{i}]", f"expected (regex, tuple of logical axes), got "
+                f"{rule!r}")
+        continue
+      try:
+        re.compile(rule[0])
+      except re.error as e:
+        err.bad(f"sharding.{field}[{i}]", f"bad regex {rule[0]!r}: {e}")
+      unknown = [a for a in rule[1] if a is not None and a not in logical]
+      if unknown:
+        err.bad(f"sharding.{field}[{i}]", f"logical axes {unknown} are not in "
+                f"sharding.logical_axes {sorted(logical)}; add them there or use None")
+
+
+def _check_alignment(config: Any, model_cfg: Any, err: _Errors) -> tuple[dict, int, bool]:
+  """(data section as a dict with alignment resolved, that alignment, whether a chunk field
+  of the model was the error)."""
+  data_dict = config.data.to_dict()
+  alignment = data_dict.get("alignment", 0)
+  model_alignment = int(getattr(model_cfg, "alignment", 1)) if model_cfg is not None else 1
+  seq_len = data_dict.get("seq_len")
+  chunk_errors = _chunk_field_errors(model_cfg, seq_len) if _type_ok(seq_len, int) else []
+  for field, message in chunk_errors:
+    err.bad(field, message)
+  if chunk_errors and alignment == 0:
+    # The chunk fields named above are the cause; do not blame data.seq_len as well.
+    model_alignment = 1
+  if not _type_ok(alignment, int) or alignment < 0:
+    err.bad("data.alignment", f"must be an int >= 0 (0 = the model's alignment), got "
+            f"{alignment!r}")
+    alignment = 1
+  elif alignment == 0:
+    alignment = model_alignment
+  elif alignment % model_alignment:
+    err.bad("data.alignment", f"{alignment} is not a multiple of the model's alignment "
+            f"{model_alignment} (its chunk size): memory resets would fall inside chunks; set "
+            f"--config.data.alignment=0 (auto) or a multiple of {model_alignment}")
+  data_dict["alignment"] = alignment
+  return data_dict, alignment, bool(chunk_errors)
+
+
+def _check_data(data_dict: dict, process_count: int, err: _Errors):
+  """The data pipeline's typed config (None when it is invalid)."""
+  from nl_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  try:
+    data_cfg = data_lib.config_from(data_dict)
+    if data_cfg.shard_count is None:
+      data_cfg = dataclasses.replace(data_cfg, shard_index=0, shard_count=process_count)
+    elif data_cfg.shard_count % process_count:
+      err.bad("data.shard_count", f"{data_cfg.shard_count} is not a multiple of the "
+              f"{process_count} processes; use a multiple or None (one shard per process)")
+    return data_lib.validate_config(dataclasses.replace(data_cfg, shard_index=0))
+  except ValueError as e:
+    msg = str(e).replace("invalid data config:\n  ", "")
+    err.lines.extend(m.replace("field '", "field 'data.") for m in msg.split("\n  "))
+    return None
+
+
+def _check_data_against(data_cfg: Any, model_cfg: Any, mesh_shape: dict | None,
+                        chunk_error: bool, err: _Errors) -> None:
+  """The data config against the mesh (batch divisibility) and the model (length, vocab)."""
+  from nl_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  if mesh_shape is not None:
+    dp = mesh_shape["data"] * mesh_shape["fsdp"]
+    for k in ("batch_size", "eval_batch_size"):
+      v = getattr(data_cfg, k) or data_cfg.batch_size
+      if v % dp:
+        err.bad(f"data.{k}", f"{v} is not divisible by the data parallelism "
+                f"mesh.data*mesh.fsdp = {dp}; use a multiple of {dp}")
+  if model_cfg is None:
+    return
+  if not chunk_error:
+    try:
+      model_cfg.validate_seq_len(data_cfg.seq_len)
+    except ValueError as e:
+      err.bad("data.seq_len", str(e))
+  if data_cfg.seq_len > MAX_SEQ_LEN:
+    err.bad("data.seq_len", f"{data_cfg.seq_len} exceeds the position range {MAX_SEQ_LEN} "
+            "(float32 RoPE angles lose integer positions beyond 2**24); use at most "
+            f"{MAX_SEQ_LEN}")
+  try:
+    vocab = data_lib.vocab_size(data_cfg)
+    if model_cfg.vocab_size < vocab:
+      err.bad("model.vocab_size", f"{model_cfg.vocab_size} < the tokenizer's vocabulary "
+              f"{vocab} ({data_cfg.tokenizer!r}); set --config.model.vocab_size={vocab}")
+  except (ValueError, FileNotFoundError) as e:
+    err.bad("data.tokenizer", str(e))
+
+
 def validate(config: Any, *, num_devices: int | None = None,
              process_count: int | None = None) -> Resolved:
   """Checks the whole config before any compilation.
@@ -374,169 +567,23 @@ def validate(config: Any, *, num_devices: int | None = None,
   """
   import jax  # pylint: disable=g-import-not-at-top
 
-  from nl_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
-  errors: list[str] = []
-
-  def bad(field, message):
-    errors.append(f"field {field!r}: {message}")
-
-  def fail():
-    if errors:
-      raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-
-  keys = set(config.keys())
-  for k in sorted(keys - set(TOP_LEVEL)):
-    bad(k, f"unknown top-level key; valid keys: {list(TOP_LEVEL)}")
-  for k in TOP_LEVEL:
-    if k not in keys:
-      bad(k, "missing; start from nl_jax.train.config.default_config()")
-  fail()
-  for section, fields in _schema().items():
-    given = config[section]
-    for k in sorted(set(given.keys()) - set(fields)):
-      bad(f"{section}.{k}", f"unknown key; valid keys: {sorted(fields)}")
-    for k, typ in fields.items():
-      if k not in given:
-        bad(f"{section}.{k}", "missing; start from nl_jax.train.config.default_config()")
-      elif not _type_ok(given[k], typ):
-        bad(f"{section}.{k}", f"expected {typ.__name__}, got {type(given[k]).__name__} "
-            f"{given[k]!r}")
-  fail()
-
-  # Model.
-  model_cfg = None
-  if config.model_name not in MODEL_NAMES:
-    bad("model_name", f"unknown model {config.model_name!r}; choose one of {list(MODEL_NAMES)}")
-  else:
-    from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
-
-    try:
-      model_cfg = registry.config_from_dict(config.model_name, config.model.to_dict())
-    except (ValueError, TypeError) as e:
-      bad("model", str(e))
-  # Optimizer.
-  opt = config.optimizer
-  if opt.name not in OPTIMIZERS:
-    bad("optimizer.name", f"unknown optimizer {opt.name!r}; choose one of {list(OPTIMIZERS)}")
-  if opt.name == "dgd" and getattr(model_cfg, "scan_layers", False):
-    bad("model.scan_layers", "optimizer.name='dgd' needs the input statistics of each layer, "
-        "and stacked blocks share one probe per weight; set --config.model.scan_layers=False")
-  if opt.schedule not in SCHEDULES:
-    bad("optimizer.schedule", f"unknown schedule {opt.schedule!r}; choose one of "
-        f"{list(SCHEDULES)}")
-  if opt.learning_rate <= 0:
-    bad("optimizer.learning_rate", f"must be > 0, got {opt.learning_rate}")
-  if opt.warmup_steps < 0 or opt.warmup_steps > config.train.steps:
-    bad("optimizer.warmup_steps", f"must be in [0, train.steps={config.train.steps}], got "
-        f"{opt.warmup_steps}")
-  if opt.decay_steps < 0:
-    bad("optimizer.decay_steps", f"must be >= 0 (0 = train.steps), got {opt.decay_steps}")
-  if not 0 <= opt.end_lr_fraction <= 1:
-    bad("optimizer.end_lr_fraction", f"must be in [0, 1], got {opt.end_lr_fraction}")
-  for k in ("grad_clip", "weight_decay"):
-    if opt[k] < 0:
-      bad(f"optimizer.{k}", f"must be >= 0 (0 = off), got {opt[k]}")
-  # Train.
-  t = config.train
-  for k in ("steps", "log_every", "keep_checkpoints"):
-    if t[k] < 1:
-      bad(f"train.{k}", f"must be >= 1, got {t[k]}")
-  for k in ("eval_every", "eval_batches", "checkpoint_every", "nan_skip_budget",
-            "sample_tokens"):
-    if t[k] < 0:
-      bad(f"train.{k}", f"must be >= 0, got {t[k]}")
-  if t.nan_policy not in NAN_POLICIES:
-    bad("train.nan_policy", f"must be one of {list(NAN_POLICIES)}, got {t.nan_policy!r}")
-  if not t.get("growth_warn_factor", 4.0) > 1.0:
-    bad("train.growth_warn_factor", f"must be > 1, got {t.growth_warn_factor}")
-  # Sharding rules.
-  logical = {}
-  for i, rule in enumerate(config.sharding.logical_axes):
-    if len(rule) != 2 or not isinstance(rule[0], str) or any(
-        a not in MESH_AXES for a in rule[1]):
-      bad(f"sharding.logical_axes[{i}]", f"expected (logical name, tuple of mesh axes from "
-          f"{list(MESH_AXES)}), got {rule!r}")
-    else:
-      logical[rule[0]] = tuple(rule[1])
-  for field in ("param_rules", "memory_rules"):
-    for i, rule in enumerate(config.sharding[field]):
-      if len(rule) != 2:
-        bad(f"sharding.{field}[{i}]", f"expected (regex, tuple of logical axes), got {rule!r}")
-        continue
-      try:
-        re.compile(rule[0])
-      except re.error as e:
-        bad(f"sharding.{field}[{i}]", f"bad regex {rule[0]!r}: {e}")
-      unknown = [a for a in rule[1] if a is not None and a not in logical]
-      if unknown:
-        bad(f"sharding.{field}[{i}]", f"logical axes {unknown} are not in "
-            f"sharding.logical_axes {sorted(logical)}; add them there or use None")
-  # Mesh.
+  err = _Errors()
+  _check_keys(config, err)
+  model_cfg = _check_model(config, err)
+  _check_optimizer(config, model_cfg, err)
+  _check_train(config.train, err)
+  _check_sharding(config.sharding, err)
   mesh_shape = None
   try:
     mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
   except ConfigError as e:
-    errors.extend(str(e).split("\n  ")[1:])
-  # Data.
-  data_dict = config.data.to_dict()
-  alignment = data_dict.get("alignment", 0)
-  model_alignment = int(getattr(model_cfg, "alignment", 1)) if model_cfg is not None else 1
-  seq_len = data_dict.get("seq_len")
-  chunk_errors = _chunk_field_errors(model_cfg, seq_len) if _type_ok(seq_len, int) else []
-  for field, message in chunk_errors:
-    bad(field, message)
-  if chunk_errors and alignment == 0:
-    # The chunk fields named above are the cause; do not blame data.seq_len as well.
-    model_alignment = 1
-  if not _type_ok(alignment, int) or alignment < 0:
-    bad("data.alignment", f"must be an int >= 0 (0 = the model's alignment), got {alignment!r}")
-    alignment = 1
-  elif alignment == 0:
-    alignment = model_alignment
-  elif alignment % model_alignment:
-    bad("data.alignment", f"{alignment} is not a multiple of the model's alignment "
-        f"{model_alignment} (its chunk size): memory resets would fall inside chunks; set "
-        f"--config.data.alignment=0 (auto) or a multiple of {model_alignment}")
-  data_dict["alignment"] = alignment
-  data_cfg = None
-  try:
-    data_cfg = data_lib.config_from(data_dict)
-    if data_cfg.shard_count is None:
-      data_cfg = dataclasses.replace(data_cfg, shard_index=0, shard_count=process_count)
-    elif data_cfg.shard_count % process_count:
-      bad("data.shard_count", f"{data_cfg.shard_count} is not a multiple of the "
-          f"{process_count} processes; use a multiple or None (one shard per process)")
-    data_cfg = data_lib.validate_config(dataclasses.replace(data_cfg, shard_index=0))
-  except ValueError as e:
-    msg = str(e).replace("invalid data config:\n  ", "")
-    errors.extend(m.replace("field '", "field 'data.") for m in msg.split("\n  "))
-  if data_cfg is not None and mesh_shape is not None:
-    dp = mesh_shape["data"] * mesh_shape["fsdp"]
-    for k in ("batch_size", "eval_batch_size"):
-      v = getattr(data_cfg, k) or data_cfg.batch_size
-      if v % dp:
-        bad(f"data.{k}", f"{v} is not divisible by the data parallelism mesh.data*mesh.fsdp "
-            f"= {dp}; use a multiple of {dp}")
-  if data_cfg is not None and model_cfg is not None:
-    if not chunk_errors:
-      try:
-        model_cfg.validate_seq_len(data_cfg.seq_len)
-      except ValueError as e:
-        bad("data.seq_len", str(e))
-    if data_cfg.seq_len > MAX_SEQ_LEN:
-      bad("data.seq_len", f"{data_cfg.seq_len} exceeds the position range {MAX_SEQ_LEN} "
-          "(float32 RoPE angles lose integer positions beyond 2**24); use at most "
-          f"{MAX_SEQ_LEN}")
-    try:
-      vocab = data_lib.vocab_size(data_cfg)
-      if model_cfg.vocab_size < vocab:
-        bad("model.vocab_size", f"{model_cfg.vocab_size} < the tokenizer's vocabulary "
-            f"{vocab} ({data_cfg.tokenizer!r}); set --config.model.vocab_size={vocab}")
-    except (ValueError, FileNotFoundError) as e:
-      bad("data.tokenizer", str(e))
-  fail()
+    err.lines.extend(str(e).split("\n  ")[1:])
+  data_dict, alignment, chunk_error = _check_alignment(config, model_cfg, err)
+  data_cfg = _check_data(data_dict, process_count, err)
+  if data_cfg is not None:
+    _check_data_against(data_cfg, model_cfg, mesh_shape, chunk_error, err)
+  err.fail()
   return Resolved(model_config=model_cfg, mesh_shape=mesh_shape, data_config=data_cfg,
                   alignment=alignment)

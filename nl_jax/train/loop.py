@@ -376,6 +376,103 @@ def train_and_evaluate(config: Any, workdir: str, *, devices=None) -> dict[str, 
       lock.release()
 
 
+def _restore_or_init(config: Any, workdir: str, setup: Setup, checkpointer):
+  """(latest restored step or None, params, train_state, rest, train_iter).
+
+  A changed config is refused before anything is touched; on any failure the checkpointer
+  and the data iterator are closed.
+  """
+  tcfg = config.train
+  data_cfg = setup.resolved.data_config
+  train_iter = None
+  try:
+    if checkpointer.all_steps():
+      # Refuse a changed config before touching anything (config.json stays as it was).
+      workdir_lib.check_config_change(
+          workdir_lib.read_saved_config(os.path.join(workdir, ckpt_lib.CONFIG_FILE)), config,
+          allow=bool(tcfg.get("allow_config_changes", False)), workdir=workdir)
+    train_iter = data_lib.make_process_iterator(data_cfg, jax.process_index(),
+                                                jax.process_count(), split="train")
+    restored = checkpointer.restore_latest(setup.abstract_params, setup.abstract_train_state,
+                                           train_iter)
+  except BaseException:
+    checkpointer.close()
+    if hasattr(train_iter, "close"):
+      train_iter.close()
+    raise
+  if restored is None:
+    params, train_state, rest = init_state(setup, tcfg.seed)
+    return None, params, train_state, rest, train_iter
+  latest, params, train_state = restored
+  logging.info("resumed from step %d", latest)
+  return latest, params, train_state, make_rest(setup, tcfg.seed), train_iter
+
+
+def _metrics_logger(config: Any, workdir: str, setup: Setup) -> metrics_lib.MetricsLogger:
+  """The run's logger, with the model FLOPs per token and the mesh's peak for MFU."""
+  tcfg = config.train
+  data_cfg = setup.resolved.data_config
+  model_cfg = setup.resolved.model_config
+  embed_params = int(model_cfg.vocab_size * model_cfg.d_model)
+  flops = metrics_lib.model_flops_per_token(setup.num_params, embed_params, model_cfg.n_layers,
+                                            model_cfg.d_model, data_cfg.seq_len)
+  peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, tcfg.peak_flops_per_device,
+                                config_lib.PEAK_FLOPS) * setup.mesh.size
+  return metrics_lib.MetricsLogger(
+      workdir, total_steps=tcfg.steps, tokens_per_step=data_cfg.batch_size * data_cfg.seq_len,
+      flops_per_token=flops, peak_flops_total=peak, tensorboard=tcfg.tensorboard,
+      enabled=jax.process_index() == 0)
+
+
+class _Reporter:
+  """Host side of a step: fetch its metrics, apply the NaN policy, log them, guard growth."""
+
+  def __init__(self, tcfg: Any, logger, result: dict, first_step: int):
+    self.tcfg, self.logger, self.result, self.first_step = tcfg, logger, result, first_step
+    self.growth_guard = guards.GrowthGuard(float(tcfg.get("growth_warn_factor", 4.0)))
+    self.start_time = time.perf_counter()
+
+  def __call__(self, at: int, metrics) -> None:
+    tcfg, result = self.tcfg, self.result
+    host = _host_metrics(metrics)
+    if at == self.first_step:
+      self.logger.progress.message(f"compiled the train step and ran step {at} in "
+                                   f"{time.perf_counter() - self.start_time:.1f}s")
+      self.logger.start(at)
+    if not host.pop("finite"):
+      bad = sorted(k for k, v in host.items() if not math.isfinite(v))
+      result["nan_skips"] += 1
+      msg = (f"non-finite metric(s) {bad} at step {at} (values "
+             f"{ {k: host[k] for k in bad} }); the update of this step was dropped")
+      if tcfg.nan_policy == "raise":
+        raise NonFiniteError(msg + "; nan_policy='raise' (set --config.train.nan_policy="
+                             "skip to continue)")
+      if result["nan_skips"] > tcfg.nan_skip_budget:
+        raise NonFiniteError(msg + f"; {result['nan_skips']} skipped steps exceed "
+                             f"train.nan_skip_budget={tcfg.nan_skip_budget}")
+      logging.warning("%s; skipping (%d of budget %d)", msg, result["nan_skips"],
+                      tcfg.nan_skip_budget)
+    result["train_loss"] = host["loss"]
+    self.logger.step(at, host["loss"])
+    if at % tcfg.log_every == 0 or at == tcfg.steps:
+      self.logger.train(at, host)
+      self.growth_guard.update(at, host)
+
+
+def _evaluate_and_sample(setup: Setup, eval_step, params, rest, logger, step: int) -> float:
+  """Logs the held-out loss (returned) and, when configured, a sampled continuation."""
+  tcfg = setup.config.train
+  loss, count = evaluate(setup, eval_step, params, rest)
+  logger.eval(step, loss, count)
+  if tcfg.get("sample_tokens", 0) and jax.process_count() == 1:
+    text, _ = sampling.continuation(
+        sampling.model_on_one_device(setup.graphdef, params, rest),
+        sampling.tokenizer_of(setup.resolved.data_config), tcfg.sample_prompt,
+        tcfg.sample_tokens)
+    logger.sample(step, tcfg.sample_prompt, text)
+  return loss
+
+
 def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
   """`train_and_evaluate` once the workdir lock is held."""
   tcfg = config.train
@@ -391,28 +488,8 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
   data_lib.check_sources(data_cfg)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
                                        async_save=tcfg.async_checkpointing)
-  train_iter = None
-  try:
-    if checkpointer.all_steps():
-      # Refuse a changed config before touching anything (config.json stays as it was).
-      workdir_lib.check_config_change(
-          workdir_lib.read_saved_config(os.path.join(workdir, ckpt_lib.CONFIG_FILE)), config,
-          allow=bool(tcfg.get("allow_config_changes", False)), workdir=workdir)
-    train_iter = data_lib.make_process_iterator(data_cfg, pindex, pcount, split="train")
-    restored = checkpointer.restore_latest(setup.abstract_params, setup.abstract_train_state,
-                                           train_iter)
-  except BaseException:
-    checkpointer.close()
-    if hasattr(train_iter, "close"):
-      train_iter.close()
-    raise
-  latest = None
-  if restored is not None:
-    latest, params, train_state = restored
-    rest = make_rest(setup, tcfg.seed)
-    logging.info("resumed from step %d", latest)
-  else:
-    params, train_state, rest = init_state(setup, tcfg.seed)
+  latest, params, train_state, rest, train_iter = _restore_or_init(config, workdir, setup,
+                                                                   checkpointer)
   # Written only now: a resume that fails above leaves the workdir's config untouched.
   ckpt_lib.write_config(workdir, config)
   if pindex == 0:
@@ -421,49 +498,13 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
   step = int(jax.device_get(train_state["step"]))
   train_step = make_train_step(setup)
   eval_step = make_eval_step(setup)
-  model_cfg = setup.resolved.model_config
-  embed_params = int(model_cfg.vocab_size * model_cfg.d_model)
-  flops = metrics_lib.model_flops_per_token(setup.num_params, embed_params, model_cfg.n_layers,
-                                            model_cfg.d_model, data_cfg.seq_len)
-  peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, tcfg.peak_flops_per_device,
-                                config_lib.PEAK_FLOPS) * setup.mesh.size
-  logger = metrics_lib.MetricsLogger(
-      workdir, total_steps=tcfg.steps, tokens_per_step=data_cfg.batch_size * data_cfg.seq_len,
-      flops_per_token=flops, peak_flops_total=peak, tensorboard=tcfg.tensorboard,
-      enabled=pindex == 0)
+  logger = _metrics_logger(config, workdir, setup)
   preemption = _Preemption(install=pcount == 1)
-  growth_guard = guards.GrowthGuard(float(tcfg.get("growth_warn_factor", 4.0)))
   result = {"step": step, "preempted": False, "train_loss": None, "eval_loss": None,
             "nan_skips": int(jax.device_get(train_state["nan_skips"])),
             "resumed_from": latest, "already_done": step >= tcfg.steps}
   last_saved = latest
-  start_time = time.perf_counter()
-
-  def report(at: int, metrics) -> None:
-    """Host side of step ``at``: fetch its metrics, check them, log them."""
-    host = _host_metrics(metrics)
-    if at == (latest or 0) + 1:
-      logger.progress.message(f"compiled the train step and ran step {at} in "
-                              f"{time.perf_counter() - start_time:.1f}s")
-      logger.start(at)
-    if not host.pop("finite"):
-      bad = sorted(k for k, v in host.items() if not math.isfinite(v))
-      result["nan_skips"] += 1
-      msg = (f"non-finite metric(s) {bad} at step {at} (values "
-             f"{ {k: host[k] for k in bad} }); the update of this step was dropped")
-      if tcfg.nan_policy == "raise":
-        raise NonFiniteError(msg + "; nan_policy='raise' (set --config.train.nan_policy="
-                             "skip to continue)")
-      if result["nan_skips"] > tcfg.nan_skip_budget:
-        raise NonFiniteError(msg + f"; {result['nan_skips']} skipped steps exceed "
-                             f"train.nan_skip_budget={tcfg.nan_skip_budget}")
-      logging.warning("%s; skipping (%d of budget %d)", msg, result["nan_skips"],
-                      tcfg.nan_skip_budget)
-    result["train_loss"] = host["loss"]
-    logger.step(at, host["loss"])
-    if at % tcfg.log_every == 0 or at == tcfg.steps:
-      logger.train(at, host)
-      growth_guard.update(at, host)
+  report = _Reporter(tcfg, logger, result, (latest or 0) + 1)
 
   try:
     if step < tcfg.steps:
@@ -492,14 +533,7 @@ def _train_locked(config: Any, workdir: str, setup: Setup) -> dict[str, Any]:
       report(*pending)
       pending = None
       if evaluate_now:
-        loss, count = evaluate(setup, eval_step, params, rest)
-        logger.eval(step, loss, count)
-        result["eval_loss"] = loss
-        if tcfg.get("sample_tokens", 0) and pcount == 1:
-          text, _ = sampling.continuation(
-              sampling.model_on_one_device(setup.graphdef, params, rest),
-              sampling.tokenizer_of(data_cfg), tcfg.sample_prompt, tcfg.sample_tokens)
-          logger.sample(step, tcfg.sample_prompt, text)
+        result["eval_loss"] = _evaluate_and_sample(setup, eval_step, params, rest, logger, step)
       if save_now:
         checkpointer.save(step, params, train_state, train_iter)
         last_saved = step
