@@ -73,7 +73,7 @@ def run(variant, steps, model_name="hope", batch=16, seq=128, peak=1e-2, seed=0)
   @jax.jit
   def step(params, opt_state, batch, i):
     def loss_fn(p):
-      return fit._loss(nnx.merge(graphdef, p, rest), batch)  # pylint: disable=protected-access
+      return fit._loss(nnx.merge(graphdef, p, rest), batch)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     lr = jnp.maximum(schedule(i), 1e-12)
@@ -85,7 +85,7 @@ def run(variant, steps, model_name="hope", batch=16, seq=128, peak=1e-2, seed=0)
       d = flat_dims.get(key)
       if variant != "notebook" and d is None:
         continue
-      view = ns._matrix_view(tuple(u.shape), d)  # pylint: disable=protected-access
+      view = ns.matrix_view(tuple(u.shape), d)
       m = jnp.transpose(u, view.perm).reshape(view.flat_shape)
       spec[key] = jnp.max(jnp.linalg.norm(m, ord=2, axis=(-2, -1))) / lr
     return optax.apply_updates(params, updates), opt_state, loss, spec

@@ -109,7 +109,7 @@ def _dgd_direction(grad: jax.Array, param: jax.Array, x: Any, lr: jax.Array,
   if dims is None and param.ndim != 2:
     raise ValueError(f"DGD layer inputs need a 2D (in, out) kernel or weight_dimension_numbers, "
                      f"got shape {param.shape}.")
-  view = ns._matrix_view(tuple(param.shape), dims)  # pylint: disable=protected-access
+  view = ns.matrix_view(tuple(param.shape), dims)
   if view.flat_shape[0] != 1:
     raise ValueError(f"DGD needs a single matrix per weight; dimension numbers {dims} leave "
                      f"batch axes in shape {param.shape}.")
@@ -197,7 +197,7 @@ def scale_by_dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, *,
     if len(inputs) != len(full):
       raise ValueError(f"layer_inputs must have one entry (input, InputStats or None) per "
                        f"parameter: got {len(inputs)} for {len(full)} parameters.")
-    dims = iter(m3_lib._flat_dims(weight_dimension_numbers, updates))  # pylint: disable=protected-access
+    dims = iter(m3_lib.flat_dims(weight_dimension_numbers, updates))
     out = []
     for g, p, x in zip(full, treedef.flatten_up_to(params), inputs, strict=True):
       if _is_masked(g):
@@ -282,7 +282,7 @@ def dgd(learning_rate: optax.ScalarOrSchedule, decay: float = 1.0, weight_decay:
   def labels(params):
     if weight_dimension_numbers is None:
       return jax.tree.map(lambda p: "dgd" if p.ndim == 2 else "adam", params)
-    dims = m3_lib._flat_dims(weight_dimension_numbers, params)  # pylint: disable=protected-access
+    dims = m3_lib.flat_dims(weight_dimension_numbers, params)
     return jax.tree.unflatten(jax.tree.structure(params),
                               ["adam" if d is None else "dgd" for d in dims])
   return optax.partition({"dgd": tx, "adam": adam}, labels)

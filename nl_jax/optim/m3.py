@@ -55,7 +55,7 @@ def _is_dim_nums(x: Any) -> bool:
   return hasattr(x, "reduction_axis") and hasattr(x, "output_axis")
 
 
-def _flat_dims(weight_dimension_numbers: Any, updates: Any) -> list[Any]:
+def flat_dims(weight_dimension_numbers: Any, updates: Any) -> list[Any]:
   """One dimension-numbers entry (or None) per array leaf of `updates`."""
   def masked(x):
     return isinstance(x, _masking.MaskedNode)
@@ -213,7 +213,7 @@ def scale_by_m3(
   if nesterov and accumulator == "sum":
     raise ValueError("nesterov=True needs accumulator='ema'.")
   ns_coeffs_ = ns.resolve_coeffs(ns_coeffs, ns_steps)
-  ns._check_implementation(implementation)  # pylint: disable=protected-access
+  ns.check_implementation(implementation)
   use_ema = accumulator == "ema"
 
   def orth(xs, dims):
@@ -235,7 +235,7 @@ def scale_by_m3(
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
-    dims = _flat_dims(weight_dimension_numbers, updates)
+    dims = flat_dims(weight_dimension_numbers, updates)
 
     def unflat(xs):
       return jax.tree.unflatten(treedef, xs)

@@ -112,7 +112,7 @@ def resolve_coeffs(ns_coeffs: Any, ns_steps: int | None) -> tuple[tuple[float, f
   return tuple(tuple(float(v) for v in r) for r in rows)
 
 
-def _check_implementation(implementation: str | None) -> None:
+def check_implementation(implementation: str | None) -> None:
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(
         f"implementation={implementation!r} is not available; choose 'xla' (or None), 'auto' "
@@ -131,7 +131,7 @@ def _normalize_axes(ndim: int, dim_nums: Any) -> tuple[tuple[int, ...], tuple[in
   return red, out
 
 
-class _MatrixView(NamedTuple):
+class MatrixView(NamedTuple):
   """How to turn a weight into a ``(batch, m, n)`` stack of matrices and back."""
   perm: tuple[int, ...]
   inv_perm: tuple[int, ...]
@@ -139,7 +139,7 @@ class _MatrixView(NamedTuple):
   unflat_shape: tuple[int, ...]
 
 
-def _matrix_view(shape: tuple[int, ...], dim_nums: Any | None) -> _MatrixView:
+def matrix_view(shape: tuple[int, ...], dim_nums: Any | None) -> MatrixView:
   ndim = len(shape)
   if ndim < 2:
     raise ValueError(f"orthogonalize needs an input of rank >= 2, got shape {shape}.")
@@ -152,13 +152,13 @@ def _matrix_view(shape: tuple[int, ...], dim_nums: Any | None) -> _MatrixView:
   inv_perm = tuple(int(i) for i in np.argsort(perm))
   def size(axes):
     return math.prod(shape[a] for a in axes)
-  return _MatrixView(perm, inv_perm, (size(batch), size(red), size(out)),
+  return MatrixView(perm, inv_perm, (size(batch), size(red), size(out)),
                      tuple(shape[a] for a in perm))
 
 
 def matrix_fans(shape: tuple[int, ...], dim_nums: Any | None = None) -> tuple[int, int]:
   """``(fan_in, fan_out)`` = (rows, cols) of the matrix view of a weight of this shape."""
-  view = _matrix_view(tuple(shape), dim_nums)
+  view = matrix_view(tuple(shape), dim_nums)
   return view.flat_shape[1], view.flat_shape[2]
 
 
@@ -190,7 +190,7 @@ def _iterate(stack: jax.Array, coeffs: tuple[tuple[float, float, float], ...], e
                      "partitionable); use 'auto' or 'xla'")
   if implementation == "auto":
     return _kernel_jit(stack, coeffs, eps, None, None)
-  platform = ns_api._platform()
+  platform = ns_api.current_platform()
   if platform in ("tpu", "gpu"):
     return _kernel_jit(stack, coeffs, eps, platform, None)
   # No accelerator: the TPU kernel in interpret mode (slow; for tests).
@@ -265,7 +265,7 @@ def orthogonalize_many(xs: Sequence[jax.Array], ns_coeffs: Any = "muon",
   Returns:
     The orthogonalised weights, with the shapes and dtypes of ``xs``.
   """
-  _check_implementation(implementation)
+  check_implementation(implementation)
   _common.check_range("eps", eps, low=0.0, low_inclusive=False)
   coeffs = resolve_coeffs(ns_coeffs, ns_steps)
   xs = list(xs)
@@ -275,7 +275,7 @@ def orthogonalize_many(xs: Sequence[jax.Array], ns_coeffs: Any = "muon",
   groups: dict[tuple[int, int], list[tuple[int, jax.Array, bool]]] = {}
   views = []
   for i, (x, d) in enumerate(zip(xs, dims, strict=True)):
-    view = _matrix_view(tuple(x.shape), d)
+    view = matrix_view(tuple(x.shape), d)
     views.append(view)
     flat = jnp.transpose(x, view.perm).reshape(view.flat_shape).astype(jnp.float32)
     tall = view.flat_shape[1] > view.flat_shape[2]

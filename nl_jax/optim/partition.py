@@ -170,7 +170,8 @@ def assign(params: Any, param_rules: Sequence[tuple[str, Sequence[str | None]]])
       lambda p, x: assign_one(path_str(p), x.shape, param_rules), params)
 
 
-def _is_assignment(x: Any) -> bool:
+def is_assignment(x: Any) -> bool:
+  """Whether x is an Assignment (the ``is_leaf`` of trees of assignments)."""
   return isinstance(x, Assignment)
 
 
@@ -181,7 +182,7 @@ def dimension_numbers(assignments: Any, kinds: Sequence[str] = ("projection", "i
     if a.dims is None or a.kind not in kinds:
       return None
     return factory(a.dims.reduction_axis, a.dims.output_axis)
-  return jax.tree.map(one, assignments, is_leaf=_is_assignment)
+  return jax.tree.map(one, assignments, is_leaf=is_assignment)
 
 
 def describe(assignments: Any, rules: Mapping[str, str]) -> str:
@@ -193,7 +194,7 @@ def describe(assignments: Any, rules: Mapping[str, str]) -> str:
       "initial_state": "m3", "other": "adamw"}``).
   """
   rows = []
-  for a in jax.tree.leaves(assignments, is_leaf=_is_assignment):
+  for a in jax.tree.leaves(assignments, is_leaf=is_assignment):
     rule = rules[a.kind]
     if a.is_matrix and rules[a.kind] != rules.get("other"):
       m, n = a.matrix_shape

@@ -193,7 +193,7 @@ class MetricsLogger:
         row["mfu"] = row["tokens_per_s"] * self.flops_per_token / self.peak_flops_total
     self._last_time, self._last_step = now, step
     self._write(row)
-    if self.progress._step != step:  # pylint: disable=protected-access
+    if self.progress.step != step:
       self.progress.update(step, row["loss"])
     if self.enabled and not self.progress.interactive:
       extra = [f"ppl {row['perplexity']:.2f}"]

@@ -155,7 +155,7 @@ def _kwargs(opt_cfg: Any) -> dict[str, Any]:
 
 def dgd_paths(assignments: Any) -> list[str]:
   """Paths of the parameters DGD handles with layer inputs (the projections)."""
-  return [a.path for a in jax.tree.leaves(assignments, is_leaf=partition._is_assignment)  # pylint: disable=protected-access
+  return [a.path for a in jax.tree.leaves(assignments, is_leaf=partition.is_assignment)
           if a.kind == "projection"]
 
 

@@ -102,6 +102,11 @@ class Progress:
     self._times.append((time.perf_counter(), int(step)))
     self._step = int(step)
 
+  @property
+  def step(self) -> int:
+    """The last step recorded (``start`` or ``update``)."""
+    return self._step
+
   def steps_per_second(self) -> float:
     """Steps per second over the window (NaN before two points)."""
     if len(self._times) < 2:

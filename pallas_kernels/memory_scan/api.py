@@ -97,7 +97,7 @@ def _validate(keys, values, queries, eta, initial_state, alpha, momentum, initia
   return batch, t, dk, dv
 
 
-def _platform() -> str:
+def current_platform() -> str:
   """The default backend ("cpu", "gpu", "tpu"); a function so tests can pretend."""
   return jax.default_backend()
 
@@ -123,7 +123,7 @@ def _kernel_problem(backend, *, dk, dv, t, state_dtype, queries, semantics, rese
       if d < 16 or d & (d - 1):
         return f"Triton needs {name} to be a power of two >= 16, got {d}"
   if not config.interpret:
-    platform = _platform()
+    platform = current_platform()
     if platform != backend:
       return (f"the {backend} kernel needs a {backend} device (default backend is {platform!r});"
               " set MemoryScanConfig(interpret=True) to run it in interpret mode")
@@ -181,7 +181,7 @@ def memory_scan(keys: jax.Array, values: jax.Array, queries: jax.Array | None, e
     initial_momentum = jnp.zeros(initial_state.shape, state_dtype)
   backend = implementation
   if implementation is None:
-    backend = {"tpu": "tpu", "gpu": "gpu"}.get(_platform(), "xla")
+    backend = {"tpu": "tpu", "gpu": "gpu"}.get(current_platform(), "xla")
   gpu_split = dv > _GPU_BLOCK_V and not dv % _GPU_BLOCK_V
   if backend == "gpu" and config.block_v is None and gpu_split:
     # The state block lives in registers on GPU: 64 x 128 float32 per program at most.

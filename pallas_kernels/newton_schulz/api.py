@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 IMPLEMENTATIONS = (None, "xla", "tpu", "gpu")
 
 
-def _platform() -> str:
+def current_platform() -> str:
   """The default backend; a function so tests can pretend to be on an accelerator."""
   return jax.default_backend()
 
@@ -47,9 +47,9 @@ def kernel_problem(backend: str, m: int, n: int, config: NewtonSchulzConfig) -> 
     if not gpu.fused_applies(m, n, config) and gpu.tiled_blocks(m, n, config) is None:
       return (f"({m}, {n}) is neither small enough for the fused kernel nor tiles with "
               f"gpu_tile={config.gpu_tile}, gpu_block_k={config.gpu_block_k}")
-  if not config.interpret and _platform() != backend:
+  if not config.interpret and current_platform() != backend:
     return (f"the {backend} kernel needs a {backend} device (default backend is "
-            f"{_platform()!r}); set NewtonSchulzConfig(interpret=True) for interpret mode")
+            f"{current_platform()!r}); set NewtonSchulzConfig(interpret=True) for interpret mode")
   return None
 
 
@@ -81,7 +81,7 @@ def newton_schulz(x_BxMxN: jax.Array, coeffs: tuple[tuple[float, float, float], 
   _, m, n = x.shape
   backend = implementation
   if implementation is None:
-    backend = {"tpu": "tpu", "gpu": "gpu"}.get(_platform(), "xla")
+    backend = {"tpu": "tpu", "gpu": "gpu"}.get(current_platform(), "xla")
   if backend != "xla":
     problem = kernel_problem(backend, m, n, config)
     if problem is not None:

@@ -218,7 +218,7 @@ def test_auto_on_cpu_is_the_reference():
 
 def test_fallback_is_logged_and_matches_matrix_memory(monkeypatch, caplog):
   """On a (pretend) accelerator, options and shapes without a kernel fall back with a reason."""
-  monkeypatch.setattr(api, "_platform", lambda: "tpu")
+  monkeypatch.setattr(api, "current_platform", lambda: "tpu")
   x = _inputs(7, (2,), 11, 4, 4, False)
   cfg = MemoryScanConfig(chunk_size=8)
   with caplog.at_level(logging.DEBUG, logger=api.__name__):
@@ -231,7 +231,7 @@ def test_fallback_is_logged_and_matches_matrix_memory(monkeypatch, caplog):
   test_base.assert_tree_close((got.outputs, got.state), (y, new.memory), 1e-6)
   with pytest.raises(ValueError, match="implementation='tpu' cannot run: semantics"):
     memory_scan(semantics="anchored", implementation="tpu", config=cfg, **x)
-  monkeypatch.setattr(api, "_platform", lambda: "gpu")
+  monkeypatch.setattr(api, "current_platform", lambda: "gpu")
   caplog.clear()
   with caplog.at_level(logging.DEBUG, logger=api.__name__):
     small = memory_scan(config=cfg, **x)  # d_k = 4: no Triton dot
@@ -294,7 +294,7 @@ def test_bad_config_raises(kwargs, match):
 
 def test_gpu_default_value_block(monkeypatch):
   """On GPU the api splits d_v = 128 into two register-sized blocks of 64 (grid_y = 2)."""
-  monkeypatch.setattr(api, "_platform", lambda: "gpu")
+  monkeypatch.setattr(api, "current_platform", lambda: "gpu")
   sd = jax.ShapeDtypeStruct
   b, t, d = (1, 2), 128, 128
   args = (sd(b + (t, d), jnp.bfloat16),) * 3 + (sd(b + (t,), jnp.float32),

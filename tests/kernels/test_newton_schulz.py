@@ -85,14 +85,14 @@ def test_dispatch_and_fallback(monkeypatch, caplog):
   coeffs = resolve_coeffs("muon", 2)
   want = newton_schulz_reference(x, coeffs, EPS)
   np.testing.assert_array_equal(newton_schulz(x, coeffs, EPS), want)  # CPU: XLA
-  monkeypatch.setattr(api, "_platform", lambda: "gpu")
+  monkeypatch.setattr(api, "current_platform", lambda: "gpu")
   with caplog.at_level(logging.DEBUG, logger=api.__name__):
     got = newton_schulz(x, coeffs, EPS)  # 8 x 12 is no Triton tile
   assert "falling back to XLA" in caplog.text and "gpu_tile" in caplog.text
   np.testing.assert_array_equal(got, want)
   with pytest.raises(ValueError, match="implementation='gpu' cannot run"):
     newton_schulz(x, coeffs, EPS, implementation="gpu")
-  monkeypatch.setattr(api, "_platform", lambda: "cpu")
+  monkeypatch.setattr(api, "current_platform", lambda: "cpu")
   with pytest.raises(ValueError, match="needs a tpu device"):
     newton_schulz(x, coeffs, EPS, implementation="tpu")
   with pytest.raises(ValueError, match="wide matrices"):

@@ -142,9 +142,9 @@ def test_stacked_parameters_get_a_layers_axis_in_sharding_and_matrix_view():
   assert wq.matrix_shape == wq0.matrix_shape  # the layers axis is a batch axis
   # Every stacked parameter has the assignment of its layer-0 counterpart, one axis more.
   by_path = {a.path: a for a in jax.tree.leaves(partition.assign(params, rules),
-                                                 is_leaf=partition._is_assignment)}
+                                                 is_leaf=partition.is_assignment)}
   by_path0 = {a.path: a for a in jax.tree.leaves(partition.assign(flat, rules),
-                                                  is_leaf=partition._is_assignment)}
+                                                  is_leaf=partition.is_assignment)}
   stacked_paths = [p for p in by_path if p.startswith("scanned_blocks/")]
   assert stacked_paths
   for p in stacked_paths:

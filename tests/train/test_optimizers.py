@@ -60,7 +60,7 @@ def test_every_projection_is_orthogonalized_and_embeddings_are_not(model_name, p
   abstract = nnx.eval_shape(lambda: registry.build_model(cfg, rngs=nnx.Rngs(0)))
   params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
   assignments = partition.assign(params, config_lib.PARAM_RULES)
-  by_path = {a.path: a for a in jax.tree.leaves(assignments, is_leaf=partition._is_assignment)}
+  by_path = {a.path: a for a in jax.tree.leaves(assignments, is_leaf=partition.is_assignment)}
   recorded = _recorded_paths(model_name, preset)
   assert recorded, "no weight went through the projection helper"
   # Every weight multiplying a layer input (in every block) is a projection matrix, except
