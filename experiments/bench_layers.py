@@ -25,9 +25,12 @@ SwiGLU) come from one run on one machine state.
     python experiments/bench_layers.py                      # T in {512, 2048}, B = 4096 / T
     python experiments/bench_layers.py --quick              # tiny widths (smoke run)
     python experiments/bench_layers.py --layers cms,cms_first_order,swiglu --lengths 2048
+    python experiments/bench_layers.py --layers attention,smt,smt_manual,smt_no_remat,\
+        smt_manual_no_remat --lengths 2048                  # the SMT's chunk backwards
 """
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -42,8 +45,14 @@ from nl_jax.layers.mlp import SwiGLU
 from nl_jax.layers.self_modifying_titans import SelfModifyingTitans
 from nl_jax.models import registry
 
-LAYERS = ("attention", "swiglu", "smt", "cms", "cms_first_order")
-REFERENCE = {"smt": "attention", "cms": "swiglu", "cms_first_order": "swiglu"}
+# smt_* variants: the self-modifying Titans with its memories' chunks through the hand-written
+# backward ("manual", nl_jax.memory.mlp_chunk) and / or without per-chunk remat.
+SMT_VARIANTS = {"smt": {}, "smt_manual": dict(chunk_backward="manual"),
+                "smt_no_remat": dict(remat=False),
+                "smt_manual_no_remat": dict(chunk_backward="manual", remat=False)}
+LAYERS = ("attention", "swiglu") + tuple(SMT_VARIANTS) + ("cms", "cms_first_order")
+REFERENCE = {**{n: "attention" for n in SMT_VARIANTS}, "cms": "swiglu",
+             "cms_first_order": "swiglu"}
 
 
 def build(name: str, preset: str, rngs: nnx.Rngs):
@@ -60,8 +69,9 @@ def build(name: str, preset: str, rngs: nnx.Rngs):
     return layer, apply
   if name == "swiglu":
     return SwiGLU(tpp.d_model, tpp.mlp_hidden, rngs=rngs), lambda m, x: m(x)
-  if name == "smt":
-    layer = SelfModifyingTitans(hope.smt_config(), rngs=rngs)
+  if name in SMT_VARIANTS:
+    cfg = dataclasses.replace(hope.smt_config(), **SMT_VARIANTS[name])
+    layer = SelfModifyingTitans(cfg, rngs=rngs)
 
     def apply(m, x):
       b, t, _ = x.shape
@@ -69,7 +79,6 @@ def build(name: str, preset: str, rngs: nnx.Rngs):
                start_aligned=True)[0]
     return layer, apply
   if name in ("cms", "cms_first_order"):
-    import dataclasses  # pylint: disable=g-import-not-at-top
     cfg = hope.cms_config()
     if name == "cms_first_order":
       cfg = dataclasses.replace(cfg, meta_gradient="first_order")
@@ -124,7 +133,7 @@ def main(argv=None) -> list[dict]:
       raise SystemExit(f"--layers: unknown layer {n!r}; choose from {LAYERS}")
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; widths of preset {preset}; "
         f"{tokens} tokens per call; median of {repeats}, round-robin")
-  header = (f"{'layer':<17}{'T':>6}{'B':>4}{'compile s':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}"
+  header = (f"{'layer':<21}{'T':>6}{'B':>4}{'compile s':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}"
             f"{'bwd/fwd':>8}{'x ref':>7}{'temp MiB':>10}")
   print(header)
   print("-" * len(header))
@@ -146,7 +155,7 @@ def main(argv=None) -> list[dict]:
       row = dict(layer=n, T=t, B=b, compile_s=progs[n][3], fwd_ms=1e3 * med[n][0],
                  fwd_bwd_ms=1e3 * med[n][1], ratio=ratio, temp_mib=progs[n][4])
       rows.append(row)
-      print(f"{n:<17}{t:>6}{b:>4}{row['compile_s']:>10.1f}{row['fwd_ms']:>10.1f}"
+      print(f"{n:<21}{t:>6}{b:>4}{row['compile_s']:>10.1f}{row['fwd_ms']:>10.1f}"
             f"{row['fwd_bwd_ms']:>12.1f}{med[n][1] / med[n][0]:>8.2f}{ratio:>7.2f}"
             f"{row['temp_mib']:>10.1f}", flush=True)
   print("x ref = forward+backward time over the reference layer's (smt: attention; cms: "

@@ -128,7 +128,7 @@ from nl_jax.memory import aligned_chunks, gates
 from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory, MLPWeights
 from nl_jax.memory.mlp import ANCHORED_STEPS as MLP_ANCHORED_STEPS
-from nl_jax.memory.mlp import OUTPUT_ERRORS
+from nl_jax.memory.mlp import CHUNK_BACKWARDS, OUTPUT_ERRORS
 from nl_jax.memory.types import MemoryInputs, MemoryState, rule_coefficients
 
 SMT_RULES = ("dgd", "paper_l2", "gd")
@@ -177,6 +177,8 @@ class SelfModifyingTitansConfig:
       no 1/C). See the module docstring.
     targets: "self" (default: vhat = M(v), eqs. 84-85) or "shared" (the fully adaptive
       memory of eqs. 79-82: the vector memories regress onto v). See the module docstring.
+    chunk_backward: "manual" (default: the memories' chunks use nl_jax.memory.mlp_chunk's
+      hand-written backward where it applies, see MLPMemory) or "autodiff" (the reference).
     conv_width: width of the causal depthwise conv on the q/k/v branch.
     implementation: auto (chunked when the call has at least one full chunk) | chunked |
       sequential.
@@ -207,6 +209,7 @@ class SelfModifyingTitansConfig:
   anchored_step: str = "mean"
   output_error: str = "anchor"
   targets: str = "self"
+  chunk_backward: str = "autodiff"
   conv_width: int = 4
   implementation: str = "auto"
   remat: bool = True
@@ -226,7 +229,7 @@ class SelfModifyingTitansConfig:
     choices = {"rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
                "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS,
                "anchored_step": ANCHORED_STEPS, "targets": TARGETS,
-               "output_error": OUTPUT_ERRORS}
+               "output_error": OUTPUT_ERRORS, "chunk_backward": CHUNK_BACKWARDS}
     for f, allowed in choices.items():
       if getattr(self, f) not in allowed:
         raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
@@ -261,7 +264,7 @@ class SelfModifyingTitansConfig:
                      rule=self.rule, semantics="anchored", chunk_size=chunk,
                      momentum=self.momentum, read_at=read_at, remat=False,
                      implementation="chunked", anchored_step=self.anchored_step,
-                     output_error=self.output_error)
+                     output_error=self.output_error, chunk_backward=self.chunk_backward)
 
   @property
   def proj_memory(self) -> MLPMemory:
@@ -414,12 +417,9 @@ def _write_chunk(mem: MLPMemory, st: MemoryState, k, v, eta, alpha, mu, q, valid
   MemoryState).
   """
   inputs = MemoryInputs(keys=k, values=v, eta=eta, queries=q, alpha=alpha, momentum=mu)
-  tok = mem._prepare(inputs, jax.tree.leaves(st.memory)[0].dtype)  # noqa: SLF001
+  tok = mem.chunk_tokens(inputs, jax.tree.leaves(st.memory)[0].dtype)
   tok["valid"] = jnp.broadcast_to(valid[:, None, :], eta.shape).astype(eta.dtype)
-  tok["log_a"] = gates.safe_log_gate(tok["alpha"])
-  if mem.momentum:
-    tok["log_mu"] = gates.safe_log_gate(tok["mu"])
-  fn = jax.vmap(mem._chunk)  # noqa: SLF001  # heads
+  fn = jax.vmap(mem.chunk_step)  # heads
   fn = jax.vmap(fn, in_axes=(0, {name: 0 if name == "v" else None for name in tok}))  # group
   fn = jax.vmap(fn)  # batch
   grouped = v.ndim == jax.tree.leaves(st.memory)[0].ndim

@@ -224,6 +224,9 @@ class HopeConfig(_CMSFields):
     smt_output_error: "anchor" (w1's error at the chunk's anchor, step divided by C under
       "mean") or "current" (w1's delta-rule step at its current value, no 1/C; see
       nl_jax.layers.self_modifying_titans).
+    smt_chunk_backward: "autodiff" (default) or "manual" (nl_jax.memory.mlp_chunk's
+      hand-written backward of the memories' anchored chunks; the same values to rounding,
+      faster and smaller only without chunk_remat: experiments/BENCHMARKS.md).
     inner_rule: (profile field: default "dgd", paper "paper_l2") dgd | paper_l2 | gd.
     momentum: (profile field: default False, paper True) inner momentum.
     adaptive_q: (profile field: default False, paper True) q is a fast memory.
@@ -272,6 +275,7 @@ class HopeConfig(_CMSFields):
   smt_anchored_step: str | None = None
   smt_targets: str = "self"
   smt_output_error: str = "anchor"
+  smt_chunk_backward: str = "autodiff"
   inner_rule: str | None = None
   momentum: bool | None = None
   adaptive_q: bool | None = None
@@ -304,7 +308,7 @@ class HopeConfig(_CMSFields):
           adaptive_q=self.choice("adaptive_q"), static_projections=self.static_projections,
           chunk_size=self.smt_chunk_size, proj_chunk_size=self.smt_proj_chunk_size,
           anchored_step=self.choice("smt_anchored_step"), targets=self.smt_targets,
-          output_error=self.smt_output_error,
+          output_error=self.smt_output_error, chunk_backward=self.smt_chunk_backward,
           read_at=self.read_at,
           eta_max=self.eta_max, alpha_min=self.alpha_min,
           stop_target_grad=self.stop_target_grad, value_norm=self.choice("value_norm"),

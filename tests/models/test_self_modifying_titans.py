@@ -29,6 +29,7 @@ from nl_jax.layers.self_modifying_titans import (
   init_memory_state,
   memory_scan,
 )
+from nl_jax.models import registry
 
 
 def _setup(seed, b=2, t=11, dtype="float64", **opts):
@@ -233,3 +234,21 @@ def test_static_projections_chunked_equals_sequential_and_skip_memory():
     dyn_cfg, _, _ = _setup(3, chunk_size=4, proj_chunk_size=2)
     o3, _, _ = memory_scan(dyn_cfg, params, state, inp, "chunked")
     assert float(jnp.max(jnp.abs(o3 - o))) > 1e-3
+
+
+def test_hand_written_chunk_backward_equals_sequential_float64():
+  """chunk_backward='manual' (nl_jax.memory.mlp_chunk) through every memory of the layer: a
+  stream that starts mid-chunk, a reset on a chunk start, two chunk sizes; and the Hope field
+  reaches it."""
+  with jax.enable_x64(True):
+    cfg, params, inp = _setup(5, chunk_backward="manual", chunk_size=4, proj_chunk_size=2,
+                              eta_max=0.8)
+    assert cfg.out_memory._manual_chunk and cfg.proj_memory._manual_chunk
+    state = init_memory_state(cfg, params, 2)
+    state = state._replace(position=jnp.array([1, 1], jnp.int32))
+    inp = inp._replace(reset=inp.reset.at[1, 7].set(True))  # global position 8
+    _compare(cfg, params, inp, state)
+  hope = registry.model_config("hope", "tiny", smt_chunk_backward="manual")
+  assert hope.smt_config().out_memory._manual_chunk
+  with pytest.raises(ValueError, match="chunk_backward"):
+    registry.model_config("hope", "tiny", smt_chunk_backward="hand")
