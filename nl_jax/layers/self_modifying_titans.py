@@ -98,9 +98,10 @@ and momentum stay per token and are solved in closed form by MLPMemory's chunk a
 projection memories do not depend on the output memory, so the layer runs two scans: one over
 proj_chunk_size chunks that produces k, v, (q,) eta, alpha and updates the projection
 memories, then one over chunk_size chunks for the output memory. ``implementation=
-"sequential"`` is the executable spec: a token loop that writes eq. 88 literally (jax.grad of
-the inner loss at the anchor, decay, momentum) with the same anchoring; with both chunk sizes
-1 it is the per-token recurrence of eq. 83-88.
+"sequential"`` is the executable spec: a token loop in which every memory takes
+MLPMemory.token_step (eq. 88: jax.grad of the inner loss at the anchor, decay, momentum; the
+rule is written once, there, and tested against its closed-form chunks in nl_jax.memory) with
+the same anchoring; with both chunk sizes 1 it is the per-token recurrence of eqs. 83-88.
 
 Chunks are aligned to global stream positions (state.position), so a stream split across calls
 at any point gives the same result as one call (a call that starts mid-chunk is front-padded
@@ -129,7 +130,7 @@ from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory, MLPWeights
 from nl_jax.memory.mlp import ANCHORED_STEPS as MLP_ANCHORED_STEPS
 from nl_jax.memory.mlp import CHUNK_BACKWARDS, OUTPUT_ERRORS
-from nl_jax.memory.types import MemoryInputs, MemoryState, rule_coefficients
+from nl_jax.memory.types import MemoryInputs, MemoryState
 
 SMT_RULES = ("dgd", "paper_l2", "gd")
 SMT_READS = ("pre", "post", "anchor")
@@ -442,73 +443,75 @@ def _mask_gates(valid_BxC, eta, alpha, mu):
   return eta, alpha, mu
 
 
-def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: bool = False):
-  b, h, t, d = inp.xk.shape
-  dtype = jax.tree.leaves(state.out.memory)[0].dtype
-  valid_BxT = jnp.ones((b, t), dtype)
+class _Chunker(NamedTuple):
+  """One chunk size's aligned layout of a call (nl_jax.memory.aligned_chunks) for [B, H, T, ...]
+  per-head inputs ([B, T] with time_axis=1), with the chunk axis first for the scan."""
+  offset: jax.Array | None
+  n: int
+  c: int
+  t: int
 
-  def chunked_view(c):
-    return aligned_chunks.layout(t, c, state.position, start_aligned)
+  @classmethod
+  def make(cls, c: int, t: int, position_B, start_aligned: bool) -> "_Chunker":
+    offset, n = aligned_chunks.layout(t, c, position_B, start_aligned)
+    return cls(offset, n, c, t)
 
-  def to_chunks(x, offset, n, c, fill=0.0, time_axis=2):
+  def split(self, x, fill=0.0, time_axis=2):
     x = jnp.moveaxis(x, time_axis, 1)  # [B, T, ...]
-    y = aligned_chunks.to_chunks(x, offset, n, c, fill)  # [B, n, c, ...]
-    return jnp.moveaxis(y, 2, time_axis + 1)  # [B, n, ..., c, ...]
+    y = aligned_chunks.to_chunks(x, self.offset, self.n, self.c, fill)  # [B, n, c, ...]
+    return jnp.moveaxis(jnp.moveaxis(y, 2, time_axis + 1), 1, 0)  # [n, B, ..., c, ...]
 
-  # ---- pass 1: projection memories (chunk proj_chunk_size) ----
-  cp = cfg.proj_chunk_size
-  off_p, n_p = chunked_view(cp)
-  xs = dict(xk=to_chunks(inp.xk.astype(dtype), off_p, n_p, cp),
-            xv=to_chunks(inp.xv.astype(dtype), off_p, n_p, cp),
-            xq=to_chunks(inp.xq.astype(dtype), off_p, n_p, cp),
-            valid=to_chunks(valid_BxT, off_p, n_p, cp, time_axis=1),
-            reset=to_chunks(inp.reset, off_p, n_p, cp, False, time_axis=1))
+  def join(self, x, time_axis=2):
+    x = jnp.moveaxis(x, 0, 1)  # [B, n, H, C, ...]
+    x = jnp.moveaxis(x, time_axis + 1, 2)  # [B, n, C, H, ...]
+    y = aligned_chunks.from_chunks(x, self.offset, self.t)  # [B, T, H, ...]
+    return jnp.moveaxis(y, 1, time_axis)
+
+
+def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunker: _Chunker, dtype):
+  """Scan 1 (chunks of proj_chunk_size): k, v, q, eta, alpha [B, H, T, ...] from the projection
+  and gate memories' anchors, and those memories' new states."""
+  valid_BxT = jnp.ones(inp.reset.shape, dtype)
+  xs = dict(xk=chunker.split(inp.xk.astype(dtype)), xv=chunker.split(inp.xv.astype(dtype)),
+            xq=chunker.split(inp.xq.astype(dtype)), valid=chunker.split(valid_BxT, time_axis=1),
+            reset=chunker.split(inp.reset, False, time_axis=1))
   if cfg.momentum:
-    xs["mu"] = to_chunks(inp.mu.astype(dtype), off_p, n_p, cp, 1.0)
-  xs = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), xs)  # scan over chunks
-
+    xs["mu"] = chunker.split(inp.mu.astype(dtype), 1.0)
   pmem, gmem = cfg.proj_memory, cfg.gate_memory
 
-  def proj_body(carry, ch):
+  def body(carry, ch):
     pst, gst = carry
     flag = jnp.any(ch["reset"] & (ch["valid"] > 0), axis=1)
     pst = _reset_state(pst, params.proj_init, flag)
     gst = _reset_state(gst, params.gate_init, flag)
     k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
         cfg, params, pst.anchor, gst.anchor, ch["xk"], ch["xv"], ch["xq"])
-    mu = ch.get("mu")
-    eta, alpha, mu = _mask_gates(ch["valid"], eta, alpha, mu)
+    eta, alpha, mu = _mask_gates(ch["valid"], eta, alpha, ch.get("mu"))
     k = jnp.where(ch["valid"][:, None, :, None] > 0, k, 0.0)
     _, pst = _write_chunk(pmem, pst, k, vhat_p, eta, alpha, mu, None, ch["valid"])
     _, gst = _write_chunk(gmem, gst, k, vhat_g, eta, alpha, mu, None, ch["valid"])
     return (pst, gst), (k, v, q, eta, alpha)
 
-  body = jax.checkpoint(proj_body) if cfg.remat else proj_body
-  (pst, gst), (k, v, q, eta, alpha) = jax.lax.scan(body, (state.proj, state.gates), xs)
-  # back to [B, H, T, ...]
-  def from_chunks(x, time_axis, offset):
-    x = jnp.moveaxis(x, 0, 1)  # [B, n, H, C, ...]
-    x = jnp.moveaxis(x, time_axis + 1, 2)  # [B, n, C, H, ...]
-    y = aligned_chunks.from_chunks(x, offset, t)  # [B, T, H, ...]
-    return jnp.moveaxis(y, 1, time_axis)
-  k, v, q = (from_chunks(z, 2, off_p) for z in (k, v, q))
-  eta, alpha = (from_chunks(z, 2, off_p) for z in (eta, alpha))
+  body = jax.checkpoint(body) if cfg.remat else body
+  (pst, gst), per_token = jax.lax.scan(body, (state.proj, state.gates), xs)
+  return pst, gst, tuple(chunker.join(z) for z in per_token)
 
-  # ---- pass 2: output memory (chunk chunk_size) ----
-  co = cfg.chunk_size
-  off_o, n_o = chunked_view(co)
-  ys = dict(k=to_chunks(k, off_o, n_o, co), v=to_chunks(v, off_o, n_o, co),
-            q=to_chunks(q, off_o, n_o, co), eta=to_chunks(eta, off_o, n_o, co),
-            alpha=to_chunks(alpha, off_o, n_o, co, 1.0),
-            valid=to_chunks(valid_BxT, off_o, n_o, co, time_axis=1),
-            reset=to_chunks(inp.reset, off_o, n_o, co, False, time_axis=1))
+
+def _out_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunker: _Chunker, k, v, q,
+              eta, alpha, dtype):
+  """Scan 2 (chunks of chunk_size): the output memory's reads o [B, H, T, d], its new state,
+  its inner loss (summed) and the squared norm of its targets."""
+  valid_BxT = jnp.ones(inp.reset.shape, dtype)
+  ys = dict(k=chunker.split(k), v=chunker.split(v), q=chunker.split(q),
+            eta=chunker.split(eta), alpha=chunker.split(alpha, 1.0),
+            valid=chunker.split(valid_BxT, time_axis=1),
+            reset=chunker.split(inp.reset, False, time_axis=1))
   if cfg.momentum:
-    ys["mu"] = to_chunks(inp.mu.astype(dtype), off_o, n_o, co, 1.0)
-  ys = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), ys)
+    ys["mu"] = chunker.split(inp.mu.astype(dtype), 1.0)
   omem = cfg.out_memory
   act = ACTIVATIONS[cfg.activation]
 
-  def out_body(ost, ch):
+  def body(ost, ch):
     flag = jnp.any(ch["reset"] & (ch["valid"] > 0), axis=1)
     ost = _reset_state(ost, params.out_init, flag)
     vhat = _out_target(cfg, ost.anchor, ch["v"])
@@ -523,11 +526,21 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: 
     vhat_sq = jnp.sum(jax.lax.stop_gradient(vhat) ** 2 * ch["valid"][:, None, :, None])
     return ost, (out[:, 0], jnp.sum(loss_BxHxC, axis=(1, 2)), vhat_sq)
 
-  body = jax.checkpoint(out_body) if cfg.remat else out_body
+  body = jax.checkpoint(body) if cfg.remat else body
   ost, (o, loss, vhat_sq) = jax.lax.scan(body, state.out, ys)
-  o = from_chunks(o, 2, off_o)
-  stats = dict(inner_loss_sum=jnp.sum(loss), eta=eta, alpha=alpha,
-               v_sq_sum=jnp.sum(jax.lax.stop_gradient(v) ** 2), vhat_sq_sum=jnp.sum(vhat_sq))
+  return chunker.join(o), ost, jnp.sum(loss), jnp.sum(vhat_sq)
+
+
+def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: bool = False):
+  t = inp.xk.shape[2]
+  dtype = jax.tree.leaves(state.out.memory)[0].dtype
+  chunker = lambda c: _Chunker.make(c, t, state.position, start_aligned)  # noqa: E731
+  pst, gst, (k, v, q, eta, alpha) = _proj_pass(cfg, params, state, inp,
+                                               chunker(cfg.proj_chunk_size), dtype)
+  o, ost, loss, vhat_sq = _out_pass(cfg, params, state, inp, chunker(cfg.chunk_size), k, v, q,
+                                    eta, alpha, dtype)
+  stats = dict(inner_loss_sum=loss, eta=eta, alpha=alpha,
+               v_sq_sum=jnp.sum(jax.lax.stop_gradient(v) ** 2), vhat_sq_sum=vhat_sq)
   new = SMTMemoryState(pst._replace(position=pst.position + t),
                        gst._replace(position=gst.position + t),
                        ost._replace(position=ost.position + t), state.position + t)
@@ -535,43 +548,8 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: 
 
 
 # ----------------------------------------------------------------------------------------
-# Sequential reference (token by token, eq. 88 written literally)
+# Sequential reference (token by token, each memory through MLPMemory.token_step)
 # ----------------------------------------------------------------------------------------
-
-def _token_write(cfg, residual, chunk, w, s, anchor, k, vhat, eta, alpha, mu):
-  """One token of eq. 88 for one memory (no batch / head axes): decay + anchored gradient.
-
-  The steps follow MLPMemory, written out independently of its chunk algebra (this is the
-  reference the chunked path is tested against): both are divided by the memory's chunk size
-  when cfg.anchored_step is "mean" or "mean_all" (eq. 90 as printed has no 1/C: "sum"),
-  "mean_all" divides the erase too, and under dgd the output-side weight's step is normalised
-  by its own input, eta / (1 + eta ||h||^2) with h = act(w2 k) at the anchor. With
-  cfg.output_error == "current" that weight's error is taken at its current value, w1 h +
-  k - vhat, and its step is not divided by C.
-  """
-  act = ACTIVATIONS[cfg.activation]
-  coef = rule_coefficients(cfg.rule, eta, jnp.sum(k * k))
-
-  def inner_loss(wts):
-    return 0.5 * jnp.sum((_apply(wts, k[None], act, residual)[0] - vhat) ** 2)
-
-  grads = jax.grad(inner_loss)(anchor)
-  hidden = act(anchor.w2 @ k)
-  lr1 = eta / (1.0 + eta * jnp.sum(hidden * hidden)) if cfg.rule == "dgd" else coef.lr
-  scale = 1.0 / chunk if cfg.anchored_step in ("mean", "mean_all") else 1.0
-  erase = coef.erase / chunk if cfg.anchored_step == "mean_all" else coef.erase
-  scale1 = scale
-  if cfg.output_error == "current":  # delta rule on h: w1's error at its current value, no 1/C
-    err = w.w1 @ hidden + (k if residual else 0.0) - vhat
-    grads = grads._replace(w1=jnp.outer(err, hidden))
-    scale1 = 1.0
-  step = MLPWeights(w1=scale1 * lr1 * grads.w1, w2=scale * coef.lr * grads.w2)
-  decay = MLPWeights(w1=alpha * w.w1, w2=alpha * w.w2 - erase * jnp.outer(w.w2 @ k, k))
-  if cfg.momentum:
-    s = jax.tree.map(lambda sv, gv: mu * sv - gv, s, step)
-    return jax.tree.map(jnp.add, decay, s), s
-  return jax.tree.map(jnp.subtract, decay, step), None
-
 
 def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
   act = ACTIVATIONS[cfg.activation]
@@ -602,17 +580,17 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
       vhat_p, vhat_g = vhat_p[:, :, 0], vhat_g[:, :, 0]  # [P, H, d], [2, H, 1]
       mu_h = jnp.ones_like(eta) if mu_t is None else mu_t
 
-      def write_group(w, s, a, vhat, residual, chunk):
-        fn = lambda w_, s_, a_, k_, vh_, e_, al_, m_: _token_write(  # noqa: E731
-            cfg, residual, chunk, w_, s_, a_, k_, vh_, e_, al_, m_)
+      def write_group(w, s, a, vhat, mem):
+        fn = lambda w_, s_, a_, k_, vh_, e_, al_, m_: mem.token_step(  # noqa: E731
+            (w_, s_, a_), k_, vh_, e_, al_, m_)
         per_head = jax.vmap(fn, in_axes=(0, 0 if s is not None else None, 0, 0, 0, 0, 0, 0))
         per_group = jax.vmap(per_head,
                              in_axes=(0, 0 if s is not None else None, 0, None, 0, None, None,
                                       None))
         return per_group(w, s, a, k, vhat, eta, alpha, mu_h)
 
-      pw, ps = write_group(pw, ps, pa, vhat_p, True, cp)
-      gw, gs = write_group(gw, gs, ga, vhat_g, False, cp)
+      pw, ps = write_group(pw, ps, pa, vhat_p, cfg.proj_memory)
+      gw, gs = write_group(gw, gs, ga, vhat_g, cfg.gate_memory)
       o_pre = _apply(ow, q[:, None], act, True)[:, 0]
       o_anchor = _apply(oa, q[:, None], act, True)[:, 0]
       vhat_o = _out_target(cfg, oa, v[:, None])[:, 0]
@@ -622,7 +600,8 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
       loss = 0.5 * jnp.sum(err * err)
       (ow, os_) = write_group(jax.tree.map(lambda z: z[None], ow),
                               None if os_ is None else jax.tree.map(lambda z: z[None], os_),
-                              jax.tree.map(lambda z: z[None], oa), vhat_o[None], True, co)
+                              jax.tree.map(lambda z: z[None], oa), vhat_o[None],
+                              cfg.out_memory)
       ow = jax.tree.map(lambda z: z[0], ow)
       os_ = None if os_ is None else jax.tree.map(lambda z: z[0], os_)
       o_post = _apply(ow, q[:, None], act, True)[:, 0]

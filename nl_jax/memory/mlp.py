@@ -62,6 +62,7 @@ import jax.numpy as jnp
 
 from nl_jax.memory import chunk_ops, gates, mlp_chunk
 from nl_jax.memory.base import FastLevel, sg, straight_through
+from nl_jax.memory.types import rule_coefficients
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -250,6 +251,24 @@ class MLPMemory(FastLevel):
       read_from = {"post": w_new, "pre": w, "anchor": anchor}[self.read_at]
       out = self._apply(read_from, x["q"][None, :])[0]
     return out, (w_new, s_new, anchor)
+
+  def token_step(self, carry, k, v, eta, alpha, mu=None):
+    """One token's write of one sequence and head (the rule in the module docstring).
+
+    Args:
+      carry: (weights, momentum or None, anchor), MLPWeights without batch axes.
+      k [d_in], v [d_out]: key and regression target; eta, alpha, mu: scalars (mu with
+        momentum only).
+
+    Returns:
+      (weights, momentum) after the token (the anchor is the caller's: it moves at chunk ends).
+    """
+    coef = rule_coefficients(self.rule, eta, jnp.sum(k * k))
+    x = dict(k=k, v=v, eta=eta, lr=coef.lr, erase=coef.erase, alpha=alpha)
+    if self.momentum:
+      x["mu"] = mu
+    _, (w, s, _) = self._token(carry, x)
+    return w, s
 
   def chunk_tokens(self, inputs, dtype) -> dict[str, jax.Array]:
     """Per-token inputs of ``chunk_step`` for one chunk (leading axes kept): the rule's
