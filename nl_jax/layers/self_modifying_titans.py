@@ -551,6 +551,25 @@ def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: 
 # Sequential reference (token by token, each memory through MLPMemory.token_step)
 # ----------------------------------------------------------------------------------------
 
+def _token_reset(r, w, s, a, init):
+  """Weights and anchor back to init, momentum to zero, where the token's reset r is set."""
+  w = jax.tree.map(lambda n, o: jnp.where(r, n.astype(o.dtype), o), init, w)
+  a = jax.tree.map(lambda n, o: jnp.where(r, n.astype(o.dtype), o), init, a)
+  s = None if s is None else jax.tree.map(lambda o: jnp.where(r, 0.0, o), s)
+  return w, s, a
+
+
+def _token_write_group(mem, w, s, a, k, vhat, eta, alpha, mu):
+  """One token's write of a group of memories (leaves [G, H, ...]) that share k, eta, alpha
+  and mu ([H, ...]), each with its own target vhat [G, H, d_out]."""
+  fn = lambda w_, s_, a_, k_, vh_, e_, al_, m_: mem.token_step(  # noqa: E731
+      (w_, s_, a_), k_, vh_, e_, al_, m_)
+  s_axis = 0 if s is not None else None
+  per_head = jax.vmap(fn, in_axes=(0, s_axis, 0, 0, 0, 0, 0, 0))
+  per_group = jax.vmap(per_head, in_axes=(0, s_axis, 0, None, 0, None, None, None))
+  return per_group(w, s, a, k, vhat, eta, alpha, mu)
+
+
 def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
   act = ACTIVATIONS[cfg.activation]
   b, h, t, d = inp.xk.shape
@@ -564,15 +583,9 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
       (pw, ps, pa), (gw, gs, ga), (ow, os_, oa), pos = carry
       xk_t, xv_t, xq_t, mu_t, r = x
 
-      def maybe_reset(w, s, a, i):
-        w = jax.tree.map(lambda n, o: jnp.where(r, n.astype(o.dtype), o), i, w)
-        a = jax.tree.map(lambda n, o: jnp.where(r, n.astype(o.dtype), o), i, a)
-        s = None if s is None else jax.tree.map(lambda o: jnp.where(r, 0.0, o), s)
-        return w, s, a
-
-      pw, ps, pa = maybe_reset(pw, ps, pa, init[0])
-      gw, gs, ga = maybe_reset(gw, gs, ga, init[1])
-      ow, os_, oa = maybe_reset(ow, os_, oa, init[2])
+      pw, ps, pa = _token_reset(r, pw, ps, pa, init[0])
+      gw, gs, ga = _token_reset(r, gw, gs, ga, init[1])
+      ow, os_, oa = _token_reset(r, ow, os_, oa, init[2])
       k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
           cfg, params, pa, ga, xk_t[:, None], xv_t[:, None], xq_t[:, None])
       k, v, q = k[:, 0], v[:, 0], q[:, 0]            # [H, d]
@@ -580,17 +593,10 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
       vhat_p, vhat_g = vhat_p[:, :, 0], vhat_g[:, :, 0]  # [P, H, d], [2, H, 1]
       mu_h = jnp.ones_like(eta) if mu_t is None else mu_t
 
-      def write_group(w, s, a, vhat, mem):
-        fn = lambda w_, s_, a_, k_, vh_, e_, al_, m_: mem.token_step(  # noqa: E731
-            (w_, s_, a_), k_, vh_, e_, al_, m_)
-        per_head = jax.vmap(fn, in_axes=(0, 0 if s is not None else None, 0, 0, 0, 0, 0, 0))
-        per_group = jax.vmap(per_head,
-                             in_axes=(0, 0 if s is not None else None, 0, None, 0, None, None,
-                                      None))
-        return per_group(w, s, a, k, vhat, eta, alpha, mu_h)
-
-      pw, ps = write_group(pw, ps, pa, vhat_p, cfg.proj_memory)
-      gw, gs = write_group(gw, gs, ga, vhat_g, cfg.gate_memory)
+      write_group = lambda mem, w, s, a, vhat: _token_write_group(  # noqa: E731
+          mem, w, s, a, k, vhat, eta, alpha, mu_h)
+      pw, ps = write_group(cfg.proj_memory, pw, ps, pa, vhat_p)
+      gw, gs = write_group(cfg.gate_memory, gw, gs, ga, vhat_g)
       o_pre = _apply(ow, q[:, None], act, True)[:, 0]
       o_anchor = _apply(oa, q[:, None], act, True)[:, 0]
       vhat_o = _out_target(cfg, oa, v[:, None])[:, 0]
@@ -598,10 +604,9 @@ def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
         vhat_o = jax.lax.stop_gradient(vhat_o)
       err = _apply(oa, k[:, None], act, True)[:, 0] - vhat_o
       loss = 0.5 * jnp.sum(err * err)
-      (ow, os_) = write_group(jax.tree.map(lambda z: z[None], ow),
+      (ow, os_) = write_group(cfg.out_memory, jax.tree.map(lambda z: z[None], ow),
                               None if os_ is None else jax.tree.map(lambda z: z[None], os_),
-                              jax.tree.map(lambda z: z[None], oa), vhat_o[None],
-                              cfg.out_memory)
+                              jax.tree.map(lambda z: z[None], oa), vhat_o[None])
       ow = jax.tree.map(lambda z: z[0], ow)
       os_ = None if os_ is None else jax.tree.map(lambda z: z[0], os_)
       o_post = _apply(ow, q[:, None], act, True)[:, 0]
