@@ -59,6 +59,7 @@ def parse(argv=None):
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--lr", type=float, default=5e-3)
   p.add_argument("--warmup", type=int, default=100)
+  p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's decoupled decay")
   p.add_argument("--train-pairs", default="2-8", help="min-max pairs per training example")
   p.add_argument("--train-gap", type=int, default=16, help="max filler tokens in training")
   p.add_argument("--test-pairs", default="4,8,12,16,24")
@@ -122,7 +123,7 @@ def run_one(model_name: str, seed: int, args) -> dict:
   warmup = min(args.warmup, max(args.steps // 10, 1))
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
       optax.warmup_cosine_decay_schedule(0.0, args.lr, warmup, max(args.steps, warmup + 1),
-                                         args.lr / 10), weight_decay=0.1))
+                                         args.lr / 10), weight_decay=args.weight_decay))
   log = fit.train(model, batches(), args.steps, tx, log_every=max(args.steps // 10, 1),
                   max_seconds=60 * args.minutes)
   logits_fn = runner.make_logits_fn(model)

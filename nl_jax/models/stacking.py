@@ -71,6 +71,10 @@ def stacked_config(tpp: TransformerPPConfig, *, mapping: str = "split",
                      f"got {type(tpp).__name__}")
   if mapping not in MAPPINGS:
     raise ValueError(f"stack_levels: mapping={mapping!r} is not one of {MAPPINGS}")
+  if tpp.conv_width:
+    raise ValueError(f"stack_levels: the Transformer++ has conv_width={tpp.conv_width}, and "
+                     "Hope-Attention's blocks have no short conv to take its kernel; convert a "
+                     "Transformer++ trained with conv_width=0")
   shared = {f.name: getattr(tpp, f.name) for f in dataclasses.fields(TransformerPPConfig)
             if f.name in {g.name for g in dataclasses.fields(HopeAttentionConfig)}
             and f.name != "mlp_hidden"}

@@ -24,6 +24,7 @@ import flax.nnx as nnx
 import jax
 
 from nl_jax.layers.attention import Attention
+from nl_jax.layers.conv import CausalConv
 from nl_jax.layers.mlp import SwiGLU
 from nl_jax.layers.norms import RMSNorm
 from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
@@ -45,6 +46,11 @@ class TransformerPPConfig(LMConfig):
 
   Attributes:
     sliding_window: attend to at most this many most recent tokens, or None (global).
+    conv_width: 0 (default: Transformer++ as published) or the width of a causal depthwise
+      conv on each block's normalised attention input (a "short conv", as in H3 / Based, and as
+      the q/k/v branches of Hope's and Titans' layers have). It hands every token its
+      predecessors' features, the first half of an induction head, which plain attention must
+      learn as a previous-token head (experiments/in_context/README.md, MQAR).
     attention_block_size: query rows per rematerialised block of the attention (None: one
       block; memory then grows as T^2).
   """
@@ -63,19 +69,24 @@ class TransformerPPConfig(LMConfig):
 
   sliding_window: int | None = None
   attention_block_size: int | None = 512
+  conv_width: int = 0
 
   def __post_init__(self):
     super().__post_init__()
     if self.sliding_window is not None and self.sliding_window < 1:
       raise ValueError(f"TransformerPPConfig.sliding_window must be >= 1 or None, got "
                        f"{self.sliding_window}")
+    if not isinstance(self.conv_width, int) or self.conv_width < 0:
+      raise ValueError(f"TransformerPPConfig.conv_width must be an int >= 0 (0 = no conv), got "
+                       f"{self.conv_width!r}")
     if self.attention_block_size is not None and self.attention_block_size < 1:
       raise ValueError(f"TransformerPPConfig.attention_block_size must be >= 1 or None, got "
                        f"{self.attention_block_size}")
 
 
 class TransformerBlock(nnx.Module):
-  """x + Attention(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)). Stateless."""
+  """x + Attention(RMSNorm(x)) (with conv_width: Attention(Conv(RMSNorm(x)))), then
+  x + SwiGLU(RMSNorm(x)). Stateless."""
 
   def __init__(self, config: TransformerPPConfig, *, rngs: nnx.Rngs):
     dt, pdt = config.jnp_dtype, config.jnp_param_dtype
@@ -86,13 +97,19 @@ class TransformerBlock(nnx.Module):
                           rngs=rngs)
     self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, param_dtype=pdt)
     self.mlp = SwiGLU(config.d_model, config.mlp_hidden, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.conv = (CausalConv(config.d_model, config.conv_width, param_dtype=pdt, rngs=rngs)
+                 if config.conv_width else None)
 
   def init_memory(self, batch_size: int):
     del batch_size
     return {}
 
   def __call__(self, x_BxTxD: jax.Array, state, ctx: SequenceContext):
-    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), ctx.positions, ctx.segment_ids)
+    h_BxTxD = self.attn_norm(x_BxTxD)
+    if self.conv is not None:
+      # Stateless like the rest of the block: a call always holds the whole context.
+      h_BxTxD = self.conv(h_BxTxD, ctx.segment_ids)[0].astype(h_BxTxD.dtype)
+    x_BxTxD = x_BxTxD + self.attn(h_BxTxD, ctx.positions, ctx.segment_ids)
     x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
     return x_BxTxD, state, {}
 

@@ -100,6 +100,8 @@ def test_bad_requests_are_refused_in_one_line():
     stacking.stacked_config(tpp, cms_chunk_sizes=(8, 16, 32, 64, 128))
   with pytest.raises(ValueError, match="mlp_hidden=50"):
     stacking.stacked_config(tpp, mlp_hidden=50)
+  with pytest.raises(ValueError, match="conv_width=4"):
+    stacking.stacked_config(registry.model_config("transformer_pp", "tiny", conv_width=4))
   cfg = stacking.stacked_config(tpp, mapping="copy", cms_chunk_sizes=CHUNKS)
   assert (cfg.mlp_hidden, cfg.n_layers, cfg.d_model) == (192, 2, 64)
   assert jnp.dtype(cfg.dtype) == jnp.float32

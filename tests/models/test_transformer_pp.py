@@ -32,6 +32,7 @@ def _model(**overrides):
 @pytest.mark.parametrize("overrides,segments", [
     pytest.param(dict(), False, marks=pytest.mark.slow),  # the second case covers it and more
     (dict(sliding_window=3, attention_block_size=4, tie_embeddings=False), True),
+    (dict(conv_width=3), True),  # the short conv neither looks ahead nor crosses documents
 ])
 def test_causality_by_gradient(overrides, segments):
   model = _model(**overrides)
@@ -77,3 +78,12 @@ def test_bad_inputs_raise_value_error_before_compilation():
   fwd = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t)[0])
   with pytest.raises(ValueError, match="rank 2"):
     fwd(params, jnp.zeros((2, 5, 1), jnp.int32))
+
+
+def test_conv_width_adds_a_short_conv_and_is_checked():
+  tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, 259)
+  plain, conv = _model(), _model(conv_width=4)
+  assert conv.blocks[0].conv.kernel.shape == (4, 32)
+  assert not np.allclose(plain(tokens)[0], conv(tokens)[0])
+  with pytest.raises(ValueError, match="conv_width"):
+    registry.model_config("transformer_pp", "tiny", conv_width=-1)
