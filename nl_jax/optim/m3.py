@@ -92,6 +92,45 @@ def _validate(b1, b2, b3, alpha, eps, f, ns_steps, accumulator, denominator_guar
   return f
 
 
+def _fast_moment(m1_old, g, t, b1, use_ema: bool, nesterov: bool):
+  """(M1, its bias-corrected (optionally Nesterov) estimate) for the flat leaves g."""
+  if not use_ema:  # accumulator='sum'
+    m1 = [m + b1 * gi for m, gi in zip(m1_old, g, strict=True)]
+    return m1, m1
+  m1 = [b1 * m + (1 - b1) * gi for m, gi in zip(m1_old, g, strict=True)]
+  bc1 = 1 - b1**t
+  if nesterov:
+    bc1_next = 1 - b1**(t + 1)
+    return m1, [b1 * m / bc1_next + (1 - b1) * gi / bc1 for m, gi in zip(m1, g, strict=True)]
+  return m1, [m / bc1 for m in m1]
+
+
+def _second_moment(nu_old, g, t, b2, use_ema: bool):
+  """(V, its bias-corrected estimate) for the flat leaves g."""
+  if not use_ema:
+    nu = [v + b2 * jnp.square(gi) for v, gi in zip(nu_old, g, strict=True)]
+    return nu, nu
+  nu = [b2 * v + (1 - b2) * jnp.square(gi) for v, gi in zip(nu_old, g, strict=True)]
+  return nu, [v / (1 - b2**t) for v in nu]
+
+
+def _divide(num, v_hat, guard: str, eps, guard_clip):
+  """The numerator over sqrt(V) under the denominator guard ('clip', 'rms' or none)."""
+  den = jnp.sqrt(v_hat)
+  if guard == "clip":
+    return num / jnp.clip(den / (jnp.mean(den) + eps), 1.0 / guard_clip, guard_clip)
+  u = num / (den + eps)
+  if guard == "rms":
+    u = u * (_rms(num) / (_rms(u) + 1e-30))
+  return u
+
+
+def _width_scale(shape, dims) -> float:
+  """sqrt(max(1, fan_out / fan_in)) of a matrix view (Muon's shape scaling)."""
+  fan_in, fan_out = ns.matrix_fans(shape, dims)
+  return max(1.0, fan_out / fan_in)**0.5
+
+
 def scale_by_m3(
     b1: float = 0.95,
     b2: float = 0.999,
@@ -249,25 +288,9 @@ def scale_by_m3(
     m1_old, m2, a_old, o2 = (flat(state.mu_fast), flat(state.mu_slow), flat(state.grad_sum),
                              flat(state.o_slow))
 
-    if use_ema:
-      m1 = [b1 * m + (1 - b1) * gi for m, gi in zip(m1_old, g, strict=True)]
-      bc1 = 1 - b1**t
-      if nesterov:
-        bc1_next = 1 - b1**(t + 1)
-        m1_hat = [b1 * m / bc1_next + (1 - b1) * gi / bc1 for m, gi in zip(m1, g, strict=True)]
-      else:
-        m1_hat = [m / bc1 for m in m1]
-    else:
-      m1 = [m + b1 * gi for m, gi in zip(m1_old, g, strict=True)]
-      m1_hat = m1
+    m1, m1_hat = _fast_moment(m1_old, g, t, b1, use_ema, nesterov)
     if use_second_moment:
-      nu_old = flat(state.nu)
-      if use_ema:
-        nu = [b2 * v + (1 - b2) * jnp.square(gi) for v, gi in zip(nu_old, g, strict=True)]
-        v_hat = [v / (1 - b2**t) for v in nu]
-      else:
-        nu = [v + b2 * jnp.square(gi) for v, gi in zip(nu_old, g, strict=True)]
-        v_hat = nu
+      nu, v_hat = _second_moment(flat(state.nu), g, t, b2, use_ema)
     else:
       nu = v_hat = None
     pre = use_second_moment and denominator_guard == "precondition"
@@ -277,26 +300,12 @@ def scale_by_m3(
     num = [a + alpha * b.astype(jnp.float32) for a, b in zip(o1, o2, strict=True)]
 
     if use_second_moment and not pre:
-      out = []
-      for n, v in zip(num, v_hat, strict=True):
-        den = jnp.sqrt(v)
-        if denominator_guard == "clip":
-          den = jnp.clip(den / (jnp.mean(den) + eps), 1.0 / guard_clip, guard_clip)
-          out.append(n / den)
-          continue
-        u = n / (den + eps)
-        if denominator_guard == "rms":
-          u = u * (_rms(n) / (_rms(u) + 1e-30))
-        out.append(u)
+      out = [_divide(n, v, denominator_guard, eps, guard_clip)
+             for n, v in zip(num, v_hat, strict=True)]
     else:
       out = num
-
     if width_scaling:
-      scaled = []
-      for u, x, d in zip(out, leaves, dims, strict=True):
-        fan_in, fan_out = ns.matrix_fans(x.shape, d)
-        scaled.append(u * max(1.0, fan_out / fan_in)**0.5)
-      out = scaled
+      out = [u * _width_scale(x.shape, d) for u, x, d in zip(out, leaves, dims, strict=True)]
 
     # Slow memory: accumulate the window, refresh M2 and its NS image every f steps. The refresh
     # sits in a cond so its Newton-Schulz runs once per window, not every step.
