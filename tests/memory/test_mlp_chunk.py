@@ -144,8 +144,9 @@ def _run(mem, params, inputs, implementation):
   return out, state, grads
 
 
-@pytest.mark.parametrize("read_at,with_reset", [("pre", True), ("post", False),
-                                                ("anchor", True)])
+@pytest.mark.parametrize("read_at,with_reset", [
+    ("pre", True), pytest.param("post", False, marks=pytest.mark.slow),
+    pytest.param("anchor", True, marks=pytest.mark.slow)])
 def test_whole_scan_equals_autodiff_and_token_loop(read_at, with_reset):
   """Ragged T (a padded last chunk), resets at chunk starts, then the token loop."""
   b, t, c = 2, 45, 8
