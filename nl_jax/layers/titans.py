@@ -117,6 +117,7 @@ class TitansLayer(nnx.Module):
     anchored_step: "mean" (default), "sum" (Titans' eqs. 16-18) or "mean_all": the MLP
       memory's anchored step per token, divided by chunk_size or not, and its erase too under
       "mean_all" (nl_jax.memory.MLPMemory).
+    chunk_backward: "autodiff" (default) or "manual" (MLPMemory.chunk_backward; memory_depth=2).
     eta_bias_init, alpha_bias_init, mu_bias_init: initial logits of the eta / alpha / mu gates
       (-2, 8, 0: eta ~ 0.12 eta_max, alpha ~ 0.9997 of the way from alpha_min to 1, mu ~
       mu_max / 2). Titans gives no values. The earlier alpha logit 4 (0.982 per token) kept
@@ -133,7 +134,8 @@ class TitansLayer(nnx.Module):
                momentum: bool = True, eta_max: float = 1.0, alpha_min: float = 0.0,
                mu_max: float = 0.9, conv_width: int = 4, memory_implementation: str = "auto",
                memory_kernel: str = "auto", first_order: bool = False, norm_eps: float = 1e-6,
-               value_norm: str = "l2", anchored_step: str = "mean", eta_bias_init: float = -2.0,
+               value_norm: str = "l2", anchored_step: str = "mean",
+               chunk_backward: str = "autodiff", eta_bias_init: float = -2.0,
                alpha_bias_init: float = 8.0, mu_bias_init: float = 0.0, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     if memory_depth not in (1, 2):
@@ -177,7 +179,8 @@ class TitansLayer(nnx.Module):
     if memory_depth == 2:
       self.memory = MLPMemory(in_dim=head_dim, hidden_dim=memory_expansion * head_dim,
                               activation=memory_activation, residual=True,
-                              anchored_step=anchored_step, **common)
+                              anchored_step=anchored_step, chunk_backward=chunk_backward,
+                              **common)
       init = self.memory.init_params(rngs.params(), head_shape=(n_heads,), dtype=param_dtype)
       self.memory_init_w1 = nnx.Param(init.initial.w1)
       self.memory_init_w2 = nnx.Param(init.initial.w2)

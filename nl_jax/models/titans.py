@@ -29,6 +29,7 @@ from nl_jax.layers.mlp import SwiGLU
 from nl_jax.layers.norms import RMSNorm
 from nl_jax.layers.titans import MEMORY_KERNELS, TitansLayer
 from nl_jax.memory.mlp import ANCHORED_STEPS as MLP_ANCHORED_STEPS
+from nl_jax.memory.mlp import CHUNK_BACKWARDS
 from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
 
 
@@ -70,6 +71,9 @@ class TitansConfig(LMConfig):
       each token's gradient step, taken at the chunk's anchor, divided by chunk_size, as a
       mini-batch average), "sum" (Titans' eqs. 16-18: every token's full step) or "mean_all"
       (the DGD erase divided by chunk_size too). Departs from Titans by default; see nl_jax.memory.mlp and experiments/in_context/README.md.
+    chunk_backward: "autodiff" (default) or "manual": the MLP memory's hand-written chunk
+      backward (nl_jax.memory.mlp_chunk; the same values; it covers memories without momentum,
+      so momentum=False).
     eta_bias_init, alpha_bias_init, mu_bias_init: initial logits of the memory's gates (see
       nl_jax.layers.titans.TitansLayer; Titans gives no values). alpha_bias_init=8 (since
       2026-12-06; it was 4) starts the retention at 0.9997 per token instead of 0.982, which
@@ -107,6 +111,7 @@ class TitansConfig(LMConfig):
   first_order: bool = False
   value_norm: str = "l2"
   anchored_step: str = "mean"
+  chunk_backward: str = "autodiff"
   eta_bias_init: float = -2.0
   alpha_bias_init: float = 8.0
   mu_bias_init: float = 0.0
@@ -124,6 +129,9 @@ class TitansConfig(LMConfig):
     if self.memory_kernel == "pallas" and self.memory_depth != 1:
       raise ValueError(f"{name}.memory_kernel='pallas' needs memory_depth=1 (the kernel computes "
                        "the matrix-memory scan); use memory_kernel='auto' or 'xla'")
+    if self.chunk_backward not in CHUNK_BACKWARDS:
+      raise ValueError(f"{name}.chunk_backward={self.chunk_backward!r} is not one of "
+                       f"{CHUNK_BACKWARDS}")
     if self.anchored_step not in MLP_ANCHORED_STEPS:
       raise ValueError(f"{name}.anchored_step={self.anchored_step!r} is not one of "
                        f"{MLP_ANCHORED_STEPS}")
@@ -152,7 +160,8 @@ class TitansConfig(LMConfig):
                 memory_implementation=self.memory_implementation,
                 memory_kernel=self.memory_kernel, first_order=self.first_order,
                 norm_eps=self.norm_eps, value_norm=self.value_norm,
-                anchored_step=self.anchored_step, eta_bias_init=self.eta_bias_init,
+                anchored_step=self.anchored_step, chunk_backward=self.chunk_backward,
+                eta_bias_init=self.eta_bias_init,
                 alpha_bias_init=self.alpha_bias_init, mu_bias_init=self.mu_bias_init)
 
 

@@ -200,3 +200,15 @@ def test_gate_biases_reach_the_layer_from_the_config():
   default = registry.build_model(registry.model_config("titans", "tiny"), rngs=nnx.Rngs(0))
   np.testing.assert_array_equal(np.asarray(default.blocks[0].titans.b_gates[...])[:, 0],
                                 [-2.0, 8.0, 0.0])  # alpha 0.9997 per token at init
+
+
+def test_chunk_backward_reaches_the_memory_from_the_config():
+  """chunk_backward='manual' (the MLP memory's hand-written chunk backward, tested in
+  tests/memory/test_mlp_chunk.py) applies where the memory has no momentum."""
+  cfg = registry.model_config("titans", "tiny", chunk_backward="manual", momentum=False)
+  model = registry.build_model(cfg, rngs=nnx.Rngs(0))
+  assert model.blocks[0].titans.memory._manual_chunk
+  default = registry.build_model(registry.model_config("titans", "tiny"), rngs=nnx.Rngs(0))
+  assert default.blocks[0].titans.memory.chunk_backward == "autodiff"
+  with pytest.raises(ValueError, match="chunk_backward='x'"):
+    registry.model_config("titans", "tiny", chunk_backward="x")
