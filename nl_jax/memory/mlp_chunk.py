@@ -30,14 +30,16 @@ anchor), one sequence and head. With anchor weights (A1, A2), chunk-start weight
 with the decay kernels of ``chunk_ops`` (ke, gamma; kep, gammap the shifted ones, read "pre";
 kr, gr the ones of the read). This is the same algebra as ``MLPMemory._chunk`` (which calls
 ``chunk_ops`` and lets autodiff transpose it); here the backward is written out: every
-cotangent in one pass, with the forward's intermediates (the inverse, the predictions, the
-hidden features, the Gram matrices) saved instead of rematerialised and the second-order
-term through the inner gradient (act''(z) (e A1) from ``dz``) taken in closed form. The
-decay kernels' cotangents are mapped to the log gates by autodiff of ``segment_log_products``
-(C x C elementwise work).
+cotangent in one pass. The forward saves its inputs and w2's chunk solve (the triangular
+inverse and the predictions, the one step that is not a few matmuls); the backward recomputes
+the rest (the hidden features, the Gram matrices, the reads) and takes the second-order term
+through the inner gradient (act''(z) (e A1) from ``dz``) in closed form. The decay kernels'
+cotangents are mapped to the log gates by autodiff of ``segment_log_products`` (C x C
+elementwise work). What it measured against autodiff: experiments/BENCHMARKS.md ("a
+hand-written backward of the memories' chunks").
 
 Options outside this form (momentum, ``output_error='current'``, first order) keep the autodiff
-path of ``MLPMemory._chunk``; see ``supported``.
+path of ``MLPMemory._chunk``; see ``MLPMemory.chunk_backward``.
 """
 
 import functools
