@@ -102,9 +102,10 @@ class MLPMemory(FastLevel):
   ``remat``. ``"manual"``: ``nl_jax.memory.mlp_chunk``'s hand-written backward (it saves the
   chunk solve and recomputes the rest), for the chunks it covers (no momentum,
   ``output_error='anchor'``, not ``first_order``; the others keep autodiff). The two give the
-  same values to rounding. Measured on the 2-core CPU (experiments/BENCHMARKS.md), "manual"
-  is 0.82x the time and 0.48x the memory of "autodiff" when nothing is rematerialised, but
-  autodiff with per-chunk remat is as fast as either and smaller, so it stays the default.
+  same values to rounding. Measured in the self-modifying Titans layer on the 2-core CPU
+  (experiments/BENCHMARKS.md): without remat "manual" takes 0.83-0.84x the time and
+  0.48-0.49x the memory of "autodiff"; with the per-chunk remat the two are within 3% and both
+  faster and smaller than either without it, so the default stays autodiff.
   """
   in_dim: int
   hidden_dim: int
