@@ -82,9 +82,11 @@ def _second(act, z):
   return jax.jvp(first, (z,), (jnp.ones_like(z),))[1]
 
 
-def _forward(spec: ChunkSpec, anchor, w0, k, v, lr, eta, erase, log_a, q, solved=None):
+def _forward(spec: ChunkSpec, anchor, w0, k, v, lr, eta, erase, log_a, q, solved=None,
+             kernels=None):
   """(reads, end state, intermediates). solved: the saved (inverse, predictions) of w2's
-  chunk system, which the backward reuses instead of solving it again."""
+  chunk system, which the backward reuses instead of solving it again; kernels: the decay
+  kernels (ke, gamma) of log_a when the caller has them."""
   act = spec.activation
   a1, a2 = anchor
   m1, m2 = w0
@@ -102,7 +104,7 @@ def _forward(spec: ChunkSpec, anchor, w0, k, v, lr, eta, erase, log_a, q, solved
     lr1 = l2
   w2 = -l2[:, None] * dz
   w1 = -lr1[:, None] * e
-  ke, gamma = gates.segment_log_products(log_a)
+  ke, gamma = gates.segment_log_products(log_a) if kernels is None else kernels
   kep, gammap = chunk_ops.shift_rows(ke, 0.0), chunk_ops.shift_rows(gamma, 1.0)
   res = dict(z=z, h=h, ap=ap, e=e, gz=gz, dz=dz, lr1=lr1, w1=w1, w2=w2, ke=ke, gamma=gamma,
              kep=kep, gammap=gammap)
@@ -250,7 +252,8 @@ def _write_cotangents(spec, res, anchor, k, lr, eta, d: dict) -> None:
 
 def _bwd(spec, saved, cts):
   anchor, w0, k, v, lr, eta, erase, log_a, q, solved = saved
-  _, _, res = _forward(spec, anchor, w0, k, v, lr, eta, erase, log_a, q, solved)
+  kernels, kern_vjp = jax.vjp(gates.segment_log_products, log_a)
+  _, _, res = _forward(spec, anchor, w0, k, v, lr, eta, erase, log_a, q, solved, kernels)
   d_out, (d_m1e, d_m2e) = cts
   d: dict = {}
   _end_cotangents(res, w0, k, d_m1e, d_m2e, d)
@@ -264,7 +267,6 @@ def _bwd(spec, saved, cts):
   zeros = jnp.zeros_like
   d_ke = d["ke"].at[:-1].add(d.get("kep", zeros(res["ke"]))[1:])
   d_gamma = d["gamma"].at[:-1].add(d.get("gammap", zeros(res["gamma"]))[1:])
-  _, kern_vjp = jax.vjp(gates.segment_log_products, log_a)
   (d_log_a,) = kern_vjp((d_ke, d_gamma))
   like = lambda ref, leaves: jax.tree.unflatten(jax.tree.structure(ref), leaves)  # noqa: E731
   return (like(anchor, [d["a1"], d["a2"]]), like(w0, [d["m1"], d["m2"]]), d["k"], d["v"],

@@ -53,17 +53,20 @@ def assert_trees_close(a, b, rtol, what=""):
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def loss_and_grads(mem, params, inputs, implementation):
-  """Scalar outer loss through outputs and final state; grads w.r.t. params and every input."""
+  """Scalar outer loss through outputs and final state; grads w.r.t. params and every float
+  input (document resets, when given, are held fixed: their grad entry is None)."""
   batch_shape = inputs.keys.shape[:-2]
+  reset = inputs.reset
 
   def loss(params, inputs):
     state = mem.init_state(params, batch_shape)
-    out, state = mem.scan(params, state, inputs, implementation=implementation)
+    out, state = mem.scan(params, state, inputs._replace(reset=reset),
+                          implementation=implementation)
     # Fixed random-ish weights make every output coordinate matter differently.
     w = jnp.cos(jnp.arange(out.size, dtype=out.dtype)).reshape(out.shape)
     state_term = sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(state.memory))
     return jnp.sum(w * out) + state_term, (out, state)
 
   (value, (out, state)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-      params, inputs)
+      params, inputs._replace(reset=None))
   return value, out, state, grads

@@ -19,7 +19,6 @@ and through whole scans (ragged last chunk, resets, streaming) against autodiff 
 loop. The token-loop comparisons of test_mlp_memory go through it too (it is the default).
 """
 
-import functools
 import itertools
 
 import jax
@@ -31,7 +30,7 @@ from jax.test_util import check_grads
 from nl_jax.memory import MLPMemory, gates, mlp_chunk
 from nl_jax.memory.mlp import ACTIVATIONS, MLPWeights
 from nl_jax.memory.types import rule_coefficients
-from tests.memory.helpers import assert_trees_close, random_inputs
+from tests.memory.helpers import assert_trees_close, loss_and_grads, random_inputs
 
 C, K, H = 8, 6, 5
 
@@ -127,23 +126,6 @@ def test_options_outside_the_form_use_autodiff():
     _memory("dgd", "pre", True, "mean", backward="hand")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _run(mem, params, inputs, implementation):
-  """(outputs, state, grads w.r.t. params and the float inputs); resets held fixed."""
-  reset = inputs.reset
-
-  def loss(params, inputs):
-    state = mem.init_state(params, inputs.keys.shape[:1])
-    out, state = mem.scan(params, state, inputs._replace(reset=reset),
-                          implementation=implementation)
-    w = jnp.cos(jnp.arange(out.size, dtype=out.dtype)).reshape(out.shape)
-    return jnp.sum(w * out) + sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(state.memory)), (
-        out, state)
-  (_, (out, state)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-      params, inputs._replace(reset=None))
-  return out, state, grads
-
-
 @pytest.mark.parametrize("read_at,with_reset", [
     ("pre", True), pytest.param("post", False, marks=pytest.mark.slow),
     pytest.param("anchor", True, marks=pytest.mark.slow)])
@@ -160,9 +142,9 @@ def test_whole_scan_equals_autodiff_and_token_loop(read_at, with_reset):
     if with_reset:
       reset = jnp.zeros((b, t), bool).at[0, 16].set(True).at[1, 24].set(True)
       inputs = inputs._replace(reset=reset)
-    o1, s1, g1 = _run(mems["manual"], params, inputs, "chunked")
-    o2, s2, g2 = _run(mems["autodiff"], params, inputs, "chunked")
-    o3, s3, g3 = _run(mems["manual"], params, inputs, "sequential")
+    _, o1, s1, g1 = loss_and_grads(mems["manual"], params, inputs, "chunked")
+    _, o2, s2, g2 = loss_and_grads(mems["autodiff"], params, inputs, "chunked")
+    _, o3, s3, g3 = loss_and_grads(mems["manual"], params, inputs, "sequential")
     assert_trees_close((o1, s1), (o2, s2), 1e-12, "forward vs autodiff")
     assert_trees_close(g1, g2, 1e-11, "grads vs autodiff")
     assert_trees_close((o1, s1), (o3, s3), 1e-10, "forward vs token loop")

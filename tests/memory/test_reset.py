@@ -13,15 +13,13 @@
 # limitations under the License.
 """Document resets (MemoryInputs.reset): packed documents never read each other's writes."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from nl_jax.memory import MatrixMemory, MLPMemory
-from tests.memory.helpers import assert_trees_close, random_inputs
+from tests.memory.helpers import assert_trees_close, loss_and_grads, random_inputs
 
 B, T, C = 2, 24, 4
 # Document starts per sequence: aligned to C (the chunked path's contract); row 1 has three.
@@ -47,22 +45,6 @@ def _params(mem, key, dtype):
   return mem.init_params(key, dtype=dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _run(mem, params, inputs, implementation):
-  reset = inputs.reset
-
-  def loss(params, inputs):
-    state = mem.init_state(params, (B,))
-    out, state = mem.scan(params, state, inputs._replace(reset=reset),
-                          implementation=implementation)
-    w = jnp.cos(jnp.arange(out.size, dtype=out.dtype)).reshape(out.shape)
-    return jnp.sum(w * out) + sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(state.memory)), (
-        out, state)
-  (_, (out, state)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-      params, inputs._replace(reset=None))
-  return out, state, grads
-
-
 CASES = [("matrix", dict(rule="dgd")),
          pytest.param("matrix", dict(rule="gd", momentum=True), marks=pytest.mark.slow),
          pytest.param("matrix", dict(rule="dgd", semantics="anchored"), marks=pytest.mark.slow),
@@ -76,8 +58,8 @@ def test_reset_equals_separate_documents_and_chunked_equals_sequential(kind, cfg
     params = _params(mem, jax.random.PRNGKey(0), jnp.float64)
     inputs = random_inputs(jax.random.PRNGKey(1), (B,), T, 5, 5, jnp.float64,
                            momentum=mem.momentum)._replace(reset=_reset_mask())
-    out_seq, state_seq, grads_seq = _run(mem, params, inputs, "sequential")
-    out_ch, state_ch, grads_ch = _run(mem, params, inputs, "chunked")
+    _, out_seq, state_seq, grads_seq = loss_and_grads(mem, params, inputs, "sequential")
+    _, out_ch, state_ch, grads_ch = loss_and_grads(mem, params, inputs, "chunked")
     assert_trees_close(out_ch, out_seq, 1e-10, "outputs chunked vs sequential")
     assert_trees_close(state_ch.memory, state_seq.memory, 1e-10, "state chunked vs sequential")
     assert_trees_close(grads_ch, grads_seq, 1e-9, "grads chunked vs sequential")
