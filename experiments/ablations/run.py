@@ -23,27 +23,28 @@ Rows: every row is a difference from the reference "hope" row, experiments/confi
 default profile with inner momentum and adaptive q on, since Table 6 ablates them (the default
 profile has both off). Its other differences from the paper's literal choices (table in
 nl_jax/models/hope.py; ``--model-overrides profile=paper`` runs every row on the paper
-profile instead): smt_anchored_step mean (paper sum), inner_rule dgd (paper_l2), value_norm
-l2 (none), cms_objective local (ntp), cms_max_step_norm 1.0 (inf).
+profile instead): smt.anchored_step mean (paper sum), smt.rule dgd (paper_l2), smt.value_norm
+l2 (none), cms.objective local (ntp), cms.max_step_norm 1.0 (inf). Fields by their dotted names
+(nl_jax.config_tree).
 
 =================  ==============================================================
 row                overrides on top of the reference
 =================  ==============================================================
-hope               momentum=True, adaptive_q=True
-w/o DGD            inner_rule=gd (plain gradient step, no rank-1 erase)
-w/o momentum       momentum=False
-w/o retention      alpha_min=1.0 (alpha_t == 1: no weight decay of the memories)
+hope               smt.momentum=True, smt.adaptive_q=True
+w/o DGD            smt.rule=gd (plain gradient step, no rank-1 erase)
+w/o momentum       smt.momentum=False
+w/o retention      smt.alpha_min=1.0 (alpha_t == 1: no weight decay of the memories)
 w/o CMS            one CMS level with learning rate 0 (a static MLP, eq. 70 with k=1)
-static q           adaptive_q=False
-static k           static_projections=("k",) (k_t = l2norm of the static projection)
-static v           static_projections=("v",)
-nested CMS         cms_variant="nested" (eq. 72: level s meta-learns level s+1's start)
-nested CMS (slow   the same with cms_learning_rates=(1e-3, 1e-4): the parent moves the
+static q           smt.adaptive_q=False
+static k           smt.static_projections=("k",) (k_t = l2norm of the static projection)
+static v           smt.static_projections=("v",)
+nested CMS         cms.variant="nested" (eq. 72: level s meta-learns level s+1's start)
+nested CMS (slow   the same with cms.learning_rates=(1e-3, 1e-4): the parent moves the
 parent)           child's start 10x more slowly than the child adapts (at equal rates
                    nested is sequential but for the step clip, nl_jax.layers.cms)
-slow level 1       cms_learning_rates=(1e-3, 1e-4) in the sequential chain: the control of
+slow level 1       cms.learning_rates=(1e-3, 1e-4) in the sequential chain: the control of
 (sequential)       the row above (same rates, no nesting)
-fully adaptive     smt_targets="shared" (eqs. 79-82: adaptive projections, no vhat = M(v))
+fully adaptive     smt.targets="shared" (eqs. 79-82: adaptive projections, no vhat = M(v))
 =================  ==============================================================
 
 The last four rows are not in Table 6 (no paper number): the nested CMS and the fully adaptive
@@ -68,18 +69,18 @@ from nl_jax.eval import experiment, fit, perplexity, runner  # noqa: E402
 REFERENCE = HOPE_REFERENCE
 ROWS = {
     "hope": {},
-    "w/o DGD": {"inner_rule": "gd"},
-    "w/o momentum": {"momentum": False},
-    "w/o retention": {"alpha_min": 1.0},
+    "w/o DGD": {"smt.rule": "gd"},
+    "w/o momentum": {"smt.momentum": False},
+    "w/o retention": {"smt.alpha_min": 1.0},
     "w/o CMS": "no_cms",
-    "static q": {"adaptive_q": False},
-    "static k": {"static_projections": ("k",)},
-    "static v": {"static_projections": ("v",)},
+    "static q": {"smt.adaptive_q": False},
+    "static k": {"smt.static_projections": ("k",)},
+    "static v": {"smt.static_projections": ("v",)},
     # Not in Table 6: the paper's other variants (issue 21), stated as differences too.
-    "nested CMS": {"cms_variant": "nested"},
-    "nested CMS (slow parent)": {"cms_variant": "nested", "cms_learning_rates": (1e-3, 1e-4)},
-    "slow level 1 (sequential)": {"cms_learning_rates": (1e-3, 1e-4)},
-    "fully adaptive": {"smt_targets": "shared"},
+    "nested CMS": {"cms.variant": "nested"},
+    "nested CMS (slow parent)": {"cms.variant": "nested", "cms.learning_rates": (1e-3, 1e-4)},
+    "slow level 1 (sequential)": {"cms.learning_rates": (1e-3, 1e-4)},
+    "fully adaptive": {"smt.targets": "shared"},
 }
 # Table 6 (spec 8.7): average LM perplexity and reasoning accuracy, 1.3B / 100B tokens.
 PAPER = {"hope": (12.24, 58.1), "w/o DGD": (13.41, 56.5), "w/o momentum": (13.58, 56.9),
@@ -113,8 +114,8 @@ def row_overrides(row: str, base: dict, preset: str) -> dict:
 
   spec = ROWS[row]
   if spec == "no_cms":
-    chunks = registry.model_config("hope", preset, **base).cms_chunk_sizes
-    return {**base, "cms_chunk_sizes": (min(chunks),), "cms_learning_rates": (0.0,)}
+    chunks = registry.model_config("hope", preset, **base).cms.chunk_sizes
+    return {**base, "cms.chunk_sizes": (min(chunks),), "cms.learning_rates": (0.0,)}
   return {**base, **spec}
 
 

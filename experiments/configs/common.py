@@ -36,9 +36,9 @@ ARGS = (None, "smoke", "files")
 # reference row of experiments/ablations. Table 6 ablates Hope's inner momentum and its
 # adaptive q, so the paper's Hope has both; the rest is the default profile, whose differences
 # from the paper profile (``--config.model.profile=paper``) nl_jax/models/hope.py tabulates:
-# smt_anchored_step mean (paper: sum, no 1/C), inner_rule dgd (paper_l2), value_norm l2 (none),
-# cms_objective local (ntp), cms_max_step_norm 1.0 (inf).
-HOPE_REFERENCE = {"momentum": True, "adaptive_q": True}
+# smt.anchored_step mean (paper: sum, no 1/C), smt.rule dgd (paper_l2), smt.value_norm l2
+# (none), cms.objective local (ntp), cms.max_step_norm 1.0 (inf).
+HOPE_REFERENCE = {"smt.momentum": True, "smt.adaptive_q": True}
 
 
 def _file_source(paths: tuple[str, ...]) -> str:

@@ -40,10 +40,10 @@ from nl_jax.eval import continual, experiment, fit, runner  # noqa: E402
 from nl_jax.eval import examples as ex_lib  # noqa: E402
 
 # Hope with 1 CMS level ("ICL": no extra level) and 1, 2, 3 extra levels of longer chunks.
-DEFAULT_VARIANTS = ("hope+0:hope:cms_chunk_sizes=16;"
-                    "hope+1:hope:cms_chunk_sizes=16|64;"
-                    "hope+2:hope:cms_chunk_sizes=16|64|256;"
-                    "hope+3:hope:cms_chunk_sizes=16|64|256|1024;"
+DEFAULT_VARIANTS = ("hope+0:hope:cms.chunk_sizes=16;"
+                    "hope+1:hope:cms.chunk_sizes=16|64;"
+                    "hope+2:hope:cms.chunk_sizes=16|64|256;"
+                    "hope+3:hope:cms.chunk_sizes=16|64|256|1024;"
                     "transformer_pp:transformer_pp:")
 
 

@@ -18,9 +18,9 @@ evaluated under config variants that change only the in-context updates, never a
 weight:
 
 * ``as trained``;
-* ``no SMT / Titans writes``: ``eta_max=1e-6`` (the memories' step, eta in (0, eta_max], is
+* ``no SMT / Titans writes``: ``smt.eta_max`` (Titans: ``eta_max``) 1e-6 (the memories' step, eta in (0, eta_max], is
   ~0: they keep their meta-learned initial state; Hope's self-modifying Titans, Titans' LMM);
-* ``no CMS steps`` (Hope, Hope-Attention): every ``cms_learning_rates`` 0 (the CMS levels
+* ``no CMS steps`` (Hope, Hope-Attention): every ``cms.learning_rates`` 0 (the CMS levels
   stay at their initial weights: static MLPs);
 * both.
 
@@ -34,7 +34,6 @@ trained model uses.
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -43,22 +42,26 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from nl_jax import config_tree  # noqa: E402
 from nl_jax.eval import experiment, perplexity, runner  # noqa: E402
 
-NO_WRITES = {"eta_max": 1e-6}
+NO_WRITES = 1e-6  # the memories' eta_max
 
 
 def variants(config) -> dict[str, dict]:
-  """Name -> config overrides that switch in-context updates off (only those the model has)."""
+  """Name -> config overrides (dotted fields) that switch in-context updates off (only those
+  the model has)."""
   out = {"as trained": {}}
-  fields = {f.name for f in dataclasses.fields(config)}
-  if "eta_max" in fields:
-    out["no SMT / Titans writes"] = dict(NO_WRITES)
-  if "cms_learning_rates" in fields:
-    zero = {"cms_learning_rates": (0.0,) * len(config.cms_chunk_sizes)}
+  fields = config_tree.field_paths(type(config))
+  eta = next((f for f in ("smt.eta_max", "eta_max") if f in fields), None)
+  writes = {eta: NO_WRITES} if eta else {}
+  if writes:
+    out["no SMT / Titans writes"] = writes
+  if "cms.learning_rates" in fields:
+    zero = {"cms.learning_rates": (0.0,) * len(config.cms.chunk_sizes)}
     out["no CMS steps"] = zero
-    if "eta_max" in fields:
-      out["both off"] = {**NO_WRITES, **zero}
+    if writes:
+      out["both off"] = {**writes, **zero}
   return out
 
 
@@ -84,7 +87,7 @@ def run(workdir: str, args) -> dict:
   for name, overrides in variants(model.config).items():
     m = model
     if overrides:
-      m = registry.build_model(dataclasses.replace(model.config, **overrides), rngs=nnx.Rngs(0))
+      m = registry.build_model(config_tree.replace(model.config, overrides), rngs=nnx.Rngs(0))
       nnx.update(m, nnx.state(model, nnx.Param))  # the trained weights, unchanged
     out[name] = evaluate(m, windows, texts)
     r = out[name]

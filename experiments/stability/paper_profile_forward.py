@@ -35,12 +35,12 @@ from nl_jax.models import registry  # noqa: E402
 
 VARIANTS = {
     "paper": {},
-    "paper, alpha_bias_init=4": {"alpha_bias_init": 4.0},
-    "paper, cms_max_step_norm=1": {"cms_max_step_norm": 1.0},
-    "paper, cms_objective=local": {"cms_objective": "local"},
-    "paper, value_norm=l2": {"value_norm": "l2"},
-    "paper, inner_rule=dgd": {"inner_rule": "dgd"},
-    "paper, smt_anchored_step=mean": {"smt_anchored_step": "mean"},
+    "paper, smt.alpha_bias_init=4": {"smt.alpha_bias_init": 4.0},
+    "paper, cms.max_step_norm=1": {"cms.max_step_norm": 1.0},
+    "paper, cms.objective=local": {"cms.objective": "local"},
+    "paper, smt.value_norm=l2": {"smt.value_norm": "l2"},
+    "paper, smt.rule=dgd": {"smt.rule": "dgd"},
+    "paper, smt.anchored_step=mean": {"smt.anchored_step": "mean"},
     "paper, momentum=False": {"momentum": False},
 }
 

@@ -19,7 +19,7 @@ in ``aux`` (inner loss, ||v||, ||vhat||, memory weight norms, CMS drift). A memo
 in-context dynamics are unstable shows up as a weight norm that grows call after call.
 
   python experiments/stability/probe_stream.py --workdir=/tmp/hope_tiny \\
-      --out=experiments/stability/results/probe.json [--override value_norm=none]
+      --out=experiments/stability/results/probe.json [--override smt.value_norm=none]
 
 ``--override`` changes a model field before the checkpoint is loaded (for runs whose
 config.json predates a field).
@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from nl_jax import config_tree
 from nl_jax.eval.examples import encode
 from nl_jax.eval.perplexity import heldout_text
 from nl_jax.models import registry
@@ -59,9 +60,9 @@ _OUT = flags.DEFINE_string("out", None, "JSON output path")
 def load(workdir: str, step: int | None, overrides: dict):
   with open(os.path.join(workdir, ckpt_lib.CONFIG_FILE), encoding="utf-8") as f:
     config = json.load(f)
-  fields = config_lib.to_plain(config["model"])
-  fields.update(overrides)
-  model_cfg = registry.config_from_saved(config["model_name"], fields)
+  saved = registry.migrate_saved(config["model_name"], config_lib.to_plain(config["model"]))
+  model_cfg = registry.config_from_dict(config["model_name"],
+                                        config_tree.merge(saved, overrides))
   abstract = nnx.eval_shape(lambda: registry.build_model(model_cfg, rngs=nnx.Rngs(0)))
   graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
   target = nnx.to_pure_dict(abs_params)

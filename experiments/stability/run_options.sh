@@ -17,7 +17,7 @@
 # Usage: experiments/stability/run_options.sh <runs_dir> [name ...]
 # Each run writes <runs_dir>/<name>/ (metrics.jsonl, checkpoints) and <runs_dir>/<name>.log;
 # rerunning resumes. Pin to one core with `taskset -c 1` to run beside another job.
-# EXTRA="--config.model.alpha_bias_init=4.0" adds flags to every run (e.g. a candidate default
+# EXTRA="--config.model.smt.alpha_bias_init=4.0" adds flags to every run (e.g. a candidate default
 # measured against the current one); STEPS=3000 changes the schedule length.
 set -euo pipefail
 runs=${1:?usage: run_options.sh <runs_dir> [name ...]}
@@ -28,11 +28,11 @@ declare -A args=(
   [default]="--config=$cfg/lm.py:hope,tiny"
   [readme_m3]="--config=$cfg/lm.py:hope,tiny --config.model.d_model=128 --config.optimizer.name=m3"
   [hope_attention]="--config=$cfg/lm.py:hope_attention,tiny"
-  [paper_l2]="--config=$cfg/lm.py:hope,tiny --config.model.inner_rule=paper_l2"
-  [gd]="--config=$cfg/lm.py:hope,tiny --config.model.inner_rule=gd"
-  [ntp]="--config=$cfg/lm.py:hope,tiny --config.model.cms_objective=ntp"
-  [momentum]="--config=$cfg/lm.py:hope,tiny --config.model.momentum=True"
-  [adaptive_q]="--config=$cfg/lm.py:hope,tiny --config.model.adaptive_q=True"
+  [paper_l2]="--config=$cfg/lm.py:hope,tiny --config.model.smt.rule=paper_l2"
+  [gd]="--config=$cfg/lm.py:hope,tiny --config.model.smt.rule=gd"
+  [ntp]="--config=$cfg/lm.py:hope,tiny --config.model.cms.objective=ntp"
+  [momentum]="--config=$cfg/lm.py:hope,tiny --config.model.smt.momentum=True"
+  [adaptive_q]="--config=$cfg/lm.py:hope,tiny --config.model.smt.adaptive_q=True"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(readme_m3 hope_attention paper_l2 ntp momentum adaptive_q gd)

@@ -41,8 +41,8 @@ def build(name: str, preset: str = "tiny", seed: int = 0, **overrides):
 
 
 def parse_overrides(spec: str) -> dict[str, Any]:
-  """``"n_layers=1,dtype=float32,chunks=16|64"`` -> {"n_layers": 1, "dtype": "float32",
-  "chunks": (16, 64)}: ints, floats, true/false and none are converted, ``a|b`` is a tuple;
+  """``"n_layers=1,dtype=float32,cms.chunk_sizes=16|64"`` -> {"n_layers": 1, "dtype": "float32",
+  "cms.chunk_sizes": (16, 64)}: ints, floats, true/false and none are converted, ``a|b`` is a tuple;
   the registry checks names and types."""
   out = {}
   for item in filter(None, (s.strip() for s in spec.split(","))):

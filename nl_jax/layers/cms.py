@@ -134,12 +134,14 @@ A level can start from a pretrained SwiGLU (spec 6.3):
 """
 
 import dataclasses
-from typing import NamedTuple
+import math
+from typing import ClassVar, NamedTuple
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from nl_jax import config_tree
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
 from nl_jax.memory import aligned_chunks
@@ -161,7 +163,7 @@ class CMSConfig:
     learning_rates: lr_l per level (>= 0; 0 keeps a level at its initial weights).
     variant: sequential | independent | nested (see the module docstring).
     max_step_norm: per sequence and level, the norm of an in-context step lr_l * acc_l is
-      clipped to this (None: no clip; see _step_scale).
+      clipped to this (None or inf: no clip; see _step_scale).
     retention: gamma_l per level in (0, 1] (None: 1 each, eq. 71 as written). At each of its
       steps level l first pulls its weights back toward its initial weights,
       theta <- theta_0 + gamma_l (theta - theta_0) - lr_l acc_l, so that its in-context drift
@@ -177,21 +179,32 @@ class CMSConfig:
     norm_eps: RMSNorm epsilon.
     dtype: activation dtype (fast weights and their gradients stay float32).
   """
-  d_model: int
-  hidden: int
+  # Set by the model that owns the layer (None inside a model config; nl_jax.config_tree).
+  DERIVED: ClassVar[tuple[str, ...]] = ("d_model", "hidden", "remat", "norm_eps", "dtype")
+  # The model's profile may leave it None until it builds the layer (HopeConfig.PROFILES;
+  # max_step_norm is a profile field too, resolved by the model: None here means no clip).
+  PROFILE_FIELDS: ClassVar[tuple[str, ...]] = ("objective",)
+
+  d_model: int | None = None
+  hidden: int | None = None
   chunk_sizes: tuple[int, ...] = (16, 64)
   learning_rates: tuple[float, ...] | None = None
   variant: str = "sequential"
-  objective: str = "local"
+  objective: str | None = "local"
   max_step_norm: float | None = 1.0
   retention: tuple[float, ...] | None = None
   meta_gradient: str = "exact"
-  remat: bool = True
-  norm_eps: float = 1e-6
-  dtype: str = "float32"
+  remat: bool | None = True
+  norm_eps: float | None = 1e-6
+  dtype: str | None = "float32"
 
   def __post_init__(self):
     name = type(self).__name__
+    # One level may be given as a scalar (command-line overrides such as "chunk_sizes=16").
+    for f in ("chunk_sizes", "learning_rates", "retention"):
+      v = getattr(self, f)
+      if v is not None:
+        object.__setattr__(self, f, (v,) if isinstance(v, (int, float)) else tuple(v))
     cs = tuple(self.chunk_sizes)
     if not cs or any(not isinstance(c, int) or c < 1 for c in cs):
       raise ValueError(f"{name}.chunk_sizes must be a non-empty tuple of positive ints, got "
@@ -213,12 +226,12 @@ class CMSConfig:
         raise ValueError(f"{name}.retention entries must lie in (0, 1], got {self.retention}")
     if self.variant not in VARIANTS:
       raise ValueError(f"{name}.variant={self.variant!r} is not one of {VARIANTS}")
-    if self.objective not in OBJECTIVES:
+    if self.objective not in OBJECTIVES and self.objective is not None:
       raise ValueError(f"{name}.objective={self.objective!r} is not one of {OBJECTIVES}")
     if self.meta_gradient not in META_GRADIENTS:
       raise ValueError(f"{name}.meta_gradient={self.meta_gradient!r} is not one of "
                        f"{META_GRADIENTS}")
-    if self.meta_gradient != "exact" and self.objective != "local":
+    if self.meta_gradient != "exact" and self.objective not in ("local", None):
       raise ValueError(f"{name}.meta_gradient={self.meta_gradient!r} is implemented for "
                        "objective='local' only; use meta_gradient='exact' with objective='ntp'")
     if self.variant == "nested":
@@ -226,7 +239,12 @@ class CMSConfig:
         raise ValueError(f"{name}.chunk_sizes={cs}: variant='nested' lists its levels fastest "
                          "first, each chunk size a multiple of the one before (level l+1 "
                          "re-initialises level l at the end of each of its chunks, eq. 72)")
+    if self.max_step_norm is not None and not self.max_step_norm > 0:
+      raise ValueError(f"{name}.max_step_norm must be > 0 (inf: no clip), got "
+                       f"{self.max_step_norm}")
     for f in ("d_model", "hidden"):
+      if getattr(self, f) is None:
+        continue
       if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
         raise ValueError(f"{name}.{f} must be a positive int, got {getattr(self, f)!r}")
 
@@ -326,7 +344,7 @@ def _step_scale(cfg, lr, acc):
   # 0 * inf would put NaN into the outer gradient even where the step is not taken.
   nonzero = sq > 0
   norm = jnp.where(nonzero, lr * jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
-  if cfg.max_step_norm is None:
+  if cfg.max_step_norm is None or cfg.max_step_norm == math.inf:
     return jnp.full_like(norm, lr)
   # Double where: max / norm only where it is used, so a tiny or zero norm (lr 0, an empty
   # accumulator) puts no inf derivative into the second-order gradient of objective="ntp".
@@ -795,6 +813,7 @@ class ContinuumMemorySystem(nnx.Module):
   """
 
   def __init__(self, cfg: CMSConfig, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    config_tree.check_bound(cfg)
     self.cfg = cfg
     for lvl in range(cfg.n_levels):
       setattr(self, f"level_{lvl}_init",
@@ -833,7 +852,7 @@ class ContinuumMemorySystem(nnx.Module):
       raise ValueError("ContinuumMemorySystem: objective='ntp' learns from the whole model's "
                        "next-token loss, so the model drives it segment by segment "
                        "(nl_jax.models.cms_ntp, used by Hope / HopeAttention with "
-                       "cms_objective='ntp'); call the layer itself only with objective='local'")
+                       "cms.objective='ntp'); call the layer itself only with objective='local'")
     if implementation == "sequential":
       y, st = sequential_reference(self.cfg, self.params(), state, x_BxTxD, reset_BxT)
       return y, st, {}

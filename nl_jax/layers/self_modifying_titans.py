@@ -114,12 +114,13 @@ resets are not concrete and cannot be checked.
 """
 
 import dataclasses
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from nl_jax import config_tree
 from nl_jax.layers import diagnostics
 from nl_jax.layers.conv import CausalConv, ConvState
 from nl_jax.layers.mlp import dense_init
@@ -187,16 +188,23 @@ class SelfModifyingTitansConfig:
     dtype: activation dtype (memory states stay float32).
     param_dtype: parameter dtype.
   """
-  d_model: int
-  n_heads: int
-  head_dim: int
+  # Set by the model that owns the layer (None inside a model config; nl_jax.models.config_tree).
+  DERIVED: ClassVar[tuple[str, ...]] = ("d_model", "n_heads", "head_dim", "remat", "dtype",
+                                        "param_dtype")
+  # The model's profile may leave these None until it builds the layer (HopeConfig.PROFILES).
+  PROFILE_FIELDS: ClassVar[tuple[str, ...]] = ("rule", "momentum", "adaptive_q", "value_norm",
+                                               "anchored_step")
+
+  d_model: int | None = None
+  n_heads: int | None = None
+  head_dim: int | None = None
   memory_hidden: int | None = None
   gate_hidden: int | None = None
   activation: str = "silu"
-  rule: str = "dgd"
-  momentum: bool = False
+  rule: str | None = "dgd"
+  momentum: bool | None = False
   mu_max: float = 0.9
-  adaptive_q: bool = False
+  adaptive_q: bool | None = False
   static_projections: tuple[str, ...] = ()
   chunk_size: int = 16
   proj_chunk_size: int = 16
@@ -206,21 +214,23 @@ class SelfModifyingTitansConfig:
   eta_bias_init: float = -2.0
   alpha_bias_init: float = 8.0
   stop_target_grad: bool = False
-  value_norm: str = "l2"
-  anchored_step: str = "mean"
+  value_norm: str | None = "l2"
+  anchored_step: str | None = "mean"
   output_error: str = "anchor"
   targets: str = "self"
   chunk_backward: str = "autodiff"
   conv_width: int = 4
   implementation: str = "auto"
-  remat: bool = True
-  dtype: str = "float32"
-  param_dtype: str = "float32"
+  remat: bool | None = True
+  dtype: str | None = "float32"
+  param_dtype: str | None = "float32"
 
   def __post_init__(self):
     name = type(self).__name__
     for f in ("d_model", "n_heads", "head_dim", "chunk_size", "proj_chunk_size", "conv_width"):
       v = getattr(self, f)
+      if v is None and f in self.DERIVED:
+        continue
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name}.{f} must be a positive int, got {v!r}")
     for f in ("memory_hidden", "gate_hidden"):
@@ -232,7 +242,8 @@ class SelfModifyingTitansConfig:
                "anchored_step": ANCHORED_STEPS, "targets": TARGETS,
                "output_error": OUTPUT_ERRORS, "chunk_backward": CHUNK_BACKWARDS}
     for f, allowed in choices.items():
-      if getattr(self, f) not in allowed:
+      if getattr(self, f) not in allowed and not (f in self.PROFILE_FIELDS
+                                                  and getattr(self, f) is None):
         raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
     object.__setattr__(self, "static_projections", tuple(self.static_projections))
     bad = [p for p in self.static_projections if p not in ("k", "v")]
@@ -695,6 +706,7 @@ class SelfModifyingTitans(nnx.Module):
   """
 
   def __init__(self, cfg: SelfModifyingTitansConfig, *, rngs: nnx.Rngs):
+    config_tree.check_bound(cfg)
     self.cfg = cfg
     d, h, k = cfg.d_model, cfg.n_heads, cfg.head_dim
     pdt = jnp.dtype(cfg.param_dtype)

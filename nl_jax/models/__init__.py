@@ -23,8 +23,9 @@ from nl_jax.models.registry import (
     config_from_saved,
     count_params,
     match_params,
+    migrate_saved,
     model_config,
 )
 
 __all__ = ["MODEL_NAMES", "build_model", "config_from_dict", "config_from_saved", "count_params",
-           "match_params", "model_config"]
+           "match_params", "migrate_saved", "model_config"]

@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The model-level driver of CMS with the next-token objective (``cms_objective="ntp"``).
+"""The model-level driver of CMS with the next-token objective (``cms.objective="ntp"``).
 
 Paper eq. 71 with L = the language model's next-token loss (spec 6.1, open questions 14-15):
 every CMS level of every block learns in context from the gradient of the WHOLE model's
@@ -176,11 +176,11 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   b, t, _ = x_BxTxD.shape
   reset_BxT = ctx.reset if ctx.reset is not None else jnp.zeros((b, t), bool)
   # A segment resets as a whole (cms.reset_levels): refuse a document start inside one.
-  check_reset_alignment(f"{type(model).__name__} (cms_objective='ntp')", reset_BxT,
+  check_reset_alignment(f"{type(model).__name__} (cms.objective='ntp')", reset_BxT,
                         memory_state["block_0"]["cms"].position, s,
-                        field="min(cms_chunk_sizes)",
+                        field="min(cms.chunk_sizes)",
                         fix="Start documents on multiples of it (the data pipeline's "
-                            "data.alignment does) or use cms_objective='local', exact for "
+                            "data.alignment does) or use cms.objective='local', exact for "
                             "resets anywhere.")
   # Every block has the same chunk sizes, so one answer holds for all of them.
   aligned = ctx.start_aligned and model.block_list()[0].segment_aligned(s)

@@ -26,7 +26,7 @@ The memory state carried between calls holds, per block, the self-modifying memo
 conv cache (Hope) and the CMS fast weights, their accumulated gradients and positions; all
 leaves have the batch as leading axis. Memories reset at the first token of each new segment.
 
-CMS objective: ``cms_objective="local"`` (default; each level learns from a per-block
+CMS objective: ``cms.objective="local"`` (default; each level learns from a per-block
 associative loss, nl_jax.layers.cms) or ``"ntp"`` (the paper's: each level learns from the
 whole model's next-token loss). With "ntp" both models override ``forward_embedded`` with
 nl_jax.models.cms_ntp.ntp_forward_embedded: the call runs segment by segment (S = the smallest
@@ -37,24 +37,24 @@ token of a call to count (the trainer does).
 
 The paper as one switch: ``profile`` ("default" or "paper"; ``--config.model.profile=paper``)
 sets every field below that is left unset (None) to its literal reading of the paper; a field
-set explicitly wins over the profile (``profile="paper", cms_objective="local"`` is the paper's
-model with the local CMS objective). ``config.choice(name)`` / ``config.choices()`` give the
-values the model runs with. Hope-Attention has the two CMS rows. The paper profile computes
+set explicitly wins over the profile (``--config.model.profile=paper
+--config.model.cms.objective=local`` is the paper's model with the local CMS objective).
+``config.choice("smt.rule")`` / ``config.choices()`` give the values the model runs with. Hope-Attention has the two CMS rows. The paper profile computes
 the paper's equations but does not train: Hope tiny's first forward under it overflows (the
 summed step of (1) with the unnormalised values of (3); either default alone keeps it
 finite; experiments/stability/README.md).
 
 ======================  ==========================================  =========  ===
-field                   paper (profile="paper")                     default    why it differs
+field (dotted)          paper (profile="paper")                     default    why it differs
 ======================  ==========================================  =========  ===
-``smt_anchored_step``   ``sum``: eq. 90's anchored step, no 1/C     ``mean``   (1)
-``inner_rule``          ``paper_l2``: eq. 88 / 93 as printed        ``dgd``    (2)
-``value_norm``          ``none``: only q and k are L2-normalised    ``l2``     (3)
-``momentum``            ``True``: Table 6 ablates "w/o momentum"    ``False``  (4)
-``adaptive_q``          ``True``: eq. 88 writes M_q; Table 6        ``False``  (5)
+``smt.anchored_step``   ``sum``: eq. 90's anchored step, no 1/C     ``mean``   (1)
+``smt.rule``            ``paper_l2``: eq. 88 / 93 as printed        ``dgd``    (2)
+``smt.value_norm``      ``none``: only q and k are L2-normalised    ``l2``     (3)
+``smt.momentum``        ``True``: Table 6 ablates "w/o momentum"    ``False``  (4)
+``smt.adaptive_q``      ``True``: eq. 88 writes M_q; Table 6        ``False``  (5)
                         ablates "w/o inner-projection q"
-``cms_objective``       ``ntp``: the model's next-token loss        ``local``  (6)
-``cms_max_step_norm``   ``inf``: eq. 71's step unclipped            ``1.0``    (7)
+``cms.objective``       ``ntp``: the model's next-token loss        ``local``  (6)
+``cms.max_step_norm``   ``inf``: eq. 71's step unclipped            ``1.0``    (7)
 ======================  ==========================================  =========  ===
 
 (1) A chunk's C gradients are all taken at the same anchor: summed, C identical tokens move
@@ -77,11 +77,11 @@ field                   paper (profile="paper")                     default    w
 
 Open choices the profile leaves as they are, because the paper gives no value or the default
 already is its reading: the anchored index of eq. 90 (the previous chunk's end, spec 9.3),
-``read_at="pre"`` (eq. 94: o_t = M_{t-1}(q_t)), the form of the momentum (Titans', spec 9.7),
-the gates' squashing, chunk sizes, widths, learning rates, ``cms_retention=None`` (eq. 71),
-``cms_variant="sequential"`` (eq. 97) and the gates' initial biases (8).
+``smt.read_at="pre"`` (eq. 94: o_t = M_{t-1}(q_t)), the form of the momentum (Titans', spec 9.7),
+the gates' squashing, chunk sizes, widths, learning rates, ``cms.retention=None`` (eq. 71),
+``cms.variant="sequential"`` (eq. 97) and the gates' initial biases (8).
 
-(8) The paper gives no initial value for the eta / alpha gates. ``alpha_bias_init=8`` starts
+(8) The paper gives no initial value for the eta / alpha gates. ``smt.alpha_bias_init=8`` starts
     the self-modifying Titans' retention at 0.9998 per token. The earlier 4 (0.991 per token)
     emptied the memories within a 512-token call (their weights x0.01), the trained gates
     stayed there, and switching the trained model's writes off changed its loss by 1e-4;
@@ -106,50 +106,65 @@ from nl_jax.models.cms_ntp import ntp_forward_embedded
 from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
 
 
+def _unset_cms() -> CMSConfig:
+  """The CMS of a model config: its widths set by the model, its profile fields unset."""
+  return CMSConfig(objective=None, max_step_norm=None, remat=None, norm_eps=None, dtype=None)
+
+
+def _unset_smt() -> SelfModifyingTitansConfig:
+  """The self-modifying Titans of a model config: its shapes set by the model, its profile
+  fields unset."""
+  unset = SelfModifyingTitansConfig.DERIVED + SelfModifyingTitansConfig.PROFILE_FIELDS
+  return SelfModifyingTitansConfig(**dict.fromkeys(unset))
+
+
+# Flat names of the fields before the configs were nested -> their dotted names now
+# (config.json of runs saved before 2026-12-06; registry.config_from_saved migrates them).
+_CMS_RENAMED = {f"cms_{f}": f"cms.{f}" for f in (
+    "chunk_sizes", "learning_rates", "variant", "objective", "max_step_norm", "retention",
+    "meta_gradient")}
+_SMT_RENAMED = {
+    **{f"smt_{f}": f"smt.{f}" for f in ("chunk_size", "proj_chunk_size", "anchored_step",
+                                          "targets", "output_error", "chunk_backward")},
+    **{f: f"smt.{f}" for f in ("momentum", "adaptive_q", "static_projections", "read_at",
+                               "memory_hidden", "eta_max", "alpha_min", "mu_max",
+                               "stop_target_grad", "value_norm", "gate_hidden",
+                               "eta_bias_init", "alpha_bias_init", "conv_width")},
+    "inner_rule": "smt.rule", "memory_activation": "smt.activation",
+    "memory_implementation": "smt.implementation"}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _CMSFields(LMConfig):
   """CMS fields shared by Hope and Hope-Attention (mlp_hidden = hidden width of each level).
 
-  Profile fields are None by default: their value then comes from ``profile`` (table in the
-  module docstring); a value set explicitly wins.
+  Profile fields (``cms.objective``, ``cms.max_step_norm``) are None by default: their value
+  then comes from ``profile`` (table in the module docstring); a value set explicitly wins.
 
   Attributes:
     profile: "default" or "paper" (every unset profile field at its literal paper reading).
-    cms_chunk_sizes: chunk size C_l of each CMS level (multiples of the smallest).
-    cms_learning_rates: in-context learning rate of each level (None: 1e-3 each).
-    cms_variant: "sequential" (chain, eq. 70), "independent" (eq. 74) or "nested" (eq. 72:
-      the chain, each level's initial state learned in context by the next slower level and
-      restored at the end of each of its chunks; cms_chunk_sizes fastest first, each a
-      multiple of the one before; either objective; see nl_jax.layers.cms).
-    cms_objective: (profile field: default "local", paper "ntp") "local" (see
-      nl_jax.layers.cms) or "ntp" (the whole model's next-token loss; see
-      nl_jax.models.cms_ntp: ~3-4x the compute of "local").
-    cms_max_step_norm: (profile field: default 1.0, paper inf) clip of each in-context CMS
-      step's norm (inf: eq. 71 unclipped).
-    cms_retention: per level gamma in (0, 1] pulling the level back toward its initial
-      weights at each step (None: 1, eq. 71 as written); see CMSConfig.retention.
-    cms_meta_gradient: "exact" (differentiate through the levels' in-context gradients, eq.
-      73) or "first_order" (treat them as constants: a cheaper backward, the same forward);
-      see CMSConfig.meta_gradient. cms_objective "local" only.
+    cms: the continuum memory system (nl_jax.layers.cms.CMSConfig; its widths, dtype and
+      remat come from this config): ``chunk_sizes`` (C_l per level, multiples of the
+      smallest), ``learning_rates`` (None: 1e-3 each), ``variant`` ("sequential", eq. 70;
+      "independent", eq. 74; "nested", eq. 72), ``objective`` (profile field: default
+      "local", paper "ntp", the whole model's next-token loss, nl_jax.models.cms_ntp, ~3-4x the
+      compute), ``max_step_norm`` (profile field: default 1.0, paper inf = eq. 71 unclipped),
+      ``retention`` (None: eq. 71 as written), ``meta_gradient`` ("exact" | "first_order",
+      objective "local" only).
     chunk_remat: jax.checkpoint every memory chunk / CMS segment (independent of `remat`,
       which rematerialises whole blocks). Without it the backward keeps every segment's
       per-sequence CMS weights and intermediates (Hope small at T=512, B=16 asked XLA for
       48 GB on CPU).
   """
-  # profile -> the values of the profile fields left unset.
+  # profile -> the values of the profile fields left unset (dotted field names).
   PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-      "default": dict(cms_objective="local", cms_max_step_norm=1.0),
-      "paper": dict(cms_objective="ntp", cms_max_step_norm=math.inf),
+      "default": {"cms.objective": "local", "cms.max_step_norm": 1.0},
+      "paper": {"cms.objective": "ntp", "cms.max_step_norm": math.inf},
   }
+  RENAMED: ClassVar[dict[str, str]] = _CMS_RENAMED
 
   profile: str = "default"
-  cms_chunk_sizes: tuple[int, ...] = (16, 64)
-  cms_learning_rates: tuple[float, ...] | None = None
-  cms_variant: str = "sequential"
-  cms_objective: str | None = None
-  cms_max_step_norm: float | None = None
-  cms_retention: tuple[float, ...] | None = None
-  cms_meta_gradient: str = "exact"
+  cms: CMSConfig = dataclasses.field(default_factory=_unset_cms)
   chunk_remat: bool = True
 
   def __post_init__(self):
@@ -157,45 +172,58 @@ class _CMSFields(LMConfig):
     if self.profile not in self.PROFILES:
       raise ValueError(f"{type(self).__name__}.profile={self.profile!r} is not one of "
                        f"{tuple(self.PROFILES)}")
-    # A single level may be given as a scalar (command-line overrides such as
-    # "cms_chunk_sizes=16").
-    as_tuple = lambda v: (v,) if isinstance(v, (int, float)) else tuple(v)  # noqa: E731
-    object.__setattr__(self, "cms_chunk_sizes", as_tuple(self.cms_chunk_sizes))
-    if self.cms_learning_rates is not None:
-      object.__setattr__(self, "cms_learning_rates", as_tuple(self.cms_learning_rates))
-    if self.cms_retention is not None:
-      object.__setattr__(self, "cms_retention", as_tuple(self.cms_retention))
+    for name in self.nested_layers():
+      object.__setattr__(self, name, self._unbound(name))
     self.cms_config()  # validates the CMS fields (ValueError naming the field)
 
+  def nested_layers(self) -> tuple[str, ...]:
+    return ("cms",)
+
+  def derived(self, name: str) -> dict[str, Any]:
+    """What this config sets in its layer config `name` (its ``DERIVED`` fields)."""
+    assert name == "cms", name
+    return dict(d_model=self.d_model, hidden=self.mlp_hidden, remat=self.chunk_remat,
+                norm_eps=self.norm_eps, dtype=self.dtype)
+
+  def _unbound(self, name: str):
+    """Layer config `name` with its derived fields unset; one set to another value than this
+    config derives raises (the model owns it)."""
+    sub, want = getattr(self, name), self.derived(name)
+    clash = {f: getattr(sub, f) for f in want
+             if getattr(sub, f) is not None and getattr(sub, f) != want[f]}
+    if clash:
+      raise ValueError(f"{type(self).__name__}.{name}: {sorted(clash)} are set from the "
+                       f"model's fields ({', '.join(f'{f}={want[f]!r}' for f in clash)}); "
+                       "leave them unset and change the model's")
+    return dataclasses.replace(sub, **dict.fromkeys(want))
+
   def choice(self, name: str) -> Any:
-    """The value the model uses for profile field `name`: the field if set, else the
-    profile's."""
-    value = getattr(self, name)
+    """The value the model uses for profile field `name` (dotted, e.g. "cms.objective"): the
+    field if set, else the profile's."""
+    layer, _, field = name.partition(".")
+    value = getattr(getattr(self, layer), field)
     return self.PROFILES[self.profile][name] if value is None else value
 
   def choices(self) -> dict[str, Any]:
     """Every profile field with the value the model uses."""
     return {name: self.choice(name) for name in self.PROFILES[self.profile]}
 
-  def cms_config(self) -> CMSConfig:
-    max_norm = self.choice("cms_max_step_norm")
+  def _bind(self, name: str):
+    """Layer config `name` with its derived and profile fields filled in."""
+    profile = {p.partition(".")[2]: self.choice(p) for p in self.PROFILES[self.profile]
+               if p.startswith(name + ".")}
     try:
-      if not max_norm > 0:
-        raise ValueError(f"cms_max_step_norm must be > 0 (inf: no clip), got {max_norm}")
-      return CMSConfig(d_model=self.d_model, hidden=self.mlp_hidden,
-                       chunk_sizes=self.cms_chunk_sizes, learning_rates=self.cms_learning_rates,
-                       variant=self.cms_variant, objective=self.choice("cms_objective"),
-                       max_step_norm=None if max_norm == math.inf else max_norm,
-                       retention=self.cms_retention, meta_gradient=self.cms_meta_gradient,
-                       remat=self.chunk_remat, norm_eps=self.norm_eps, dtype=self.dtype)
+      return dataclasses.replace(getattr(self, name), **self.derived(name), **profile)
     except ValueError as e:
-      raise ValueError(f"{type(self).__name__}: {e} (fields cms_chunk_sizes, "
-                       "cms_learning_rates, cms_variant, cms_objective, cms_max_step_norm, "
-                       "cms_retention, cms_meta_gradient, mlp_hidden)") from e
+      raise ValueError(f"{type(self).__name__}.{name}: {e}") from e
+
+  def cms_config(self) -> CMSConfig:
+    """The CMS layer's config (widths from this config, profile fields resolved)."""
+    return self._bind("cms")
 
   @property
   def alignment(self) -> int:
-    return min(self.cms_chunk_sizes)
+    return min(self.cms.chunk_sizes)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -210,119 +238,71 @@ class HopeConfig(_CMSFields):
   * 760m: 24 x 1536, 12 heads x 128, CMS 2 levels x 1600 (chunks 64, 512), untied 32K vocab.
   * 1_3b: 24 x 2048, 16 heads x 128, CMS 2 levels x 2240 (chunks 64, 512), tied 32K vocab.
 
-  Attributes (self-modifying Titans; see nl_jax.layers.self_modifying_titans; profile fields
-  are None by default and take the profile's value, see _CMSFields):
-    smt_chunk_size: chunk of the output memory.
-    smt_proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
-    smt_anchored_step: (profile field: default "mean", paper "sum") "mean" divides each
-      anchored gradient step by the memory's chunk size, "sum" is eq. 90 as printed (no 1/C),
-      "mean_all" divides the DGD erase by C too (see nl_jax.layers.self_modifying_titans).
-    smt_targets: "self" (Hope's self-modifying Titans: each memory regresses onto its own
-      M(v), eqs. 84-85) or "shared" (the fully adaptive memory of eqs. 79-82: the vector
-      memories regress onto v; the eta / alpha memories keep their own target, see
-      nl_jax.layers.self_modifying_titans).
-    smt_output_error: "anchor" (w1's error at the chunk's anchor, step divided by C under
-      "mean") or "current" (w1's delta-rule step at its current value, no 1/C; see
-      nl_jax.layers.self_modifying_titans).
-    smt_chunk_backward: "autodiff" (default) or "manual" (nl_jax.memory.mlp_chunk's
-      hand-written backward of the memories' anchored chunks; the same values to rounding,
-      faster and smaller only without chunk_remat: experiments/BENCHMARKS.md).
-    inner_rule: (profile field: default "dgd", paper "paper_l2") dgd | paper_l2 | gd.
-    momentum: (profile field: default False, paper True) inner momentum.
-    adaptive_q: (profile field: default False, paper True) q is a fast memory.
-    static_projections: projections without their memory, subset of ("k", "v") (ablation).
-    read_at: pre | post | anchor.
-    memory_hidden: hidden width of the vector memories (None: head_dim).
-    eta_max, alpha_min, mu_max: gate ranges.
-    stop_target_grad: no outer gradient through the self-generated targets.
-    value_norm: (profile field: default "l2", paper "none") "l2" (v L2-normalised like k) or
-      "none" (the paper's equations).
-    memory_activation: sigma of eq. 89 in every memory (silu).
-    gate_hidden: hidden width of the eta / alpha memories (None: head_dim // 2).
-    eta_bias_init, alpha_bias_init: initial logits of the eta / alpha gates (alpha 8: a
-      retention of 0.9998 per token at init, (8) in the module docstring).
-    conv_width: causal conv width on the q/k/v branch.
-    memory_implementation: auto | chunked | sequential.
+  Attributes:
+    smt: the self-modifying Titans (nl_jax.layers.self_modifying_titans.
+      SelfModifyingTitansConfig; its widths, dtypes and remat come from this config). Its
+      profile fields are None by default and take the profile's value: ``smt.anchored_step``
+      (default "mean", paper "sum"), ``smt.rule`` (default "dgd", paper "paper_l2"),
+      ``smt.value_norm`` (default "l2", paper "none"), ``smt.momentum`` and
+      ``smt.adaptive_q`` (default False, paper True). Its other fields: ``chunk_size`` (the
+      output memory's), ``proj_chunk_size`` (the k, v, (q,) eta, alpha memories'),
+      ``targets``, ``output_error``, ``chunk_backward``, ``static_projections``, ``read_at``,
+      ``memory_hidden``, ``gate_hidden``, ``activation`` (sigma of eq. 89), ``eta_max``,
+      ``alpha_min``, ``mu_max``, ``eta_bias_init``, ``alpha_bias_init`` ((8) in the module
+      docstring), ``stop_target_grad``, ``conv_width``, ``implementation``.
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
-                   mlp_hidden=96, cms_chunk_sizes=(8, 32), smt_chunk_size=8,
-                   smt_proj_chunk_size=8),
+                   mlp_hidden=96, cms=dict(chunk_sizes=(8, 32)),
+                   smt=dict(chunk_size=8, proj_chunk_size=8)),
       "small": dict(vocab_size=259, d_model=512, n_layers=6, n_heads=8, head_dim=64,
-                    mlp_hidden=544, cms_chunk_sizes=(128, 512), smt_chunk_size=64,
-                    smt_proj_chunk_size=64),
+                    mlp_hidden=544, cms=dict(chunk_sizes=(128, 512)),
+                    smt=dict(chunk_size=64, proj_chunk_size=64)),
       "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
-                   mlp_hidden=1600, cms_chunk_sizes=(64, 512), smt_chunk_size=64,
-                   smt_proj_chunk_size=64, tie_embeddings=False, remat=True, scan_layers=True,
-                   dtype="bfloat16"),
+                   mlp_hidden=1600, cms=dict(chunk_sizes=(64, 512)),
+                   smt=dict(chunk_size=64, proj_chunk_size=64), tie_embeddings=False,
+                   remat=True, scan_layers=True, dtype="bfloat16"),
       "1_3b": dict(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, head_dim=128,
-                   mlp_hidden=2240, cms_chunk_sizes=(64, 512), smt_chunk_size=64,
-                   smt_proj_chunk_size=64, tie_embeddings=True, remat=True, scan_layers=True,
-                   dtype="bfloat16"),
+                   mlp_hidden=2240, cms=dict(chunk_sizes=(64, 512)),
+                   smt=dict(chunk_size=64, proj_chunk_size=64), tie_embeddings=True,
+                   remat=True, scan_layers=True, dtype="bfloat16"),
   }
 
   # Saved before value_norm existed (the fix of experiments/stability): v was not normalised.
-  SAVED_BEFORE: ClassVar[dict[str, Any]] = {"value_norm": "none"}
+  SAVED_BEFORE: ClassVar[dict[str, Any]] = {"smt.value_norm": "none"}
   PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-      "default": dict(_CMSFields.PROFILES["default"], smt_anchored_step="mean",
-                      inner_rule="dgd", momentum=False, adaptive_q=False, value_norm="l2"),
-      "paper": dict(_CMSFields.PROFILES["paper"], smt_anchored_step="sum",
-                    inner_rule="paper_l2", momentum=True, adaptive_q=True, value_norm="none"),
+      "default": {**_CMSFields.PROFILES["default"], "smt.anchored_step": "mean",
+                  "smt.rule": "dgd", "smt.momentum": False, "smt.adaptive_q": False,
+                  "smt.value_norm": "l2"},
+      "paper": {**_CMSFields.PROFILES["paper"], "smt.anchored_step": "sum",
+                "smt.rule": "paper_l2", "smt.momentum": True, "smt.adaptive_q": True,
+                "smt.value_norm": "none"},
   }
+  RENAMED: ClassVar[dict[str, str]] = {**_CMS_RENAMED, **_SMT_RENAMED}
 
-  smt_chunk_size: int = 16
-  smt_proj_chunk_size: int = 16
-  smt_anchored_step: str | None = None
-  smt_targets: str = "self"
-  smt_output_error: str = "anchor"
-  smt_chunk_backward: str = "autodiff"
-  inner_rule: str | None = None
-  momentum: bool | None = None
-  adaptive_q: bool | None = None
-  static_projections: tuple[str, ...] = ()
-  read_at: str = "pre"
-  memory_hidden: int | None = None
-  eta_max: float = 1.0
-  alpha_min: float = 0.5
-  mu_max: float = 0.9
-  stop_target_grad: bool = False
-  value_norm: str | None = None
-  memory_activation: str = "silu"
-  gate_hidden: int | None = None
-  eta_bias_init: float = -2.0
-  alpha_bias_init: float = 8.0
-  conv_width: int = 4
-  memory_implementation: str = "auto"
+  smt: SelfModifyingTitansConfig = dataclasses.field(default_factory=_unset_smt)
 
   def __post_init__(self):
     super().__post_init__()
-    object.__setattr__(self, "static_projections", tuple(self.static_projections))
-    self.smt_config()
+    self.smt_config()  # validates the self-modifying Titans fields
+
+  def nested_layers(self) -> tuple[str, ...]:
+    return ("cms", "smt")
+
+  def derived(self, name: str) -> dict[str, Any]:
+    if name != "smt":
+      return super().derived(name)
+    return dict(d_model=self.d_model, n_heads=self.n_heads, head_dim=self.head_dim,
+                remat=self.chunk_remat, dtype=self.dtype, param_dtype=self.param_dtype)
 
   def smt_config(self) -> SelfModifyingTitansConfig:
-    try:
-      return SelfModifyingTitansConfig(
-          d_model=self.d_model, n_heads=self.n_heads, head_dim=self.head_dim,
-          memory_hidden=self.memory_hidden, rule=self.choice("inner_rule"),
-          momentum=self.choice("momentum"), mu_max=self.mu_max,
-          adaptive_q=self.choice("adaptive_q"), static_projections=self.static_projections,
-          chunk_size=self.smt_chunk_size, proj_chunk_size=self.smt_proj_chunk_size,
-          anchored_step=self.choice("smt_anchored_step"), targets=self.smt_targets,
-          output_error=self.smt_output_error, chunk_backward=self.smt_chunk_backward,
-          read_at=self.read_at,
-          eta_max=self.eta_max, alpha_min=self.alpha_min,
-          stop_target_grad=self.stop_target_grad, value_norm=self.choice("value_norm"),
-          activation=self.memory_activation, gate_hidden=self.gate_hidden,
-          eta_bias_init=self.eta_bias_init, alpha_bias_init=self.alpha_bias_init,
-          conv_width=self.conv_width,
-          implementation=self.memory_implementation, remat=self.chunk_remat, dtype=self.dtype,
-          param_dtype=self.param_dtype)
-    except ValueError as e:
-      raise ValueError(f"{type(self).__name__}: {e} (set the matching HopeConfig field)") from e
+    """The self-modifying Titans layer's config (shapes from this config, profile fields
+    resolved)."""
+    return self._bind("smt")
 
   @property
   def alignment(self) -> int:
-    return math.lcm(self.smt_chunk_size, self.smt_proj_chunk_size, min(self.cms_chunk_sizes))
+    return math.lcm(self.smt.chunk_size, self.smt.proj_chunk_size, min(self.cms.chunk_sizes))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -342,14 +322,14 @@ class HopeAttentionConfig(_CMSFields):
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
-                   mlp_hidden=96, cms_chunk_sizes=(8, 32)),
+                   mlp_hidden=96, cms=dict(chunk_sizes=(8, 32))),
       "small": dict(vocab_size=259, d_model=512, n_layers=6, n_heads=8, head_dim=64,
-                    mlp_hidden=704, cms_chunk_sizes=(128, 512)),
+                    mlp_hidden=704, cms=dict(chunk_sizes=(128, 512))),
       "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,
-                   mlp_hidden=2048, cms_chunk_sizes=(64, 512), tie_embeddings=False,
+                   mlp_hidden=2048, cms=dict(chunk_sizes=(64, 512)), tie_embeddings=False,
                    remat=True, scan_layers=True, dtype="bfloat16"),
       "1_3b": dict(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, head_dim=128,
-                   mlp_hidden=2816, cms_chunk_sizes=(64, 512), tie_embeddings=True,
+                   mlp_hidden=2816, cms=dict(chunk_sizes=(64, 512)), tie_embeddings=True,
                    remat=True, scan_layers=True, dtype="bfloat16"),
   }
 
@@ -463,7 +443,7 @@ class Hope(CausalLM):
 
   def forward_embedded(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):
     """CausalLM.forward_embedded, or the segment driver when cms_objective == "ntp"."""
-    if self.config.choice("cms_objective") == "ntp":
+    if self.config.choice("cms.objective") == "ntp":
       return ntp_forward_embedded(self, x_BxTxD, memory_state, ctx)
     return super().forward_embedded(x_BxTxD, memory_state, ctx)
 
@@ -478,6 +458,6 @@ class HopeAttention(CausalLM):
 
   def forward_embedded(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):
     """CausalLM.forward_embedded, or the segment driver when cms_objective == "ntp"."""
-    if self.config.choice("cms_objective") == "ntp":
+    if self.config.choice("cms.objective") == "ntp":
       return ntp_forward_embedded(self, x_BxTxD, memory_state, ctx)
     return super().forward_embedded(x_BxTxD, memory_state, ctx)

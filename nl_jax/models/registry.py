@@ -36,17 +36,16 @@ Presets: each config class lists ``PRESETS = {"tiny", "small", "760m", "1_3b"}``
 within 5% of the name, checked by a test).
 """
 
-import dataclasses
 import importlib
 import logging
-import types
-import typing
 from collections.abc import Mapping
 from typing import Any
 
 import flax.nnx as nnx
 import jax
 import numpy as np
+
+from nl_jax import config_tree
 
 PRESET_NAMES = ("tiny", "small", "760m", "1_3b")
 
@@ -88,6 +87,9 @@ def presets(name: str) -> dict[str, dict[str, Any]]:
 def model_config(name: str, preset: str = "tiny", **overrides):
   """Frozen config of model `name` from `preset` with field overrides.
 
+  A field of a nested layer config is set by its dotted name (``**{"smt.chunk_size": 8}``)
+  or as a dict merged into the layer's (``smt=dict(chunk_size=8)``; nl_jax.config_tree).
+
   Raises:
     ValueError: unknown name, preset or override key (listing the valid choices), or an
       invalid value (from the config's own validation).
@@ -97,86 +99,40 @@ def model_config(name: str, preset: str = "tiny", **overrides):
   if preset not in table:
     raise ValueError(f"unknown preset {preset!r} for model {name!r}; expected one of "
                      f"{tuple(table)}")
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(f"unknown config field(s) {unknown} for model {name!r}; valid fields: "
-                     f"{sorted(fields)}")
-  return cls(**{**table[preset], **overrides})
-
-
-def _coerce(owner: str, field: str, value, tp):
-  """value converted to type tp, or ValueError naming the field."""
-  origin = typing.get_origin(tp)
-  if origin in (typing.Union, types.UnionType):
-    for arm in typing.get_args(tp):
-      try:
-        return _coerce(owner, field, value, arm)
-      except ValueError:
-        pass
-    raise ValueError(f"{owner}.{field}: {value!r} is not a {tp}")
-  if tp is type(None):
-    if value is None:
-      return None
-    raise ValueError(f"{owner}.{field}: expected None, got {value!r}")
-  if tp is bool:
-    if isinstance(value, (bool, np.bool_)):
-      return bool(value)
-    raise ValueError(f"{owner}.{field}: expected bool, got {type(value).__name__} {value!r}")
-  if tp is int:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-      return int(value)
-    raise ValueError(f"{owner}.{field}: expected int, got {type(value).__name__} {value!r}")
-  if tp is float:
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-      return float(value)
-    raise ValueError(f"{owner}.{field}: expected float, got {type(value).__name__} {value!r}")
-  if tp is str:
-    if isinstance(value, str):
-      return value
-    raise ValueError(f"{owner}.{field}: expected str, got {type(value).__name__} {value!r}")
-  if origin is tuple:
-    if not isinstance(value, (list, tuple)):
-      raise ValueError(f"{owner}.{field}: expected a tuple, got {type(value).__name__}")
-    args = typing.get_args(tp)
-    if len(args) == 2 and args[1] is Ellipsis:
-      return tuple(_coerce(owner, field, v, args[0]) for v in value)
-    if args and len(args) != len(value):
-      raise ValueError(f"{owner}.{field}: expected {len(args)} items, got {len(value)}")
-    return tuple(_coerce(owner, field, v, a) for v, a in zip(value, args or [Any] * len(value), strict=True))
-  return value
+  return config_tree.replace(cls(), config_tree.merge(table[preset], overrides))
 
 
 def config_from_dict(name: str, d: Mapping):
-  """Config of model `name` from a plain mapping (e.g. ``ConfigDict.to_dict()``).
+  """Config of model `name` from plain nested mappings (e.g. ``ConfigDict.to_dict()``).
 
   Every field not in `d` takes the dataclass default. Raises ValueError for unknown keys or
-  values of the wrong type, naming the field.
+  values of the wrong type, naming the dotted field.
+  """
+  return config_tree.from_dict(config_class(name), d)
+
+
+def migrate_saved(name: str, d: Mapping) -> dict[str, Any]:
+  """A saved run's model mapping (a workdir's ``config.json``) in today's schema.
+
+  Flat names of fields that now live in a nested layer config (``RENAMED`` of the config
+  class: ``smt_chunk_size`` -> ``smt.chunk_size``) move there; a field the saved mapping lacks
+  and whose default changed the model when it was added (``SAVED_BEFORE``) takes the value the
+  run was trained with, not today's default (logged).
   """
   cls = config_class(name)
-  hints = typing.get_type_hints(cls)
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - fields)
-  if unknown:
-    raise ValueError(f"unknown config field(s) {unknown} for model {name!r}; valid fields: "
-                     f"{sorted(fields)}")
-  kwargs = {k: _coerce(cls.__name__, k, v, hints.get(k, Any)) for k, v in d.items()}
-  return cls(**kwargs)
-
-
-def config_from_saved(name: str, d: Mapping):
-  """Config of model `name` from a saved run's mapping (a workdir's ``config.json``).
-
-  As `config_from_dict`, except that a field the saved mapping lacks and whose default changed
-  the model when it was added (``SAVED_BEFORE`` of the config class) takes the value the run
-  was trained with, not today's default (logged).
-  """
-  cls = config_class(name)
-  legacy = {k: v for k, v in getattr(cls, "SAVED_BEFORE", {}).items() if k not in d}
+  renamed = getattr(cls, "RENAMED", {})
+  flat = {renamed.get(k, k): v for k, v in config_tree.flatten(d).items()}
+  legacy = {k: v for k, v in getattr(cls, "SAVED_BEFORE", {}).items() if k not in flat}
   if legacy:
     logging.warning("saved %s config predates field(s) %s: using the values it was trained "
                     "with", name, legacy)
-  return config_from_dict(name, {**legacy, **d})
+  return config_tree.unflatten({**legacy, **flat})
+
+
+def config_from_saved(name: str, d: Mapping):
+  """Config of model `name` from a saved run's mapping (`migrate_saved`, then
+  `config_from_dict`)."""
+  return config_from_dict(name, migrate_saved(name, d))
 
 
 def model_name_of(config) -> str:

@@ -47,6 +47,7 @@ import flax.nnx as nnx
 import jax.numpy as jnp
 import numpy as np
 
+from nl_jax import config_tree
 from nl_jax.models import registry
 from nl_jax.models.hope import HopeAttentionConfig
 from nl_jax.models.transformer_pp import TransformerPPConfig
@@ -62,9 +63,10 @@ def stacked_config(tpp: TransformerPPConfig, *, mapping: str = "split",
                    **overrides: Any) -> HopeAttentionConfig:
   """The Hope-Attention config of the converted model (same widths, heads, vocabulary, depth).
 
-  ``overrides`` sets Hope-Attention's own fields (``cms_chunk_sizes``, ``cms_learning_rates``,
-  ``cms_variant``, ...); the number of levels is ``len(cms_chunk_sizes)`` (Hope-Attention's
-  default when not given). Every error names the field and the fix, before any weight is built.
+  ``overrides`` sets Hope-Attention's own fields (dotted names or nested dicts, as
+  ``registry.model_config`` takes them: ``cms=dict(chunk_sizes=..., learning_rates=...,
+  variant=...)``); the number of levels is ``len(cms.chunk_sizes)`` (Hope-Attention's default
+  when not given). Every error names the field and the fix, before any weight is built.
   """
   if not isinstance(tpp, TransformerPPConfig):
     raise ValueError(f"stack_levels: the source must be a Transformer++ (TransformerPPConfig), "
@@ -78,24 +80,27 @@ def stacked_config(tpp: TransformerPPConfig, *, mapping: str = "split",
   shared = {f.name: getattr(tpp, f.name) for f in dataclasses.fields(TransformerPPConfig)
             if f.name in {g.name for g in dataclasses.fields(HopeAttentionConfig)}
             and f.name != "mlp_hidden"}
-  variant = overrides.pop("cms_variant", _VARIANTS[mapping][0])
+  overrides = config_tree.unflatten(overrides)
+  cms = dict(overrides.pop("cms", {}))
+  variant = cms.pop("variant", _VARIANTS[mapping][0])
   if variant not in _VARIANTS[mapping]:
     raise ValueError(f"stack_levels: mapping={mapping!r} reproduces the pretrained MLP only with "
-                     f"cms_variant in {_VARIANTS[mapping]}, got {variant!r}")
-  k = len(overrides.get("cms_chunk_sizes", HopeAttentionConfig.cms_chunk_sizes))
+                     f"cms.variant in {_VARIANTS[mapping]}, got {variant!r}")
+  chunks = cms.get("chunk_sizes", HopeAttentionConfig().cms.chunk_sizes)
+  k = 1 if isinstance(chunks, int) else len(chunks)
   hidden = tpp.mlp_hidden
   if mapping == "split":
     if hidden % k:
       raise ValueError(f"stack_levels: mapping='split' divides the SwiGLU's {hidden} hidden "
-                       f"units among {k} levels; choose a cms_chunk_sizes of a length that "
+                       f"units among {k} levels; choose a cms.chunk_sizes of a length that "
                        f"divides {hidden}, or mapping='copy'")
     hidden //= k
   asked = overrides.pop("mlp_hidden", hidden)
   if asked != hidden:
     raise ValueError(f"stack_levels: mlp_hidden={asked} does not match the pretrained SwiGLU "
                      f"({hidden} per level with mapping={mapping!r})")
-  return HopeAttentionConfig(**{**shared, **overrides, "mlp_hidden": hidden,
-                                "cms_variant": variant})
+  return config_tree.replace(HopeAttentionConfig(**shared), {
+      **overrides, "mlp_hidden": hidden, "cms": {**cms, "variant": variant}})
 
 
 def _level_weights(mlp: dict, mapping: str, k: int) -> list[dict]:
@@ -136,8 +141,8 @@ def stack_levels(transformer: nnx.Module, *, mapping: str = "split", rngs: nnx.R
       docstring).
     rngs: for the converted model's construction (every parameter is then overwritten; default
       ``nnx.Rngs(0)``).
-    **overrides: Hope-Attention config fields (``cms_chunk_sizes``, ``cms_learning_rates``,
-      ``cms_variant``, ...).
+    **overrides: Hope-Attention config fields (as `stacked_config` takes them:
+      ``cms=dict(chunk_sizes=..., learning_rates=..., variant=...)``).
 
   Returns:
     The Hope-Attention ``nnx.Module``; its config is ``model.config``.
@@ -150,12 +155,12 @@ def stack_levels(transformer: nnx.Module, *, mapping: str = "split", rngs: nnx.R
   for name in ("embed", "final_norm", "lm_head"):
     if name in src:
       dst[name] = src[name]
-  k = len(cfg.cms_chunk_sizes)
+  k = len(cfg.cms.chunk_sizes)
   if "scanned_blocks" in src:
-    _convert_block(src["scanned_blocks"], dst["scanned_blocks"], mapping, k, cfg.cms_variant)
+    _convert_block(src["scanned_blocks"], dst["scanned_blocks"], mapping, k, cfg.cms.variant)
   else:
     for b in src["blocks"]:
-      _convert_block(src["blocks"][b], dst["blocks"][b], mapping, k, cfg.cms_variant)
+      _convert_block(src["blocks"][b], dst["blocks"][b], mapping, k, cfg.cms.variant)
   dst = _as_arrays(dst, nnx.to_pure_dict(state))
   nnx.replace_by_pure_dict(state, dst)
   nnx.update(model, state)

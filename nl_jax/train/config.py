@@ -36,6 +36,7 @@ from typing import Any
 
 import ml_collections
 
+from nl_jax import config_tree
 # The name lists are owned by the registries that build the named things; re-exported here.
 from nl_jax.models.registry import MODEL_NAMES
 from nl_jax.train.optimizers import OPTIMIZERS, SCHEDULES
@@ -104,11 +105,11 @@ class ConfigError(ValueError):
 
 
 def model_defaults(model_name: str, preset: str = "tiny", **overrides) -> dict[str, Any]:
-  """The model config of ``registry.model_config(model_name, preset)`` as a plain dict."""
+  """The model config of ``registry.model_config(model_name, preset)`` as plain nested dicts
+  (nl_jax.config_tree.to_dict: a layer config without the fields its model sets)."""
   from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
 
-  model_cfg = registry.model_config(model_name, preset, **overrides)
-  return to_plain(dataclasses.asdict(model_cfg))
+  return config_tree.to_dict(registry.model_config(model_name, preset, **overrides))
 
 
 def to_plain(value):
@@ -121,18 +122,20 @@ def to_plain(value):
 
 
 def _typed_none_fields(model_name: str, fields: dict) -> ml_collections.ConfigDict:
-  """Model fields that default to None become typed references (CLI-overridable)."""
+  """Model fields (at any depth) that default to None become typed references, so that the
+  command line can set them."""
   from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
 
-  hints = typing.get_type_hints(registry.config_class(model_name))
-  out = dict(fields)
-  for name, value in fields.items():
+  types_by_path = config_tree.field_paths(registry.config_class(model_name))
+  flat = config_tree.flatten(fields)
+  for path, value in flat.items():
     if value is None:
-      options = [a for a in typing.get_args(hints.get(name)) if a is not type(None)]
+      options = [a for a in typing.get_args(types_by_path.get(path))
+                 if a is not type(None)]
       base = typing.get_origin(options[0]) or options[0] if options else object
       if base in (int, float, str, bool, tuple):
-        out[name] = ml_collections.FieldReference(None, field_type=base)
-  return ml_collections.ConfigDict(out)
+        flat[path] = ml_collections.FieldReference(None, field_type=base)
+  return ml_collections.ConfigDict(config_tree.unflatten(flat))
 
 
 def default_config(model_name: str = "hope", preset: str = "tiny", *,
@@ -286,18 +289,18 @@ MAX_SEQ_LEN = 1 << 24
 
 
 def _chunk_field_errors(model_cfg: Any, seq_len: int) -> list[tuple[str, str]]:
-  """``(model.<field>, message)`` for every chunk-size field that does not divide seq_len."""
+  """``(model.<dotted field>, message)`` for every chunk-size field (at any depth) that does
+  not divide seq_len."""
   if model_cfg is None or not dataclasses.is_dataclass(model_cfg):
     return []
   out = []
-  for f in dataclasses.fields(model_cfg):
-    if "chunk_size" not in f.name:
+  for path, value in config_tree.flatten(config_tree.to_dict(model_cfg)).items():
+    if "chunk_size" not in path.rsplit(".", 1)[-1]:
       continue
-    value = getattr(model_cfg, f.name)
     values = value if isinstance(value, (tuple, list)) else (value,)
     bad_values = [v for v in values if isinstance(v, int) and v > 0 and seq_len % v]
     if bad_values:
-      out.append((f"model.{f.name}", f"{value!r}: {bad_values} do not divide data.seq_len="
+      out.append((f"model.{path}", f"{value!r}: {bad_values} do not divide data.seq_len="
                   f"{seq_len} (chunks must tile the sequence); use divisors of {seq_len} or "
                   "change data.seq_len"))
   return out

@@ -29,7 +29,6 @@
   row, so every step appears once and the resume point is marked.
 """
 
-import dataclasses
 import fcntl
 import json
 import os
@@ -38,6 +37,8 @@ import time
 from typing import Any
 
 from absl import logging
+
+from nl_jax import config_tree
 
 LOCK_FILE = ".lock"
 
@@ -183,7 +184,8 @@ def _with_model_fields_it_meant(saved: dict[str, Any]) -> dict[str, Any]:
   A field added to a model config after the run was saved is absent from its config.json;
   the run meant the field's ``SAVED_BEFORE`` value (registry.config_from_saved), which is the
   default unless the default changed the model. Without this every new field would read as a
-  change and refuse the resume.
+  change and refuse the resume. A config saved before the layer configs were nested has its
+  flat field names moved to their dotted places first (registry.migrate_saved).
   """
   model, name = saved.get("model"), saved.get("model_name")
   if not isinstance(model, dict) or not isinstance(name, str):
@@ -191,10 +193,11 @@ def _with_model_fields_it_meant(saved: dict[str, Any]) -> dict[str, Any]:
   from nl_jax.models import registry  # pylint: disable=g-import-not-at-top
 
   try:
-    meant = dataclasses.asdict(registry.config_from_saved(name, model))
+    migrated = registry.migrate_saved(name, model)
+    meant = config_tree.to_dict(registry.config_from_dict(name, migrated))
   except (KeyError, TypeError, ValueError):
     return saved  # an unknown model or field: compared as written, so the change is listed
-  filled = {**json.loads(json.dumps(meant, default=list)), **model}
+  filled = config_tree.merge(json.loads(json.dumps(meant, default=list)), migrated)
   return {**saved, "model": filled}
 
 

@@ -81,12 +81,12 @@ def test_continual_shrunk(tmp_path):
 @pytest.mark.slow
 def test_ablations_shrunk(tmp_path):
   out = _script("ablations").main(["--shrunk", "--out", str(tmp_path)])
-  assert out["w/o CMS"]["overrides"]["cms_learning_rates"] == (0.0,)
+  assert out["w/o CMS"]["overrides"]["cms.learning_rates"] == (0.0,)
   assert out["hope"]["overrides"]["momentum"] is True
   _, table = _outputs(str(tmp_path), ["train_loss.png"])
   assert "| w/o DGD | not run |" in table and "| static k | not run |" in table
   script = _script("ablations")
-  assert script.row_overrides("static v", {}, "tiny") == {"static_projections": ("v",)}
+  assert script.row_overrides("static v", {}, "tiny") == {"smt.static_projections": ("v",)}
 
 
 @pytest.mark.slow

@@ -226,9 +226,11 @@ def test_switch_off_variants_and_table(tmp_path):
 
   script = _script("switch_off.py")
   hope = script.variants(registry.model_config("hope", "tiny"))
-  assert hope == {"as trained": {}, "no SMT / Titans writes": {"eta_max": 1e-6},
-                  "no CMS steps": {"cms_learning_rates": (0.0, 0.0)},
-                  "both off": {"eta_max": 1e-6, "cms_learning_rates": (0.0, 0.0)}}
+  assert hope == {"as trained": {}, "no SMT / Titans writes": {"smt.eta_max": 1e-6},
+                  "no CMS steps": {"cms.learning_rates": (0.0, 0.0)},
+                  "both off": {"smt.eta_max": 1e-6, "cms.learning_rates": (0.0, 0.0)}}
+  assert script.variants(registry.model_config("titans", "tiny"))[
+      "no SMT / Titans writes"] == {"eta_max": 1e-6}
   assert list(script.variants(registry.model_config("titans", "tiny"))) == [
       "as trained", "no SMT / Titans writes"]
   assert list(script.variants(registry.model_config("transformer_pp", "tiny"))) == [

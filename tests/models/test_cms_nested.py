@@ -134,21 +134,21 @@ def test_bad_configurations_are_refused():
   one_line(r"chunk_sizes=\(8, 4\): variant='nested'", chunk_sizes=(8, 4))
   one_line(r"chunk_sizes=\(2, 4, 6\): variant='nested'", chunk_sizes=(2, 4, 6))
   # Both objectives (ntp: tests/models/test_cms_ntp.py), so the paper profile takes it as is.
-  assert registry.model_config("hope", "tiny", cms_variant="nested",
+  assert registry.model_config("hope", "tiny", **{"cms.variant": "nested"},
                                profile="paper").cms_config().objective == "ntp"
-  with pytest.raises(ValueError, match="cms_chunk_sizes"):
-    registry.model_config("hope_attention", "tiny", cms_variant="nested",
-                          cms_chunk_sizes=(32, 8))
-  cfg = registry.model_config("hope", "tiny", cms_variant="nested", profile="paper",
-                              cms_objective="local")
+  with pytest.raises(ValueError, match=r"cms: CMSConfig.chunk_sizes=\(32, 8\)"):
+    registry.model_config("hope_attention", "tiny", cms=dict(variant="nested",
+                                                             chunk_sizes=(32, 8)))
+  cfg = registry.model_config("hope", "tiny", profile="paper",
+                              cms=dict(variant="nested", objective="local"))
   assert cfg.cms_config().variant == "nested"
 
 
 def test_hope_attention_runs_nested():
   """Selectable in Hope-Attention: the CMS state carries the meta-learned initial state, which
   level 1 steps at the end of each of its chunks (positions 8, 16)."""
-  cfg = registry.model_config("hope_attention", "tiny", n_layers=1, cms_variant="nested",
-                              cms_chunk_sizes=(4, 8))
+  cfg = registry.model_config("hope_attention", "tiny", n_layers=1,
+                              cms=dict(variant="nested", chunk_sizes=(4, 8)))
   model = registry.build_model(cfg, rngs=nnx.Rngs(0))
   tok = jax.random.randint(jax.random.key(0), (2, 20), 0, 259, jnp.int32)
   fresh = model.init_memory(2)
@@ -162,8 +162,8 @@ def test_hope_attention_runs_nested():
 def test_hope_nested_streaming_split_equals_one_call():
   """Selectable in Hope: a stream split mid-segment (10, inside level 1's chunk [8, 16))
   equals one call."""
-  cfg = registry.model_config("hope", "tiny", n_layers=1, cms_variant="nested",
-                              cms_chunk_sizes=(4, 8))
+  cfg = registry.model_config("hope", "tiny", n_layers=1,
+                              cms=dict(variant="nested", chunk_sizes=(4, 8)))
   model = registry.build_model(cfg, rngs=nnx.Rngs(0))
   fwd = jitted_forward(model)
   tok = jax.random.randint(jax.random.key(0), (2, 24), 0, 259, jnp.int32)

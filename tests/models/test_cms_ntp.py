@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""CMS with the paper's next-token objective (cms_objective="ntp", nl_jax.models.cms_ntp).
+"""CMS with the paper's next-token objective (cms.objective="ntp", nl_jax.models.cms_ntp).
 
 The model's scan over segments is checked against a segment loop written here from eq. 71
 (jax.grad of each segment's next-token loss, the step summed over the chunk), forward and
@@ -36,11 +36,12 @@ from nl_jax.models import registry
 from tests.models import helpers
 
 _BASE = dict(vocab_size=32, d_model=16, n_layers=1, n_heads=2, head_dim=8, mlp_hidden=24,
-             cms_chunk_sizes=(4, 8), cms_objective="ntp", cms_learning_rates=(0.5, 0.3))
+             **{"cms.chunk_sizes": (4, 8), "cms.objective": "ntp",
+                "cms.learning_rates": (0.5, 0.3)})
 
 
 def _model(name, **overrides):
-  extra = dict(smt_chunk_size=4, smt_proj_chunk_size=4) if name == "hope" else {}
+  extra = {"smt.chunk_size": 4, "smt.proj_chunk_size": 4} if name == "hope" else {}
   cfg = registry.model_config(name, "tiny", **{**_BASE, **extra, **overrides})
   return registry.build_model(cfg, rngs=nnx.Rngs(0))
 
@@ -64,14 +65,14 @@ def _reference(model, tokens, segment_ids, targets, loss_mask, stop_inner=False)
 
   Fresh stream. Attention blocks re-run ``Attention.__call__`` on the prefix (earlier
   segments' inputs kept as they were computed), SMT blocks carry their state.
-  cms_variant="nested" (eq. 72): level l < k - 1 also carries phi (its start) and macc (its
+  cms.variant="nested" (eq. 72): level l < k - 1 also carries phi (its start) and macc (its
   gradients since level l + 1's last step); at a chunk end of level l + 1, phi takes level
   l + 1's step on macc and level l restarts from it. No retention here.
   Returns (logits [B, T, V], final fast weights per block, final accumulators per block,
   final phi per block).
   """
   cfg = model.config
-  s, chunks, lrs = min(cfg.cms_chunk_sizes), cfg.cms_chunk_sizes, cfg.cms_learning_rates
+  s, chunks, lrs = min(cfg.cms.chunk_sizes), cfg.cms.chunk_sizes, cfg.cms.learning_rates
   max_norm = cfg.cms_config().max_step_norm
   b, t = tokens.shape
   x_all = model.embed(tokens)
@@ -83,7 +84,7 @@ def _reference(model, tokens, segment_ids, targets, loss_mask, stop_inner=False)
   bcast = lambda w: jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), w)  # noqa: E731
   weights = [[bcast(w) for w in p.init] for p in params]
   acc = [[jax.tree.map(jnp.zeros_like, w) for w in ws] for ws in weights]
-  n_meta = len(chunks) - 1 if cfg.cms_variant == "nested" else 0
+  n_meta = len(chunks) - 1 if cfg.cms.variant == "nested" else 0
   phi = [ws[:n_meta] for ws in weights]
   macc = [a[:n_meta] for a in acc]
 
@@ -286,7 +287,7 @@ def _model_vs_reference(name, tokens, segment_ids, rtol, **overrides):
   init = model.blocks[0].cms.params().init[0].w_gate
   assert np.abs(np.asarray(w[0][0].w_gate) - np.asarray(init)).max() > 1e-2
   # a level with learning rate 0 keeps its initial weights (it still accumulates)
-  for lvl, lr in enumerate(model.config.cms_learning_rates):
+  for lvl, lr in enumerate(model.config.cms.learning_rates):
     if lr == 0.0:
       init = model.blocks[0].cms.params().init[lvl]
       for f in range(3):
@@ -308,19 +309,19 @@ def test_hope_attention_matches_reference_with_remainder_reset_and_zero_lr():
   # T = 10 = 2 segments of 4 + 2; document 2 starts at 4 (a multiple of S); level 2 has lr 0.
   tokens = _tokens(2, 10)
   seg = jnp.array([[1] * 4 + [2] * 6, [1] * 10], jnp.int32)
-  _model_vs_reference("hope_attention", tokens, seg, 2e-5, cms_chunk_sizes=(4, 8, 8),
-                      cms_learning_rates=(0.5, 0.3, 0.0))
+  _model_vs_reference("hope_attention", tokens, seg, 2e-5, **{"cms.chunk_sizes": (4, 8, 8),
+                      "cms.learning_rates": (0.5, 0.3, 0.0)})
 
 
 def test_nested_hope_attention_matches_reference():
-  """cms_variant="nested" with the next-token objective (eq. 72 over eq. 71): level 0's context
+  """cms.variant="nested" with the next-token objective (eq. 72 over eq. 71): level 0's context
   ends at 8 and 16 (level 1's chunk ends), level 1's at 16; row 0 starts a document at 12.
   The parents move more slowly than their children (lr 0.5 > 0.3 > 0.2), so restarting from
   phi is not a no-op."""
   tokens = _tokens(2, 16)
   seg = jnp.array([[1] * 12 + [2] * 4, [1] * 16], jnp.int32)
-  _model_vs_reference("hope_attention", tokens, seg, 2e-5, cms_chunk_sizes=(4, 8, 16),
-                      cms_learning_rates=(0.5, 0.3, 0.2), cms_variant="nested")
+  _model_vs_reference("hope_attention", tokens, seg, 2e-5, **{"cms.chunk_sizes": (4, 8, 16),
+                      "cms.learning_rates": (0.5, 0.3, 0.2), "cms.variant": "nested"})
 
 
 @pytest.mark.slow
@@ -402,8 +403,8 @@ def test_ntp_state_and_the_layer_refuses_to_run_alone():
   assert state["block_0"]["cms"].weights[0].w_gate.shape == (2, 16, 24)
   with pytest.raises(ValueError, match="objective='ntp'"):
     model.blocks[0].cms(jnp.zeros((2, 4, 16)), state["block_0"]["cms"], jnp.zeros((2, 4), bool))
-  with pytest.raises(ValueError, match="cms_objective"):
-    registry.model_config("hope", "tiny", cms_objective="next_token")
+  with pytest.raises(ValueError, match=r"cms: CMSConfig.objective='next_token'"):
+    registry.model_config("hope", "tiny", **{"cms.objective": "next_token"})
 
 
 def test_a_document_start_inside_a_segment_is_refused():
@@ -413,6 +414,6 @@ def test_a_document_start_inside_a_segment_is_refused():
   tokens = _tokens(1, 8)
   seg = jnp.array([[1] * 6 + [2] * 2], jnp.int32)
   with pytest.raises(ValueError, match=r"global position 6\), which is not a multiple of "
-                     r"min\(cms_chunk_sizes\)=4.*cms_objective='local'"):
+                     r"min\(cms.chunk_sizes\)=4.*cms.objective='local'"):
     model(tokens, segment_ids=seg)
   model(tokens, segment_ids=jnp.array([[1] * 4 + [2] * 4], jnp.int32))  # on a boundary: runs

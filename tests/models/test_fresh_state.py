@@ -26,9 +26,10 @@ from tests.memory.test_aligned_chunks import _scan_lengths
 
 
 @pytest.mark.parametrize("name,overrides", [
-    ("hope", dict(n_layers=1, cms_chunk_sizes=(4, 8), smt_chunk_size=8, smt_proj_chunk_size=4)),
-    ("hope", dict(n_layers=1, cms_objective="ntp", cms_chunk_sizes=(8, 16), smt_chunk_size=8,
-                  smt_proj_chunk_size=4)),
+    ("hope", dict(n_layers=1, cms=dict(chunk_sizes=(4, 8)),
+                  smt=dict(chunk_size=8, proj_chunk_size=4))),
+    ("hope", dict(n_layers=1, cms=dict(objective="ntp", chunk_sizes=(8, 16)),
+                  smt=dict(chunk_size=8, proj_chunk_size=4))),
     ("titans", dict(n_layers=1))])
 def test_fresh_call_equals_explicit_fresh_state_with_fewer_chunks(name, overrides):
   cfg = registry.model_config(name, "tiny", **overrides)

@@ -71,13 +71,13 @@ def test_hope_streaming_per_sequence_and_resets():
 
 
 @pytest.mark.parametrize("name,overrides", [
-    ("hope", dict(momentum=True, adaptive_q=True, inner_rule="paper_l2", read_at="post",
-                  eta_max=0.4, cms_variant="independent", smt_proj_chunk_size=4)),
+    ("hope", dict(smt=dict(momentum=True, adaptive_q=True, rule="paper_l2", read_at="post",
+                           eta_max=0.4, proj_chunk_size=4), cms=dict(variant="independent"))),
     pytest.param("hope_attention", dict(), marks=pytest.mark.slow),
     pytest.param("hope", dict(), marks=pytest.mark.slow),
-    pytest.param("hope", dict(inner_rule="gd", read_at="anchor", stop_target_grad=True),
+    pytest.param("hope", dict(smt=dict(rule="gd", read_at="anchor", stop_target_grad=True)),
                  marks=pytest.mark.slow),
-    pytest.param("hope_attention", dict(cms_variant="independent", sliding_window=4),
+    pytest.param("hope_attention", dict(cms=dict(variant="independent"), sliding_window=4),
                  marks=pytest.mark.slow),
 ])
 def test_causality_by_gradient(name, overrides):
@@ -112,19 +112,24 @@ def test_bad_inputs():
                                rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="memory_state"):
     model(jnp.zeros((1, 4), jnp.int32), other.init_memory(1))
-  with pytest.raises(ValueError, match="cms_chunk_sizes"):
-    registry.model_config("hope", "tiny", cms_chunk_sizes=(8, 12))
-  with pytest.raises(ValueError, match="rule"):
-    registry.model_config("hope", "tiny", inner_rule="hebbian")
-  with pytest.raises(ValueError, match="cms_objective"):
-    registry.model_config("hope_attention", "tiny", cms_objective="next_token")
+  with pytest.raises(ValueError, match=r"cms: CMSConfig.chunk_sizes"):
+    registry.model_config("hope", "tiny", cms=dict(chunk_sizes=(8, 12)))
+  with pytest.raises(ValueError, match=r"smt: SelfModifyingTitansConfig.rule"):
+    registry.model_config("hope", "tiny", **{"smt.rule": "hebbian"})
+  with pytest.raises(ValueError, match=r"cms: CMSConfig.objective"):
+    registry.model_config("hope_attention", "tiny", cms=dict(objective="next_token"))
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['smt.rules'\]"):
+    registry.model_config("hope", "tiny", **{"smt.rules": "dgd"})
+  # The model sets its layers' widths: a layer config may not set them otherwise.
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['cms.d_model'\]"):
+    registry.model_config("hope", "tiny", **{"cms.d_model": 32})
   # One level may be given as a scalar (command-line overrides); static k / v are options.
-  cfg = registry.model_config("hope", "tiny", cms_chunk_sizes=16, cms_learning_rates=0.0,
-                              static_projections=["k"])
-  assert cfg.cms_chunk_sizes == (16,) and cfg.cms_learning_rates == (0.0,)
+  cfg = registry.model_config("hope", "tiny", cms=dict(chunk_sizes=16, learning_rates=0.0),
+                              smt=dict(static_projections=["k"]))
+  assert cfg.cms.chunk_sizes == (16,) and cfg.cms.learning_rates == (0.0,)
   assert cfg.smt_config().static_projections == ("k",)
   with pytest.raises(ValueError, match="static_projections"):
-    registry.model_config("hope", "tiny", static_projections=("q",))
+    registry.model_config("hope", "tiny", smt=dict(static_projections=("q",)))
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ and the CMS token by token from eq. 71 with the next-token loss (float64 referen
 model).
 """
 
+import ast
 import dataclasses
 import importlib.util
 import math
@@ -43,21 +44,22 @@ from nl_jax.layers.self_modifying_titans import (
   init_memory_state,
   memory_scan,
 )
+from nl_jax import config_tree
 from nl_jax.models import hope, registry
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # The documented table: field -> (paper, default).
 TABLE = {
-    "smt_anchored_step": ("sum", "mean"),
-    "inner_rule": ("paper_l2", "dgd"),
-    "value_norm": ("none", "l2"),
-    "momentum": (True, False),
-    "adaptive_q": (True, False),
-    "cms_objective": ("ntp", "local"),
-    "cms_max_step_norm": (math.inf, 1.0),
+    "smt.anchored_step": ("sum", "mean"),
+    "smt.rule": ("paper_l2", "dgd"),
+    "smt.value_norm": ("none", "l2"),
+    "smt.momentum": (True, False),
+    "smt.adaptive_q": (True, False),
+    "cms.objective": ("ntp", "local"),
+    "cms.max_step_norm": (math.inf, 1.0),
 }
-CMS_ROWS = ("cms_objective", "cms_max_step_norm")
+CMS_ROWS = ("cms.objective", "cms.max_step_norm")
 
 
 def _rows(name):
@@ -81,43 +83,45 @@ def test_profiles_set_exactly_the_documented_values(name):
     cfg = registry.model_config(name, "tiny", profile=profile)
     assert cfg.choices() == {k: v[col] for k, v in _rows(name).items()}
     cms = cfg.cms_config()
-    assert cms.objective == TABLE["cms_objective"][col]
-    assert cms.max_step_norm == (None if profile == "paper" else 1.0)  # None: no clip
+    assert cms.objective == TABLE["cms.objective"][col]
+    assert cms.max_step_norm == TABLE["cms.max_step_norm"][col]  # inf: no clip
     if name == "hope":
       smt = cfg.smt_config()
       got = (smt.anchored_step, smt.rule, smt.value_norm, smt.momentum, smt.adaptive_q)
-      assert got == tuple(TABLE[k][col] for k in ("smt_anchored_step", "inner_rule",
-                                                  "value_norm", "momentum", "adaptive_q"))
+      assert got == tuple(TABLE[k][col] for k in ("smt.anchored_step", "smt.rule",
+                                                  "smt.value_norm", "smt.momentum",
+                                                  "smt.adaptive_q"))
   # the default profile is the model as it was before profiles existed
   assert registry.model_config(name, "tiny") == registry.model_config(name, "tiny",
                                                                       profile="default")
 
 
 def test_explicit_fields_win_over_the_profile():
-  cfg = registry.model_config("hope", "tiny", profile="paper", cms_objective="local",
-                              momentum=False, cms_max_step_norm=2.0)
+  cfg = registry.model_config("hope", "tiny", profile="paper",
+                              cms=dict(objective="local", max_step_norm=2.0),
+                              smt=dict(momentum=False))
   want = {k: v[0] for k, v in TABLE.items()}
-  want.update(cms_objective="local", momentum=False, cms_max_step_norm=2.0)
+  want.update({"cms.objective": "local", "smt.momentum": False, "cms.max_step_norm": 2.0})
   assert cfg.choices() == want
   assert cfg.cms_config().max_step_norm == 2.0 and not cfg.smt_config().momentum
-  cfg = registry.model_config("hope", "tiny", value_norm="none", smt_anchored_step="sum")
+  cfg = registry.model_config("hope", "tiny", smt=dict(value_norm="none", anchored_step="sum"))
   assert cfg.smt_config().value_norm == "none" and cfg.smt_config().anchored_step == "sum"
   assert cfg.smt_config().rule == "dgd"
   with pytest.raises(ValueError, match=r"HopeConfig.profile='literal' is not one of "
                      r"\('default', 'paper'\)"):
     registry.model_config("hope", "tiny", profile="literal")
-  with pytest.raises(ValueError, match=r"cms_max_step_norm must be > 0"):
-    registry.model_config("hope_attention", "tiny", cms_max_step_norm=0.0)
+  with pytest.raises(ValueError, match=r"cms: CMSConfig.max_step_norm must be > 0"):
+    registry.model_config("hope_attention", "tiny", cms=dict(max_step_norm=0.0))
   with pytest.raises(ValueError, match="anchored_step"):
-    registry.model_config("hope", "tiny", smt_anchored_step="median")
+    registry.model_config("hope", "tiny", smt=dict(anchored_step="median"))
   # The chunk-step variants reach the layer (issue 17's measurements use them).
-  cfg = registry.model_config("hope", "tiny", smt_output_error="current",
-                              smt_anchored_step="mean_all")
+  cfg = registry.model_config("hope", "tiny", smt=dict(output_error="current",
+                                                       anchored_step="mean_all"))
   assert (cfg.smt_config().output_error, cfg.smt_config().anchored_step) == ("current",
                                                                               "mean_all")
   assert cfg.smt_config().out_memory.output_error == "current"
   with pytest.raises(ValueError, match=r"output_error='last' is not one of"):
-    registry.model_config("hope", "tiny", smt_output_error="last")
+    registry.model_config("hope", "tiny", smt=dict(output_error="last"))
 
 
 def _fmt(v, quote):
@@ -136,7 +140,7 @@ def test_docs_tabulate_exactly_the_profile():
     assert got[field][1].strip().startswith(_fmt(paper, "`")), field
     assert got[field][2].strip() == _fmt(default, "`"), field
   rows = [re.split(r"\s{2,}", r) for r in hope.__doc__.splitlines()
-          if re.match(r"``\w+``\s{2,}", r)]
+          if re.match(r"``\w+\.\w+``\s{2,}", r)]
   got = {cells[0].strip("`"): cells for cells in rows}
   assert set(got) == set(TABLE)
   for field, (paper, default) in TABLE.items():
@@ -176,6 +180,48 @@ def test_every_profile_field_round_trips_through_the_command_line(monkeypatch, n
   assert cfg.profile == "default" and cfg.choices() == paper
 
 
+# A value other than the tiny preset's for every field of Hope and Hope-Attention (dotted
+# names), as the command line spells it; one set of values that validates together.
+EVERY_FIELD = {
+    "vocab_size": "300", "d_model": "96", "n_layers": "3", "n_heads": "2", "head_dim": "24",
+    "mlp_hidden": "80", "dtype": "bfloat16", "param_dtype": "bfloat16", "remat": "True",
+    "scan_layers": "True", "tie_embeddings": "False", "norm_eps": "1e-5",
+    "rope_theta": "500.0", "profile": "paper", "chunk_remat": "False",
+    "cms.chunk_sizes": "(4, 16, 64)", "cms.learning_rates": "(0.1, 0.2, 0.0)",
+    "cms.variant": "nested", "cms.objective": "local", "cms.max_step_norm": "2.5",
+    "cms.retention": "(0.9, 0.8, 1.0)", "cms.meta_gradient": "first_order",
+    "smt.memory_hidden": "12", "smt.gate_hidden": "6", "smt.activation": "gelu",
+    "smt.rule": "gd", "smt.momentum": "False", "smt.mu_max": "0.5", "smt.adaptive_q": "False",
+    "smt.static_projections": "('k',)", "smt.chunk_size": "16", "smt.proj_chunk_size": "4",
+    "smt.read_at": "post", "smt.eta_max": "0.5", "smt.alpha_min": "0.25",
+    "smt.eta_bias_init": "-1.0", "smt.alpha_bias_init": "6.0", "smt.stop_target_grad": "True",
+    "smt.value_norm": "l2", "smt.anchored_step": "mean_all", "smt.output_error": "current",
+    "smt.targets": "shared", "smt.chunk_backward": "manual", "smt.conv_width": "2",
+    "smt.implementation": "sequential", "sliding_window": "32", "attention_block_size": "64",
+}
+
+
+@pytest.mark.parametrize("name", ["hope", "hope_attention"])
+def test_every_field_of_the_nested_configs_round_trips_through_the_command_line(
+    monkeypatch, name):
+  """Each field of every level, set by its dotted name on the command line, reaches the model
+  config (and through it the layer configs); a field added later must be listed here."""
+  paths = config_tree.field_paths(registry.config_class(name))
+  assert set(paths) <= set(EVERY_FIELD), sorted(set(paths) - set(EVERY_FIELD))
+  cfg = _cli_model(monkeypatch, name, *(f"--config.model.{p}={EVERY_FIELD[p]}" for p in paths))
+  flat = config_tree.flatten(config_tree.to_dict(cfg))
+  assert set(flat) == set(paths)
+  for path in paths:
+    want = ast.literal_eval(EVERY_FIELD[path]) if EVERY_FIELD[path][0] in "(-0123456789TF" \
+        else EVERY_FIELD[path]
+    assert flat[path] == want, path
+    assert flat[path] != config_tree.flatten(config_tree.to_dict(
+        registry.model_config(name, "tiny")))[path], path
+  assert cfg.cms_config().meta_gradient == "first_order" and cfg.cms_config().d_model == 96
+  if name == "hope":
+    assert (cfg.smt_config().chunk_backward, cfg.smt_config().head_dim) == ("manual", 24)
+
+
 def test_paper_scale_configs_and_the_ablation_reference_are_one_model():
   ablations = _load(ROOT / "experiments" / "ablations" / "run.py", "_ablations_run")
   lm = _load(ROOT / "experiments" / "configs" / "lm.py", "_lm_configs")
@@ -183,11 +229,11 @@ def test_paper_scale_configs_and_the_ablation_reference_are_one_model():
     got = registry.config_from_dict("hope", lm.get_config(f"hope,{size}").model.to_dict())
     ref = registry.model_config("hope", size, **ablations.REFERENCE)
     assert (got.profile, got.choices()) == (ref.profile, ref.choices())
-    assert got.choices()["momentum"] and got.choices()["adaptive_q"]
-  # every ablation row is a difference from that reference
+    assert got.choices()["smt.momentum"] and got.choices()["smt.adaptive_q"]
+  # every ablation row is a difference from that reference (dotted field names)
   assert ablations.ROWS["hope"] == {}
-  assert all(row == "no_cms" or set(row) <= {f.name for f in dataclasses.fields(
-      hope.HopeConfig)} for row in ablations.ROWS.values())
+  fields = config_tree.field_paths(hope.HopeConfig)
+  assert all(row == "no_cms" or set(row) <= set(fields) for row in ablations.ROWS.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +305,7 @@ def _smt_reference(init, bias, xk, xv, xq, mu, eta_max, alpha_min, cp, co):
 
 def _smt_setup(seed, b=2, t=11):
   cfg = registry.model_config("hope", "tiny", profile="paper", d_model=8, n_heads=2, head_dim=4,
-                              smt_chunk_size=4, smt_proj_chunk_size=2).smt_config()
+                              smt=dict(chunk_size=4, proj_chunk_size=2)).smt_config()
   cfg = dataclasses.replace(cfg, dtype="float64", param_dtype="float64")
   params = SelfModifyingTitans(cfg, rngs=nnx.Rngs(seed)).params()
   # Larger memory weights than at init, so every memory's state matters to the outputs.
@@ -341,7 +387,7 @@ def _cms_reference(model, r_BxTxD, targets, mask):
                  table, cfg.norm_eps)
     logits.append(lg)
     acc = jax.tree.map(jnp.add, acc, g)
-    for lvl, (c, lr) in enumerate(zip(cfg.cms_chunk_sizes, cfg.cms_learning_rates,
+    for lvl, (c, lr) in enumerate(zip(cfg.cms.chunk_sizes, cfg.cms.learning_rates,
                                       strict=True)):
       if (t + 1) % c == 0:
         step_norms.append(lr * jnp.sqrt(sum(jnp.sum(a * a, axis=(1, 2)) for a in acc[lvl])))
@@ -357,10 +403,10 @@ def test_cms_under_the_paper_profile_equals_eq_71_token_by_token(name):
   mixer output (checked by its own tests) feeds both; the model (float32) equals the float64
   token loop within float32 tolerance, and the unclipped steps are far beyond the default
   clip (fails under the default profile: local objective, clip 1.0)."""
-  extra = dict(smt_chunk_size=4, smt_proj_chunk_size=2) if name == "hope" else {}
+  extra = dict(smt=dict(chunk_size=4, proj_chunk_size=2)) if name == "hope" else {}
   cfg = registry.model_config(name, "tiny", profile="paper", vocab_size=32, d_model=16,
                               n_layers=1, n_heads=2, head_dim=8, mlp_hidden=24,
-                              cms_chunk_sizes=(4, 8), cms_learning_rates=(0.5, 0.3), **extra)
+                              cms=dict(chunk_sizes=(4, 8), learning_rates=(0.5, 0.3)), **extra)
   model = registry.build_model(cfg, rngs=nnx.Rngs(0))
   b, t = 2, 12
   tokens = jax.random.randint(jax.random.key(1), (b, t), 0, cfg.vocab_size, jnp.int32)

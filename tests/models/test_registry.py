@@ -20,6 +20,7 @@ import flax.nnx as nnx
 import jax
 import pytest
 
+from nl_jax import config_tree
 from nl_jax.models import registry
 
 BASELINES = ("titans", "transformer_pp")
@@ -113,7 +114,7 @@ def test_errors_name_the_problem():
 def test_config_from_dict_round_trip_and_type_errors():
   for name in BASELINES:
     config = registry.model_config(name, "small", remat=True)
-    assert registry.config_from_dict(name, dataclasses.asdict(config)) == config
+    assert registry.config_from_dict(name, config_tree.to_dict(config)) == config
   config = registry.config_from_dict("transformer_pp", {"sliding_window": 8, "norm_eps": 1})
   assert config.sliding_window == 8 and config.norm_eps == 1.0
   with pytest.raises(ValueError, match="TransformerPPConfig.d_model: expected int"):
@@ -126,17 +127,68 @@ def test_config_from_dict_round_trip_and_type_errors():
     registry.config_from_dict("titans", {"foo": 1})
 
 
-@pytest.mark.parametrize("name", ["titans", "hope"])
-def test_saved_config_without_value_norm_loads_as_trained(name):
+def _json(d):
+  return {k: _json(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v
+          for k, v in d.items()}
+
+
+def test_saved_config_without_value_norm_loads_as_trained():
   """A run saved before value_norm existed was trained with unnormalised v: loading it must
   not switch to today's default (l2), while a new config still gets the default."""
-  saved = dataclasses.asdict(registry.model_config(name, "tiny"))
+  saved = _json(dataclasses.asdict(registry.model_config("titans", "tiny")))
   del saved["value_norm"]
-  saved = {k: list(v) if isinstance(v, tuple) else v for k, v in saved.items()}
-  old = registry.config_from_saved(name, saved)
-  assert old.value_norm == "none"
-  assert registry.config_from_saved(name, {**saved, "value_norm": "l2"}).value_norm == "l2"
-  assert registry.config_from_dict(name, saved).value_norm != "none"
+  assert registry.config_from_saved("titans", saved).value_norm == "none"
+  assert registry.config_from_saved("titans", {**saved, "value_norm": "l2"}).value_norm == "l2"
+  assert registry.config_from_dict("titans", saved).value_norm != "none"
+  saved = _json(config_tree.to_dict(registry.model_config("hope", "tiny")))
+  del saved["smt"]["value_norm"]
+  assert registry.config_from_saved("hope", saved).smt.value_norm == "none"
+  assert registry.config_from_dict("hope", saved).smt_config().value_norm == "l2"
+
+
+def _flat_hope(config) -> dict:
+  """A Hope config as runs saved it before the layer configs were nested (flat names)."""
+  old_name = {new: old for old, new in type(config).RENAMED.items()}
+  return _json({old_name.get(k, k): v for k, v in config_tree.flatten(
+      config_tree.to_dict(config)).items()})
+
+
+@pytest.mark.parametrize("name", ["hope", "hope_attention"])
+def test_saved_flat_config_migrates_to_the_nested_one(name):
+  """config.json of a run saved with the flat names (smt_chunk_size, cms_learning_rates,
+  inner_rule, ...) loads as the same model: every flat name moves to its dotted place."""
+  config = registry.model_config(name, "tiny", profile="paper",
+                                 cms=dict(learning_rates=(0.1, 0.0), variant="independent"),
+                                 **({"smt": dict(chunk_size=4, alpha_min=0.3, rule="gd",
+                                                 activation="gelu")} if name == "hope" else {}))
+  flat = _flat_hope(config)
+  assert "cms_learning_rates" in flat and "cms" not in flat
+  if name == "hope":
+    assert {"smt_chunk_size", "alpha_min", "inner_rule", "memory_activation"} <= set(flat)
+  assert registry.config_from_saved(name, flat) == config
+  # A flat Hope saved before value_norm existed still loads with the value it was trained with.
+  if name == "hope":
+    del flat["value_norm"]
+    assert registry.config_from_saved(name, flat).smt.value_norm == "none"
+
+
+def test_nested_fields_round_trip_and_name_their_dotted_path():
+  for name in ("hope", "hope_attention"):
+    config = registry.model_config(name, "small", **{"cms.retention": (0.9, 0.8)})
+    assert registry.config_from_dict(name, _json(config_tree.to_dict(config))) == config
+  with pytest.raises(ValueError, match=r"smt: HopeConfig.smt.chunk_size: expected int, got str .8."):
+    registry.config_from_dict("hope", {"smt": {"chunk_size": "8"}})
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['smt.d_model'\]"):
+    registry.config_from_dict("hope", {"smt": {"d_model": 8}})
+  # A layer config given whole may carry the widths only as the model sets them.
+  from nl_jax.layers.self_modifying_titans import SelfModifyingTitansConfig  # noqa: PLC0415
+
+  ok = registry.model_config("hope", "tiny", smt=SelfModifyingTitansConfig(
+      d_model=64, n_heads=4, head_dim=16, chunk_size=8, proj_chunk_size=8))
+  assert ok.smt.d_model is None and ok.smt_config().d_model == 64
+  with pytest.raises(ValueError, match=r"HopeConfig.smt: \['d_model'\] are set from the model"):
+    registry.model_config("hope", "tiny", smt=SelfModifyingTitansConfig(
+        d_model=32, n_heads=4, head_dim=16, chunk_size=8, proj_chunk_size=8))
 
 
 def test_titans_saved_before_the_gate_fields_loads_with_its_gate():

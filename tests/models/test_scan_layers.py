@@ -24,7 +24,7 @@ from nl_jax.optim import partition
 from nl_jax.train import config as config_lib
 from nl_jax.train import mesh as mesh_lib
 
-_SMALL_HOPE = dict(cms_chunk_sizes=(4, 8), smt_chunk_size=8, smt_proj_chunk_size=4)
+_SMALL_HOPE = {"cms.chunk_sizes": (4, 8), "smt.chunk_size": 8, "smt.proj_chunk_size": 4}
 
 
 def _stack_blocks(pure, n):
@@ -56,9 +56,9 @@ def _run(cfg, tokens, seg, carry):
 @pytest.mark.parametrize("name,overrides,carry", [
     ("transformer_pp", {}, False),
     ("titans", {}, True),
-    ("hope_attention", dict(cms_chunk_sizes=(4, 8)), True),
+    ("hope_attention", {"cms.chunk_sizes": (4, 8)}, True),
     pytest.param("hope", _SMALL_HOPE, False, marks=pytest.mark.slow),
-    ("hope_attention", dict(cms_chunk_sizes=(8, 16), cms_objective="ntp"), False),
+    ("hope_attention", {"cms.chunk_sizes": (8, 16), "cms.objective": "ntp"}, False),
 ])
 def test_scanned_blocks_equal_unrolled_blocks(name, overrides, carry):
   n = 2  # different layers: a wrong order or a shared slice would show
@@ -118,7 +118,7 @@ def test_next_token_cms_driver_scans_the_blocks_too():
   (~100 lines each), where the unrolled driver adds a whole block (~2,000 lines each)."""
   def lines(n, scan):
     return _program_lines("hope_attention", n_layers=n, scan_layers=scan,
-                          cms_chunk_sizes=(8, 16), cms_objective="ntp", d_model=32, n_heads=2,
+                          cms=dict(chunk_sizes=(8, 16), objective="ntp"), d_model=32, n_heads=2,
                           head_dim=16, mlp_hidden=64)
 
   scanned = lines(4, True) - lines(2, True)

@@ -248,7 +248,7 @@ def test_hand_written_chunk_backward_equals_sequential_float64():
     state = state._replace(position=jnp.array([1, 1], jnp.int32))
     inp = inp._replace(reset=inp.reset.at[1, 7].set(True))  # global position 8
     _compare(cfg, params, inp, state)
-  hope = registry.model_config("hope", "tiny", smt_chunk_backward="manual")
+  hope = registry.model_config("hope", "tiny", smt=dict(chunk_backward="manual"))
   assert hope.smt_config().out_memory._manual_chunk
   with pytest.raises(ValueError, match="chunk_backward"):
-    registry.model_config("hope", "tiny", smt_chunk_backward="hand")
+    registry.model_config("hope", "tiny", smt=dict(chunk_backward="hand"))

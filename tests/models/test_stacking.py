@@ -51,9 +51,9 @@ def _tokens():
                                              ("slowest", "independent")])
 def test_at_learning_rate_zero_the_converted_model_is_the_transformer(mapping, variant):
   tpp = _trained_like_transformer()
-  hope = stacking.stack_levels(tpp, mapping=mapping, cms_variant=variant,
-                               cms_chunk_sizes=CHUNKS, cms_learning_rates=(0.0, 0.0))
-  assert hope.config.cms_variant == variant
+  hope = stacking.stack_levels(tpp, mapping=mapping, cms=dict(
+      variant=variant, chunk_sizes=CHUNKS, learning_rates=(0.0, 0.0)))
+  assert hope.config.cms.variant == variant
   want = tpp(_tokens())[0]
   got = hope(_tokens())[0]
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
@@ -72,8 +72,7 @@ def test_with_learning_rates_the_levels_learn_from_the_pretrained_weights():
   """Rates > 0: identical up to the first chunk end (nothing has stepped yet), then the CMS has
   learned in context and the outputs move away from the Transformer++'s."""
   tpp = _trained_like_transformer()
-  hope = stacking.stack_levels(tpp, cms_chunk_sizes=CHUNKS, cms_learning_rates=(0.3, 0.3),
-                               cms_max_step_norm=None)
+  hope = stacking.stack_levels(tpp, cms=dict(chunk_sizes=CHUNKS, learning_rates=(0.3, 0.3)))
   want = np.asarray(tpp(_tokens())[0])
   got = np.asarray(hope(_tokens())[0])
   np.testing.assert_allclose(got[:, :CHUNKS[0]], want[:, :CHUNKS[0]], rtol=2e-5, atol=2e-5)
@@ -82,7 +81,7 @@ def test_with_learning_rates_the_levels_learn_from_the_pretrained_weights():
 
 def test_scanned_blocks_convert_too():
   tpp = _trained_like_transformer(scan_layers=True)
-  hope = stacking.stack_levels(tpp, cms_chunk_sizes=CHUNKS, cms_learning_rates=(0.0, 0.0))
+  hope = stacking.stack_levels(tpp, cms=dict(chunk_sizes=CHUNKS, learning_rates=(0.0, 0.0)))
   assert hope.config.scan_layers
   np.testing.assert_allclose(np.asarray(hope(_tokens())[0]), np.asarray(tpp(_tokens())[0]),
                              rtol=2e-5, atol=2e-5)
@@ -94,14 +93,14 @@ def test_bad_requests_are_refused_in_one_line():
     stacking.stacked_config(registry.model_config("titans", "tiny"))
   with pytest.raises(ValueError, match="mapping='bogus'"):
     stacking.stacked_config(tpp, mapping="bogus")
-  with pytest.raises(ValueError, match="cms_variant in \\('independent',\\)"):
-    stacking.stacked_config(tpp, mapping="split", cms_variant="sequential")
+  with pytest.raises(ValueError, match="cms.variant in \\('independent',\\)"):
+    stacking.stacked_config(tpp, mapping="split", **{"cms.variant": "sequential"})
   with pytest.raises(ValueError, match="divides the SwiGLU's 192 hidden units among 5"):
-    stacking.stacked_config(tpp, cms_chunk_sizes=(8, 16, 32, 64, 128))
+    stacking.stacked_config(tpp, **{"cms.chunk_sizes": (8, 16, 32, 64, 128)})
   with pytest.raises(ValueError, match="mlp_hidden=50"):
     stacking.stacked_config(tpp, mlp_hidden=50)
   with pytest.raises(ValueError, match="conv_width=4"):
     stacking.stacked_config(registry.model_config("transformer_pp", "tiny", conv_width=4))
-  cfg = stacking.stacked_config(tpp, mapping="copy", cms_chunk_sizes=CHUNKS)
+  cfg = stacking.stacked_config(tpp, mapping="copy", **{"cms.chunk_sizes": CHUNKS})
   assert (cfg.mlp_hidden, cfg.n_layers, cfg.d_model) == (192, 2, 64)
   assert jnp.dtype(cfg.dtype) == jnp.float32

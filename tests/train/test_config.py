@@ -81,7 +81,7 @@ def test_experiment_config_loads_and_validates(model, size):
     assert config.model_preset == size
     assert config.model.dtype == "bfloat16" and config.model.remat and config.model.scan_layers
     if model == "hope":  # the paper-scale Hope is the ablations' reference Hope
-      assert (config.model.momentum, config.model.adaptive_q) == (True, True)
+      assert (config.model.smt.momentum, config.model.smt.adaptive_q) == (True, True)
 
 
 def test_files_arg_reads_data_paths_from_environment(tmp_path, monkeypatch):
@@ -119,6 +119,34 @@ def test_bad_config_unknown_and_missing_keys():
   assert "'model'" in msg and "d_modle" in msg
   msg = _bad(_from_dict(c, lambda d: d["data"].update(seq_lenn=64)))
   assert "seq_lenn" in msg
+
+
+def test_bad_nested_model_fields_name_their_dotted_path():
+  c = config_lib.default_config("hope", "tiny")
+  msg = _bad(_from_dict(c, lambda d: d["model"]["smt"].update(chunk_sise=8)))
+  assert "field 'model'" in msg and "['smt.chunk_sise']" in msg
+  msg = _bad(_from_dict(c, lambda d: d["model"]["cms"].update(variant="chain")))
+  assert "field 'model'" in msg and "cms: CMSConfig.variant='chain' is not one of" in msg
+  msg = _bad(_from_dict(c, lambda d: d["model"]["smt"].update(eta_max="big")))
+  assert "HopeConfig.smt.eta_max: expected float" in msg
+
+
+def test_a_run_saved_with_flat_hope_fields_resumes_unchanged():
+  """config.json of a Hope run saved before the layer configs were nested (flat names) reads as
+  the same config (no change to refuse); a real change is listed by its dotted name."""
+  from nl_jax import config_tree  # noqa: PLC0415
+  from nl_jax.models import hope  # noqa: PLC0415
+  from nl_jax.train import workdir  # noqa: PLC0415
+
+  config = config_lib.default_config("hope", "tiny")
+  saved = workdir.config_as_json(config)
+  old_name = {new: old for old, new in hope.HopeConfig.RENAMED.items()}
+  saved["model"] = {old_name.get(k, k): v
+                    for k, v in config_tree.flatten(saved["model"]).items()}
+  assert "smt_chunk_size" in saved["model"] and "smt" not in saved["model"]
+  assert workdir.config_changes(saved, config) == []
+  config.model.smt.chunk_size = 16
+  assert workdir.config_changes(saved, config) == [("model.smt.chunk_size", 8, 16)]
 
 
 def test_bad_config_wrong_types():

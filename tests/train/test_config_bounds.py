@@ -31,14 +31,14 @@ def _bad(c) -> str:
 
 def test_chunk_size_names_its_own_field():
   c = config_lib.default_config("hope", "tiny", seq_len=64, batch_size=8)
-  c.model.smt_chunk_size = 24
+  c.model.smt.chunk_size = 24
   msg = _bad(c)
-  assert "field 'model.smt_chunk_size': 24: [24] do not divide data.seq_len=64" in msg
+  assert "field 'model.smt.chunk_size': 24: [24] do not divide data.seq_len=64" in msg
   assert "data.seq_len'" not in msg
   c = config_lib.default_config("hope", "tiny", seq_len=64, batch_size=8)
-  c.model.cms_chunk_sizes = (8, 48)
+  c.model.cms.chunk_sizes = (8, 48)
   msg = _bad(c)
-  assert "field 'model.cms_chunk_sizes': (8, 48): [48] do not divide" in msg
+  assert "field 'model.cms.chunk_sizes': (8, 48): [48] do not divide" in msg
 
 
 def test_seq_len_above_the_position_range_is_refused():

@@ -222,7 +222,7 @@ def test_train_step_constrains_activations_to_the_batch_axes():
   from nl_jax.models import common, registry  # noqa: PLC0415
 
   hope = registry.build_model(registry.model_config("hope", "tiny", n_layers=1,
-                                                    cms_objective="ntp"), rngs=nnx.Rngs(0))
+                                                    cms=dict(objective="ntp")), rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(hope)
 
   def hope_forward(state, tokens):

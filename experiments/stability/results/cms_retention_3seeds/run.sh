@@ -12,7 +12,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-# Hope tiny, 300 steps, default vs cms_retention=(0.9,0.9), 3 seeds, then the stream probes
+# Hope tiny, 300 steps, default vs cms.retention=(0.9,0.9), 3 seeds, then the stream probes
 # (16 calls of 64 tokens, memory carried / fresh). Run from the repository root:
 #   experiments/stability/results/cms_retention_3seeds/run.sh /tmp/ret
 # then: python experiments/stability/results/cms_retention_3seeds/summarize.py /tmp/ret
@@ -23,7 +23,7 @@ for seed in 0 1 2; do
   for v in default ret09; do
     wd=$out/wd_${v}_s${seed}
     extra=()
-    [ $v = ret09 ] && extra=('--config.model.cms_retention=(0.9,0.9)')
+    [ $v = ret09 ] && extra=('--config.model.cms.retention=(0.9,0.9)')
     $py launch/train.py --config=experiments/configs/lm.py:hope,tiny --workdir=$wd \
       --config.train.seed=$seed --config.train.sample_tokens=0 "${extra[@]}"
     $py experiments/stability/probe_stream.py --workdir=$wd --calls 16 \
