@@ -18,7 +18,8 @@ evaluated under config variants that change only the in-context updates, never a
 weight:
 
 * ``as trained``;
-* ``no SMT / Titans writes``: ``smt.eta_max`` (Titans: ``eta_max``) 1e-6 (the memories' step, eta in (0, eta_max], is
+* ``no SMT / Titans writes``: ``smt.eta_max`` (Titans: ``titans.eta_max``) 1e-6 (the memories'
+  step, eta in (0, eta_max], is
   ~0: they keep their meta-learned initial state; Hope's self-modifying Titans, Titans' LMM);
 * ``no CMS steps`` (Hope, Hope-Attention): every ``cms.learning_rates`` 0 (the CMS levels
   stay at their initial weights: static MLPs);
@@ -53,7 +54,7 @@ def variants(config) -> dict[str, dict]:
   the model has)."""
   out = {"as trained": {}}
   fields = config_tree.field_paths(type(config))
-  eta = next((f for f in ("smt.eta_max", "eta_max") if f in fields), None)
+  eta = next((f for f in ("smt.eta_max", "titans.eta_max") if f in fields), None)
   writes = {eta: NO_WRITES} if eta else {}
   if writes:
     out["no SMT / Titans writes"] = writes

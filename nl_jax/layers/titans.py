@@ -58,12 +58,15 @@ Calls with segment resets (packed documents) always use ``MatrixMemory.scan``, w
 applies them; the kernel has no resets.
 """
 
+import dataclasses
 import logging
+from typing import ClassVar
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from nl_jax import config_tree
 from nl_jax.layers import diagnostics
 from nl_jax.layers.conv import CausalConv
 from nl_jax.layers.mlp import dense_init
@@ -81,6 +84,8 @@ from nl_jax.memory import (
     eta_from_logits,
     momentum_from_logits,
 )
+from nl_jax.memory.mlp import ANCHORED_STEPS as MLP_ANCHORED_STEPS
+from nl_jax.memory.mlp import CHUNK_BACKWARDS
 
 MEMORY_KERNELS = ("auto", "xla", "pallas")
 VALUE_NORMS = ("none", "l2")
@@ -93,10 +98,11 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
-class TitansLayer(nnx.Module):
-  """Titans LMM layer; see the module docstring for the equations.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TitansLayerConfig:
+  """Shapes and options of TitansLayer (see the module docstring for the equations).
 
-  Args:
+  Attributes:
     d_model: input/output width.
     n_heads: number of heads (one memory per head).
     head_dim: key/value width per head.
@@ -105,7 +111,8 @@ class TitansLayer(nnx.Module):
     memory_activation: activation of the MLP memory (see nl_jax.memory.mlp.ACTIVATIONS).
     inner_rule: "gd" (Titans), "dgd" or "paper_l2" (see nl_jax.memory.rule_coefficients).
     memory_semantics: "auto" (anchored for depth 2, exact for depth 1), "anchored" or "exact".
-    chunk_size: chunk of the parallel memory path (and the anchor period of anchored).
+    chunk_size: chunk of the parallel memory path (and the anchor period of anchored); also
+      the alignment that document boundaries need for exact resets.
     momentum: Titans momentum on the inner gradient (data-dependent decay).
     eta_max, alpha_min, mu_max: gate ranges (see nl_jax.memory.gates).
     conv_width: width of the causal depthwise conv on q, k, v.
@@ -123,64 +130,100 @@ class TitansLayer(nnx.Module):
       mu_max / 2). Titans gives no values. The earlier alpha logit 4 (0.982 per token) kept
       31% of a state over 64 tokens and 1e-4 over 512, and the trained memory's writes went
       unused (experiments/in_context/README.md, "The Titans baseline's gate").
+    norm_eps: epsilon of the output RMSNorm.
     dtype: activation dtype (the memory state is float32).
     param_dtype: parameter dtype.
-    rngs: parameter initialisation.
   """
+  # Set by the model that owns the layer (None inside a model config; nl_jax.config_tree).
+  DERIVED: ClassVar[tuple[str, ...]] = ("d_model", "n_heads", "head_dim", "norm_eps", "dtype",
+                                        "param_dtype")
 
-  def __init__(self, d_model: int, n_heads: int, head_dim: int, *, memory_depth: int = 2,
-               memory_expansion: int = 2, memory_activation: str = "silu",
-               inner_rule: str = "gd", memory_semantics: str = "auto", chunk_size: int = 64,
-               momentum: bool = True, eta_max: float = 1.0, alpha_min: float = 0.0,
-               mu_max: float = 0.9, conv_width: int = 4, memory_implementation: str = "auto",
-               memory_kernel: str = "auto", first_order: bool = False, norm_eps: float = 1e-6,
-               value_norm: str = "l2", anchored_step: str = "mean",
-               chunk_backward: str = "autodiff", eta_bias_init: float = -2.0,
-               alpha_bias_init: float = 8.0, mu_bias_init: float = 0.0, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
-    if memory_depth not in (1, 2):
-      raise ValueError(f"TitansLayer: memory_depth must be 1 (matrix) or 2 (MLP), got "
-                       f"{memory_depth}")
-    if memory_kernel not in MEMORY_KERNELS:
-      raise ValueError(f"TitansLayer: memory_kernel={memory_kernel!r} is not one of "
-                       f"{MEMORY_KERNELS}")
-    if memory_semantics not in ("auto", "anchored", "exact"):
-      raise ValueError(f"TitansLayer: memory_semantics={memory_semantics!r} is not one of "
-                       "('auto', 'anchored', 'exact')")
-    if inner_rule not in ("gd", "dgd", "paper_l2"):
-      raise ValueError(f"TitansLayer: inner_rule={inner_rule!r} is not one of "
-                       "('gd', 'dgd', 'paper_l2')")
-    if value_norm not in VALUE_NORMS:
-      raise ValueError(f"TitansLayer: value_norm={value_norm!r} is not one of {VALUE_NORMS}")
-    if memory_kernel == "pallas" and memory_depth != 1:
-      raise ValueError("TitansLayer: memory_kernel='pallas' needs memory_depth=1 (the kernel "
+  d_model: int | None = None
+  n_heads: int | None = None
+  head_dim: int | None = None
+  memory_depth: int = 2
+  memory_expansion: int = 2
+  memory_activation: str = "silu"
+  inner_rule: str = "gd"
+  memory_semantics: str = "auto"
+  chunk_size: int = 64
+  momentum: bool = True
+  eta_max: float = 1.0
+  alpha_min: float = 0.0
+  mu_max: float = 0.9
+  conv_width: int = 4
+  memory_implementation: str = "auto"
+  memory_kernel: str = "auto"
+  first_order: bool = False
+  value_norm: str = "l2"
+  anchored_step: str = "mean"
+  chunk_backward: str = "autodiff"
+  eta_bias_init: float = -2.0
+  alpha_bias_init: float = 8.0
+  mu_bias_init: float = 0.0
+  norm_eps: float | None = 1e-6
+  dtype: str | None = "float32"
+  param_dtype: str | None = "float32"
+
+  def __post_init__(self):
+    name = type(self).__name__
+    for f in ("d_model", "n_heads", "head_dim", "chunk_size", "memory_expansion", "conv_width"):
+      v = getattr(self, f)
+      if v is None and f in self.DERIVED:
+        continue
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name}.{f} must be a positive int, got {v!r}")
+    if self.memory_depth not in (1, 2):
+      raise ValueError(f"{name}.memory_depth must be 1 (matrix) or 2 (MLP), got "
+                       f"{self.memory_depth!r}")
+    choices = {"memory_kernel": MEMORY_KERNELS, "value_norm": VALUE_NORMS,
+               "memory_semantics": ("auto", "anchored", "exact"),
+               "inner_rule": ("gd", "dgd", "paper_l2"), "chunk_backward": CHUNK_BACKWARDS,
+               "anchored_step": MLP_ANCHORED_STEPS,
+               "memory_implementation": ("auto", "chunked", "sequential")}
+    for f, allowed in choices.items():
+      if getattr(self, f) not in allowed:
+        raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
+    if self.memory_kernel == "pallas" and self.memory_depth != 1:
+      raise ValueError(f"{name}.memory_kernel='pallas' needs memory_depth=1 (the kernel "
                        "computes the matrix-memory scan); use 'auto' or 'xla'")
     # The same ranges nl_jax.memory.gates enforces at trace time, checked at construction.
-    if not eta_max > 0:
-      raise ValueError(f"TitansLayer: eta_max must be > 0, got {eta_max}")
-    if not 0.0 <= alpha_min <= 1.0:
-      raise ValueError(f"TitansLayer: alpha_min must lie in [0, 1], got {alpha_min}")
-    if momentum and not 0.0 <= mu_max < 1.0:
-      raise ValueError(f"TitansLayer: mu_max must lie in [0, 1), got {mu_max}")
+    if not self.eta_max > 0:
+      raise ValueError(f"{name}.eta_max must be > 0, got {self.eta_max}")
+    if not 0.0 <= self.alpha_min <= 1.0:
+      raise ValueError(f"{name}.alpha_min must lie in [0, 1], got {self.alpha_min}")
+    if self.momentum and not 0.0 <= self.mu_max < 1.0:
+      raise ValueError(f"{name}.mu_max must lie in [0, 1), got {self.mu_max}")
+
+
+class TitansLayer(nnx.Module):
+  """Titans LMM layer; see the module docstring for the equations and TitansLayerConfig for
+  the options."""
+
+  def __init__(self, cfg: TitansLayerConfig, *, rngs: nnx.Rngs):
+    config_tree.check_bound(cfg)
+    self.cfg = cfg
+    d_model, n_heads, head_dim = cfg.d_model, cfg.n_heads, cfg.head_dim
+    param_dtype = jnp.dtype(cfg.param_dtype)
     self.n_heads, self.head_dim = n_heads, head_dim
-    self.memory_depth = memory_depth
-    self.memory_kernel = memory_kernel
-    self.eta_max, self.alpha_min, self.mu_max = eta_max, alpha_min, mu_max
-    self.norm_eps = norm_eps
-    self.value_norm = value_norm
-    self.dtype = dtype
-    semantics = memory_semantics
+    self.memory_depth = cfg.memory_depth
+    self.memory_kernel = cfg.memory_kernel
+    self.eta_max, self.alpha_min, self.mu_max = cfg.eta_max, cfg.alpha_min, cfg.mu_max
+    self.norm_eps = cfg.norm_eps
+    self.value_norm = cfg.value_norm
+    self.dtype = jnp.dtype(cfg.dtype)
+    semantics = cfg.memory_semantics
     if semantics == "auto":
-      semantics = "anchored" if memory_depth == 2 else "exact"
-    common = dict(rule=inner_rule, semantics=semantics, chunk_size=chunk_size,
-                  momentum=momentum, first_order=first_order,
-                  implementation=memory_implementation)
+      semantics = "anchored" if cfg.memory_depth == 2 else "exact"
+    common = dict(rule=cfg.inner_rule, semantics=semantics, chunk_size=cfg.chunk_size,
+                  momentum=cfg.momentum, first_order=cfg.first_order,
+                  implementation=cfg.memory_implementation)
     hk = n_heads * head_dim
-    if memory_depth == 2:
-      self.memory = MLPMemory(in_dim=head_dim, hidden_dim=memory_expansion * head_dim,
-                              activation=memory_activation, residual=True,
-                              anchored_step=anchored_step, chunk_backward=chunk_backward,
-                              **common)
+    if cfg.memory_depth == 2:
+      self.memory = MLPMemory(in_dim=head_dim, hidden_dim=cfg.memory_expansion * head_dim,
+                              activation=cfg.memory_activation, residual=True,
+                              anchored_step=cfg.anchored_step,
+                              chunk_backward=cfg.chunk_backward, **common)
       init = self.memory.init_params(rngs.params(), head_shape=(n_heads,), dtype=param_dtype)
       self.memory_init_w1 = nnx.Param(init.initial.w1)
       self.memory_init_w2 = nnx.Param(init.initial.w2)
@@ -194,13 +237,14 @@ class TitansLayer(nnx.Module):
     self.wv = nnx.Param(dense_init(rngs.params(), shape_in, d_model, param_dtype))
     self.w_gate = nnx.Param(dense_init(rngs.params(), shape_in, d_model, param_dtype))
     self.wo = nnx.Param(dense_init(rngs.params(), (n_heads, head_dim, d_model), hk, param_dtype))
-    self.qkv_conv = CausalConv(3 * hk, conv_width, param_dtype=param_dtype, rngs=rngs)
+    self.qkv_conv = CausalConv(3 * hk, cfg.conv_width, param_dtype=param_dtype, rngs=rngs)
     self.out_norm_scale = nnx.Param(jnp.ones((n_heads, head_dim), param_dtype))
-    n_gates = 3 if momentum else 2
+    n_gates = 3 if cfg.momentum else 2
     # Small gate weights: the gates start near their biases whatever the input.
     self.w_gates = nnx.Param(0.1 * dense_init(rngs.params(), (d_model, n_gates, n_heads),
                                               d_model, param_dtype))
-    bias = jnp.array([eta_bias_init, alpha_bias_init, mu_bias_init][:n_gates], param_dtype)
+    bias = jnp.array([cfg.eta_bias_init, cfg.alpha_bias_init, cfg.mu_bias_init][:n_gates],
+                     param_dtype)
     self.b_gates = nnx.Param(jnp.broadcast_to(bias[:, None], (n_gates, n_heads)))
 
   def memory_params(self):

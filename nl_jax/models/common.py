@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nl_jax import config_tree
 from nl_jax.layers.embed import Embed
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import RMSNorm
@@ -179,6 +180,41 @@ class LMConfig:
         raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {DTYPES}")
     if self.head_dim % 2:
       raise ValueError(f"{name}.head_dim must be even (RoPE pairs channels), got {self.head_dim}")
+    for layer in self.layer_fields():
+      object.__setattr__(self, layer, self._unbound(layer))
+
+  # Nested layer configs (nl_jax.config_tree): a field whose value is a layer's config with
+  # ``DERIVED`` fields (e.g. HopeConfig.smt). The model sets those fields (`derived`); inside
+  # the model config they stay None.
+
+  def layer_fields(self) -> tuple[str, ...]:
+    """The fields that hold a layer's config."""
+    return tuple(f.name for f in dataclasses.fields(self)
+                 if config_tree.derived(getattr(self, f.name)))
+
+  def derived(self, layer: str) -> dict[str, Any]:
+    """What this config sets in its layer config `layer` (that config's ``DERIVED`` fields)."""
+    raise NotImplementedError(f"{type(self).__name__} does not derive the fields of {layer!r}")
+
+  def _unbound(self, layer: str):
+    """Layer config `layer` with its derived fields unset; one set to another value than this
+    config derives raises (the model owns it)."""
+    sub, want = getattr(self, layer), self.derived(layer)
+    clash = {f: getattr(sub, f) for f in want
+             if getattr(sub, f) is not None and getattr(sub, f) != want[f]}
+    if clash:
+      raise ValueError(f"{type(self).__name__}.{layer}: {sorted(clash)} are set from the "
+                       f"model's fields ({', '.join(f'{f}={want[f]!r}' for f in clash)}); "
+                       "leave them unset and change the model's")
+    return dataclasses.replace(sub, **dict.fromkeys(want))
+
+  def layer_config(self, layer: str, **resolved):
+    """Layer config `layer` as the layer runs it: the derived fields filled in, and
+    `resolved` (e.g. profile values) set."""
+    try:
+      return dataclasses.replace(getattr(self, layer), **self.derived(layer), **resolved)
+    except ValueError as e:
+      raise ValueError(f"{type(self).__name__}.{layer}: {e}") from e
 
   @property
   def jnp_dtype(self):

@@ -172,30 +172,13 @@ class _CMSFields(LMConfig):
     if self.profile not in self.PROFILES:
       raise ValueError(f"{type(self).__name__}.profile={self.profile!r} is not one of "
                        f"{tuple(self.PROFILES)}")
-    for name in self.nested_layers():
-      object.__setattr__(self, name, self._unbound(name))
     self.cms_config()  # validates the CMS fields (ValueError naming the field)
 
-  def nested_layers(self) -> tuple[str, ...]:
-    return ("cms",)
-
-  def derived(self, name: str) -> dict[str, Any]:
-    """What this config sets in its layer config `name` (its ``DERIVED`` fields)."""
-    assert name == "cms", name
+  def derived(self, layer: str) -> dict[str, Any]:
+    if layer != "cms":
+      return super().derived(layer)
     return dict(d_model=self.d_model, hidden=self.mlp_hidden, remat=self.chunk_remat,
                 norm_eps=self.norm_eps, dtype=self.dtype)
-
-  def _unbound(self, name: str):
-    """Layer config `name` with its derived fields unset; one set to another value than this
-    config derives raises (the model owns it)."""
-    sub, want = getattr(self, name), self.derived(name)
-    clash = {f: getattr(sub, f) for f in want
-             if getattr(sub, f) is not None and getattr(sub, f) != want[f]}
-    if clash:
-      raise ValueError(f"{type(self).__name__}.{name}: {sorted(clash)} are set from the "
-                       f"model's fields ({', '.join(f'{f}={want[f]!r}' for f in clash)}); "
-                       "leave them unset and change the model's")
-    return dataclasses.replace(sub, **dict.fromkeys(want))
 
   def choice(self, name: str) -> Any:
     """The value the model uses for profile field `name` (dotted, e.g. "cms.objective"): the
@@ -208,14 +191,11 @@ class _CMSFields(LMConfig):
     """Every profile field with the value the model uses."""
     return {name: self.choice(name) for name in self.PROFILES[self.profile]}
 
-  def _bind(self, name: str):
-    """Layer config `name` with its derived and profile fields filled in."""
-    profile = {p.partition(".")[2]: self.choice(p) for p in self.PROFILES[self.profile]
-               if p.startswith(name + ".")}
-    try:
-      return dataclasses.replace(getattr(self, name), **self.derived(name), **profile)
-    except ValueError as e:
-      raise ValueError(f"{type(self).__name__}.{name}: {e}") from e
+  def _bind(self, layer: str):
+    """Layer config `layer` with its derived and profile fields filled in."""
+    return self.layer_config(layer, **{
+        p.partition(".")[2]: self.choice(p) for p in self.PROFILES[self.profile]
+        if p.startswith(layer + ".")})
 
   def cms_config(self) -> CMSConfig:
     """The CMS layer's config (widths from this config, profile fields resolved)."""
@@ -286,12 +266,9 @@ class HopeConfig(_CMSFields):
     super().__post_init__()
     self.smt_config()  # validates the self-modifying Titans fields
 
-  def nested_layers(self) -> tuple[str, ...]:
-    return ("cms", "smt")
-
-  def derived(self, name: str) -> dict[str, Any]:
-    if name != "smt":
-      return super().derived(name)
+  def derived(self, layer: str) -> dict[str, Any]:
+    if layer != "smt":
+      return super().derived(layer)
     return dict(d_model=self.d_model, n_heads=self.n_heads, head_dim=self.head_dim,
                 remat=self.chunk_remat, dtype=self.dtype, param_dtype=self.param_dtype)
 

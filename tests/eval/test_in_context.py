@@ -230,7 +230,7 @@ def test_switch_off_variants_and_table(tmp_path):
                   "no CMS steps": {"cms.learning_rates": (0.0, 0.0)},
                   "both off": {"smt.eta_max": 1e-6, "cms.learning_rates": (0.0, 0.0)}}
   assert script.variants(registry.model_config("titans", "tiny"))[
-      "no SMT / Titans writes"] == {"eta_max": 1e-6}
+      "no SMT / Titans writes"] == {"titans.eta_max": 1e-6}
   assert list(script.variants(registry.model_config("titans", "tiny"))) == [
       "as trained", "no SMT / Titans writes"]
   assert list(script.variants(registry.model_config("transformer_pp", "tiny"))) == [

@@ -28,7 +28,7 @@ SMALL = dict(n_layers=1, d_model=32, n_heads=2, head_dim=16, mlp_hidden=64)
 
 @pytest.mark.parametrize("name,extra", [
     ("transformer_pp", dict(**SMALL)),
-    ("titans", dict(**SMALL, chunk_size=4)),
+    ("titans", dict(**SMALL, titans=dict(chunk_size=4))),
     pytest.param("hope_attention", {}, marks=pytest.mark.slow),  # re-runs its context window
     pytest.param("hope", {}, marks=pytest.mark.slow),             # token by token
 ])

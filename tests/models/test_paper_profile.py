@@ -180,8 +180,8 @@ def test_every_profile_field_round_trips_through_the_command_line(monkeypatch, n
   assert cfg.profile == "default" and cfg.choices() == paper
 
 
-# A value other than the tiny preset's for every field of Hope and Hope-Attention (dotted
-# names), as the command line spells it; one set of values that validates together.
+# A value other than the tiny preset's for every field of Hope, Hope-Attention and Titans
+# (dotted names), as the command line spells it; one set of values that validates together.
 EVERY_FIELD = {
     "vocab_size": "300", "d_model": "96", "n_layers": "3", "n_heads": "2", "head_dim": "24",
     "mlp_hidden": "80", "dtype": "bfloat16", "param_dtype": "bfloat16", "remat": "True",
@@ -198,10 +198,19 @@ EVERY_FIELD = {
     "smt.value_norm": "l2", "smt.anchored_step": "mean_all", "smt.output_error": "current",
     "smt.targets": "shared", "smt.chunk_backward": "manual", "smt.conv_width": "2",
     "smt.implementation": "sequential", "sliding_window": "32", "attention_block_size": "64",
+    "titans.memory_depth": "1", "titans.memory_expansion": "3",
+    "titans.memory_activation": "gelu", "titans.inner_rule": "dgd",
+    "titans.memory_semantics": "exact", "titans.chunk_size": "8", "titans.momentum": "False",
+    "titans.eta_max": "0.5", "titans.alpha_min": "0.25", "titans.mu_max": "0.5",
+    "titans.conv_width": "2", "titans.memory_implementation": "sequential",
+    "titans.memory_kernel": "xla", "titans.first_order": "True", "titans.value_norm": "none",
+    "titans.anchored_step": "sum", "titans.chunk_backward": "manual",
+    "titans.eta_bias_init": "-1.0", "titans.alpha_bias_init": "6.0",
+    "titans.mu_bias_init": "0.5",
 }
 
 
-@pytest.mark.parametrize("name", ["hope", "hope_attention"])
+@pytest.mark.parametrize("name", ["hope", "hope_attention", "titans"])
 def test_every_field_of_the_nested_configs_round_trips_through_the_command_line(
     monkeypatch, name):
   """Each field of every level, set by its dotted name on the command line, reaches the model
@@ -217,6 +226,10 @@ def test_every_field_of_the_nested_configs_round_trips_through_the_command_line(
     assert flat[path] == want, path
     assert flat[path] != config_tree.flatten(config_tree.to_dict(
         registry.model_config(name, "tiny")))[path], path
+  if name == "titans":
+    assert cfg.layer_config("titans").memory_depth == 1
+    assert cfg.layer_config("titans").d_model == 96
+    return
   assert cfg.cms_config().meta_gradient == "first_order" and cfg.cms_config().d_model == 96
   if name == "hope":
     assert (cfg.smt_config().chunk_backward, cfg.smt_config().head_dim) == ("manual", 24)

@@ -13,7 +13,6 @@
 # limitations under the License.
 """Registry: names, presets, parameter counts (shapes only), config round trips, errors."""
 
-import dataclasses
 import functools
 
 import flax.nnx as nnx
@@ -119,8 +118,8 @@ def test_config_from_dict_round_trip_and_type_errors():
   assert config.sliding_window == 8 and config.norm_eps == 1.0
   with pytest.raises(ValueError, match="TransformerPPConfig.d_model: expected int"):
     registry.config_from_dict("transformer_pp", {"d_model": "64"})
-  with pytest.raises(ValueError, match="TitansConfig.momentum: expected bool"):
-    registry.config_from_dict("titans", {"momentum": 1})
+  with pytest.raises(ValueError, match="TitansConfig.titans.momentum: expected bool"):
+    registry.config_from_dict("titans", {"titans": {"momentum": 1}})
   with pytest.raises(ValueError, match="sliding_window"):
     registry.config_from_dict("transformer_pp", {"sliding_window": 2.5})
   with pytest.raises(ValueError, match=r"unknown config field\(s\) \['foo'\]"):
@@ -135,33 +134,41 @@ def _json(d):
 def test_saved_config_without_value_norm_loads_as_trained():
   """A run saved before value_norm existed was trained with unnormalised v: loading it must
   not switch to today's default (l2), while a new config still gets the default."""
-  saved = _json(dataclasses.asdict(registry.model_config("titans", "tiny")))
-  del saved["value_norm"]
-  assert registry.config_from_saved("titans", saved).value_norm == "none"
-  assert registry.config_from_saved("titans", {**saved, "value_norm": "l2"}).value_norm == "l2"
-  assert registry.config_from_dict("titans", saved).value_norm != "none"
+  saved = _json(config_tree.to_dict(registry.model_config("titans", "tiny")))
+  del saved["titans"]["value_norm"]
+  assert registry.config_from_saved("titans", saved).titans.value_norm == "none"
+  assert registry.config_from_saved("titans", config_tree.merge(
+      saved, {"titans.value_norm": "l2"})).titans.value_norm == "l2"
+  assert registry.config_from_dict("titans", saved).titans.value_norm == "l2"
   saved = _json(config_tree.to_dict(registry.model_config("hope", "tiny")))
   del saved["smt"]["value_norm"]
   assert registry.config_from_saved("hope", saved).smt.value_norm == "none"
   assert registry.config_from_dict("hope", saved).smt_config().value_norm == "l2"
 
 
-def _flat_hope(config) -> dict:
-  """A Hope config as runs saved it before the layer configs were nested (flat names)."""
+def _flat(config) -> dict:
+  """A model config as runs saved it before the layer configs were nested (flat names)."""
   old_name = {new: old for old, new in type(config).RENAMED.items()}
   return _json({old_name.get(k, k): v for k, v in config_tree.flatten(
       config_tree.to_dict(config)).items()})
 
 
-@pytest.mark.parametrize("name", ["hope", "hope_attention"])
+@pytest.mark.parametrize("name", ["hope", "hope_attention", "titans"])
 def test_saved_flat_config_migrates_to_the_nested_one(name):
   """config.json of a run saved with the flat names (smt_chunk_size, cms_learning_rates,
   inner_rule, ...) loads as the same model: every flat name moves to its dotted place."""
+  if name == "titans":
+    config = registry.model_config(name, "tiny", titans=dict(memory_depth=1, chunk_size=8,
+                                                             inner_rule="dgd"))
+    flat = _flat(config)
+    assert {"memory_depth", "chunk_size", "inner_rule"} <= set(flat) and "titans" not in flat
+    assert registry.config_from_saved(name, flat) == config
+    return
   config = registry.model_config(name, "tiny", profile="paper",
                                  cms=dict(learning_rates=(0.1, 0.0), variant="independent"),
                                  **({"smt": dict(chunk_size=4, alpha_min=0.3, rule="gd",
                                                  activation="gelu")} if name == "hope" else {}))
-  flat = _flat_hope(config)
+  flat = _flat(config)
   assert "cms_learning_rates" in flat and "cms" not in flat
   if name == "hope":
     assert {"smt_chunk_size", "alpha_min", "inner_rule", "memory_activation"} <= set(flat)
@@ -194,10 +201,9 @@ def test_nested_fields_round_trip_and_name_their_dotted_path():
 def test_titans_saved_before_the_gate_fields_loads_with_its_gate():
   """Titans runs saved before the gates' initial logits were fields were trained with
   alpha_bias_init 4; loading one must not switch to today's default (8)."""
-  saved = dataclasses.asdict(registry.model_config("titans", "tiny"))
+  saved = _json(config_tree.to_dict(registry.model_config("titans", "tiny")))
   for f in ("eta_bias_init", "alpha_bias_init", "mu_bias_init"):
-    del saved[f]
-  saved = {k: list(v) if isinstance(v, tuple) else v for k, v in saved.items()}
-  old = registry.config_from_saved("titans", saved)
+    del saved["titans"][f]
+  old = registry.config_from_saved("titans", saved).titans
   assert (old.eta_bias_init, old.alpha_bias_init, old.mu_bias_init) == (-2.0, 4.0, 0.0)
-  assert registry.model_config("titans", "tiny").alpha_bias_init == 8.0
+  assert registry.model_config("titans", "tiny").titans.alpha_bias_init == 8.0

@@ -19,15 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nl_jax.layers.titans import TitansLayer
+from nl_jax.layers.titans import TitansLayer, TitansLayerConfig
 from nl_jax.models import registry
 from tests.models import helpers
 
-SMALL = dict(n_layers=1, d_model=32, n_heads=2, head_dim=16, mlp_hidden=64, chunk_size=4)
+SMALL = dict(n_layers=1, d_model=32, n_heads=2, head_dim=16, mlp_hidden=64)
 
 
-def _model(**overrides):
-  config = registry.model_config("titans", "tiny", **{**SMALL, **overrides})
+def _model(**layer):
+  config = registry.model_config("titans", "tiny", **SMALL, titans=dict(chunk_size=4, **layer))
   return registry.build_model(config, rngs=nnx.Rngs(0))
 
 
@@ -59,9 +59,10 @@ def test_tiny_forward_backward_under_jit_reaches_every_parameter():
 
 
 def _layer(impl, depth, dtype, anchored_step="mean"):
-  return TitansLayer(16, 2, 8, memory_depth=depth, chunk_size=4, memory_implementation=impl,
-                     memory_kernel="xla", dtype=dtype, param_dtype=dtype,
-                     anchored_step=anchored_step, rngs=nnx.Rngs(3))
+  return TitansLayer(TitansLayerConfig(
+      d_model=16, n_heads=2, head_dim=8, memory_depth=depth, chunk_size=4,
+      memory_implementation=impl, memory_kernel="xla", dtype=jnp.dtype(dtype).name,
+      param_dtype=jnp.dtype(dtype).name, anchored_step=anchored_step), rngs=nnx.Rngs(3))
 
 
 @pytest.mark.parametrize("depth,anchored_step", [
@@ -132,7 +133,8 @@ def test_kernel_dispatch_matches_xla_for_matrix_memory():
   seg = jnp.ones((2, 9), jnp.int32)
   outs = []
   for kernel in ("auto", "xla"):
-    layer = TitansLayer(16, 2, 8, memory_depth=1, chunk_size=4, memory_kernel=kernel,
+    layer = TitansLayer(TitansLayerConfig(d_model=16, n_heads=2, head_dim=8, memory_depth=1,
+                                          chunk_size=4, memory_kernel=kernel),
                         rngs=nnx.Rngs(5))
     call = nnx.jit(lambda m, x: m(x, m.init_memory(2), None, seg))
     outs.append(call(layer, x))
@@ -157,17 +159,19 @@ def test_bad_inputs_and_configs():
   config.validate_seq_len(64)
   with pytest.raises(ValueError, match="chunk_size"):
     config.validate_seq_len(30)
-  assert config.alignment == config.chunk_size
-  with pytest.raises(ValueError, match="memory_depth"):
-    registry.model_config("titans", "tiny", memory_depth=3)
+  assert config.alignment == config.titans.chunk_size
+  with pytest.raises(ValueError, match="titans: TitansLayerConfig.memory_depth"):
+    registry.model_config("titans", "tiny", titans=dict(memory_depth=3))
   with pytest.raises(ValueError, match="memory_kernel"):
-    registry.model_config("titans", "tiny", memory_kernel="triton")
-  with pytest.raises(ValueError, match=r"TitansConfig.anchored_step='max' is not one of"):
-    registry.model_config("titans", "tiny", anchored_step="max")
+    registry.model_config("titans", "tiny", titans=dict(memory_kernel="triton"))
+  with pytest.raises(ValueError, match=r"TitansLayerConfig.anchored_step='max' is not one of"):
+    registry.model_config("titans", "tiny", **{"titans.anchored_step": "max"})
   with pytest.raises(ValueError, match="needs memory_depth=1"):
-    registry.model_config("titans", "tiny", memory_kernel="pallas")
+    registry.model_config("titans", "tiny", titans=dict(memory_kernel="pallas"))
   with pytest.raises(ValueError, match="needs memory_depth=1"):
-    nnx.eval_shape(lambda: TitansLayer(16, 2, 8, memory_kernel="pallas", rngs=nnx.Rngs(0)))
+    TitansLayerConfig(d_model=16, n_heads=2, head_dim=8, memory_kernel="pallas")
+  with pytest.raises(ValueError, match=r"\['d_model', 'n_heads', 'head_dim'\] are unset"):
+    TitansLayer(TitansLayerConfig(), rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("input_scale", [1.0, 4.0, 16.0])
@@ -178,7 +182,8 @@ def test_memory_bounded_whatever_the_value_scale(input_scale):
   the weights grow to 1.8x their initial norm at 4x and overflow to NaN at 16x (checked, with
   the retention near 1 of the default gate; with the earlier alpha logit of 4 the weights
   decayed within the call instead)."""
-  layer = TitansLayer(64, 4, 16, chunk_size=16, rngs=nnx.Rngs(0))
+  layer = TitansLayer(TitansLayerConfig(d_model=64, n_heads=4, head_dim=16, chunk_size=16),
+                      rngs=nnx.Rngs(0))
   init = {"w1_norm": layer.memory_init_w1[...], "w2_norm": layer.memory_init_w2[...]}
   x = input_scale * jax.random.normal(jax.random.key(1), (2, 512, 64))
   y, _, aux = layer(x, layer.init_memory(2), None, jnp.ones((2, 512), jnp.int32))
@@ -192,8 +197,8 @@ def test_memory_bounded_whatever_the_value_scale(input_scale):
 
 def test_gate_biases_reach_the_layer_from_the_config():
   """The gates' initial logits are config fields (their values are an open choice)."""
-  cfg = registry.model_config("titans", "tiny", alpha_bias_init=6.0, eta_bias_init=-1.0,
-                              mu_bias_init=0.5)
+  cfg = registry.model_config("titans", "tiny", titans=dict(
+      alpha_bias_init=6.0, eta_bias_init=-1.0, mu_bias_init=0.5))
   model = registry.build_model(cfg, rngs=nnx.Rngs(0))
   b = np.asarray(model.blocks[0].titans.b_gates[...])
   np.testing.assert_array_equal(b, np.array([[-1.0] * 4, [6.0] * 4, [0.5] * 4], np.float32))
@@ -205,10 +210,11 @@ def test_gate_biases_reach_the_layer_from_the_config():
 def test_chunk_backward_reaches_the_memory_from_the_config():
   """chunk_backward='manual' (the MLP memory's hand-written chunk backward, tested in
   tests/memory/test_mlp_chunk.py) applies where the memory has no momentum."""
-  cfg = registry.model_config("titans", "tiny", chunk_backward="manual", momentum=False)
+  cfg = registry.model_config("titans", "tiny", titans=dict(chunk_backward="manual",
+                                                            momentum=False))
   model = registry.build_model(cfg, rngs=nnx.Rngs(0))
   assert model.blocks[0].titans.memory._manual_chunk
   default = registry.build_model(registry.model_config("titans", "tiny"), rngs=nnx.Rngs(0))
   assert default.blocks[0].titans.memory.chunk_backward == "autodiff"
   with pytest.raises(ValueError, match="chunk_backward='x'"):
-    registry.model_config("titans", "tiny", chunk_backward="x")
+    registry.model_config("titans", "tiny", titans=dict(chunk_backward="x"))

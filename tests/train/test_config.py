@@ -208,7 +208,7 @@ def test_bad_config_seq_len_vs_chunk_size_and_alignment():
   c = config_lib.default_config("titans", "tiny", seq_len=40, batch_size=8)
   msg = _bad(c)
   # The chunk field is named (issue 20), with the sequence length it must divide.
-  assert "'model.chunk_size'" in msg and "[16] do not divide data.seq_len=40" in msg
+  assert "'model.titans.chunk_size'" in msg and "[16] do not divide data.seq_len=40" in msg
   c = config_lib.default_config("titans", "tiny", seq_len=64, batch_size=8)
   c.data.alignment = 4
   msg = _bad(c)
