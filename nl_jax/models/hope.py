@@ -140,6 +140,9 @@ class _CMSFields(LMConfig):
 
   Profile fields (``cms.objective``, ``cms.max_step_norm``) are None by default: their value
   then comes from ``profile`` (table in the module docstring); a value set explicitly wins.
+  Set layer fields by name (``cms=dict(variant="nested")``, ``**{"cms.variant": "nested"}``):
+  a layer config given whole (``cms=CMSConfig(...)``) also sets every profile field it
+  carries, and its class defaults are the default profile's values.
 
   Attributes:
     profile: "default" or "paper" (every unset profile field at its literal paper reading).
