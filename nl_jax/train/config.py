@@ -16,7 +16,8 @@
 A training config is an ``ml_collections.ConfigDict`` with these sections::
 
   model_name  "hope" | "hope_attention" | "titans" | "transformer_pp"
-  model       every field of the model's config dataclass (``registry.model_config``)
+  model       every field of the model's config dataclass (``registry.model_config``), its
+              layers' configs nested (``model.smt.chunk_size``; nl_jax.config_tree)
   data        `nl_jax.data.DataConfig` fields (``batch_size`` is global; ``alignment`` 0 =
               the model's ``alignment``)
   optimizer   name, learning rate, schedule, clipping, weight decay, extra kwargs
