@@ -191,6 +191,32 @@ def from_dict(cls: type, d: Mapping[str, Any]):
   return replace(cls(), d, typed=True)
 
 
+def unbound(cls: type, **fields):
+  """Layer config `cls` as a model config holds it: its ``DERIVED`` fields unset (the model
+  sets them), `fields` set."""
+  return cls(**dict.fromkeys(derived(cls)), **fields)
+
+
+def check_positive_ints(cfg, names) -> None:
+  """ValueError naming the first of `names` that is not a positive int (a ``DERIVED`` field may
+  be None: its model sets it)."""
+  for f in names:
+    v = getattr(cfg, f)
+    if v is None and f in derived(cfg):
+      continue
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      raise ValueError(f"{type(cfg).__name__}.{f} must be a positive int, got {v!r}")
+
+
+def check_choices(cfg, choices: Mapping[str, tuple], *, may_be_unset=()) -> None:
+  """ValueError naming the first field whose value is not among its allowed `choices` (those
+  in `may_be_unset` may also be None: a profile sets them)."""
+  for f, allowed in choices.items():
+    v = getattr(cfg, f)
+    if v not in allowed and not (v is None and f in may_be_unset):
+      raise ValueError(f"{type(cfg).__name__}.{f}={v!r} is not one of {allowed}")
+
+
 def check_bound(cfg) -> None:
   """Raises ValueError when a layer config still has a field its model sets (``DERIVED``) or
   a profile field (``PROFILE_FIELDS``) unset: the layer cannot run on it."""

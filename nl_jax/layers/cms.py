@@ -242,11 +242,7 @@ class CMSConfig:
     if self.max_step_norm is not None and not self.max_step_norm > 0:
       raise ValueError(f"{name}.max_step_norm must be > 0 (inf: no clip), got "
                        f"{self.max_step_norm}")
-    for f in ("d_model", "hidden"):
-      if getattr(self, f) is None:
-        continue
-      if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
-        raise ValueError(f"{name}.{f} must be a positive int, got {getattr(self, f)!r}")
+    config_tree.check_positive_ints(self, ("d_model", "hidden"))
 
   @property
   def n_levels(self) -> int:

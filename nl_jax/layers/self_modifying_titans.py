@@ -227,24 +227,17 @@ class SelfModifyingTitansConfig:
 
   def __post_init__(self):
     name = type(self).__name__
-    for f in ("d_model", "n_heads", "head_dim", "chunk_size", "proj_chunk_size", "conv_width"):
-      v = getattr(self, f)
-      if v is None and f in self.DERIVED:
-        continue
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name}.{f} must be a positive int, got {v!r}")
+    config_tree.check_positive_ints(self, ("d_model", "n_heads", "head_dim", "chunk_size",
+                                           "proj_chunk_size", "conv_width"))
     for f in ("memory_hidden", "gate_hidden"):
       v = getattr(self, f)
       if v is not None and (not isinstance(v, int) or v < 1):
         raise ValueError(f"{name}.{f} must be None or a positive int, got {v!r}")
-    choices = {"rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
-               "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS,
-               "anchored_step": ANCHORED_STEPS, "targets": TARGETS,
-               "output_error": OUTPUT_ERRORS, "chunk_backward": CHUNK_BACKWARDS}
-    for f, allowed in choices.items():
-      if getattr(self, f) not in allowed and not (f in self.PROFILE_FIELDS
-                                                  and getattr(self, f) is None):
-        raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
+    config_tree.check_choices(self, {
+        "rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
+        "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS,
+        "anchored_step": ANCHORED_STEPS, "targets": TARGETS, "output_error": OUTPUT_ERRORS,
+        "chunk_backward": CHUNK_BACKWARDS}, may_be_unset=self.PROFILE_FIELDS)
     object.__setattr__(self, "static_projections", tuple(self.static_projections))
     bad = [p for p in self.static_projections if p not in ("k", "v")]
     if bad:

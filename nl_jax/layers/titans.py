@@ -167,23 +167,14 @@ class TitansLayerConfig:
 
   def __post_init__(self):
     name = type(self).__name__
-    for f in ("d_model", "n_heads", "head_dim", "chunk_size", "memory_expansion", "conv_width"):
-      v = getattr(self, f)
-      if v is None and f in self.DERIVED:
-        continue
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name}.{f} must be a positive int, got {v!r}")
-    if self.memory_depth not in (1, 2):
-      raise ValueError(f"{name}.memory_depth must be 1 (matrix) or 2 (MLP), got "
-                       f"{self.memory_depth!r}")
-    choices = {"memory_kernel": MEMORY_KERNELS, "value_norm": VALUE_NORMS,
-               "memory_semantics": ("auto", "anchored", "exact"),
-               "inner_rule": ("gd", "dgd", "paper_l2"), "chunk_backward": CHUNK_BACKWARDS,
-               "anchored_step": MLP_ANCHORED_STEPS,
-               "memory_implementation": ("auto", "chunked", "sequential")}
-    for f, allowed in choices.items():
-      if getattr(self, f) not in allowed:
-        raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {allowed}")
+    config_tree.check_positive_ints(self, ("d_model", "n_heads", "head_dim", "chunk_size",
+                                           "memory_expansion", "conv_width"))
+    config_tree.check_choices(self, {
+        "memory_depth": (1, 2), "memory_kernel": MEMORY_KERNELS, "value_norm": VALUE_NORMS,
+        "memory_semantics": ("auto", "anchored", "exact"),
+        "inner_rule": ("gd", "dgd", "paper_l2"), "chunk_backward": CHUNK_BACKWARDS,
+        "anchored_step": MLP_ANCHORED_STEPS,
+        "memory_implementation": ("auto", "chunked", "sequential")})
     if self.memory_kernel == "pallas" and self.memory_depth != 1:
       raise ValueError(f"{name}.memory_kernel='pallas' needs memory_depth=1 (the kernel "
                        "computes the matrix-memory scan); use 'auto' or 'xla'")

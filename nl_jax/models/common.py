@@ -171,13 +171,9 @@ class LMConfig:
 
   def __post_init__(self):
     name = type(self).__name__
-    for f in ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_hidden"):
-      v = getattr(self, f)
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name}.{f} must be a positive int, got {v!r}")
-    for f in ("dtype", "param_dtype"):
-      if getattr(self, f) not in DTYPES:
-        raise ValueError(f"{name}.{f}={getattr(self, f)!r} is not one of {DTYPES}")
+    config_tree.check_positive_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads",
+                                           "head_dim", "mlp_hidden"))
+    config_tree.check_choices(self, {"dtype": DTYPES, "param_dtype": DTYPES})
     if self.head_dim % 2:
       raise ValueError(f"{name}.head_dim must be even (RoPE pairs channels), got {self.head_dim}")
     for layer in self.layer_fields():

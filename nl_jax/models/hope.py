@@ -98,6 +98,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from nl_jax import config_tree
 from nl_jax.layers.attention import Attention
 from nl_jax.layers.cms import CMSConfig, ContinuumMemorySystem
 from nl_jax.layers.norms import RMSNorm
@@ -108,14 +109,14 @@ from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
 
 def _unset_cms() -> CMSConfig:
   """The CMS of a model config: its widths set by the model, its profile fields unset."""
-  return CMSConfig(objective=None, max_step_norm=None, remat=None, norm_eps=None, dtype=None)
+  return config_tree.unbound(CMSConfig, objective=None, max_step_norm=None)
 
 
 def _unset_smt() -> SelfModifyingTitansConfig:
   """The self-modifying Titans of a model config: its shapes set by the model, its profile
   fields unset."""
-  unset = SelfModifyingTitansConfig.DERIVED + SelfModifyingTitansConfig.PROFILE_FIELDS
-  return SelfModifyingTitansConfig(**dict.fromkeys(unset))
+  return config_tree.unbound(SelfModifyingTitansConfig, **dict.fromkeys(
+      SelfModifyingTitansConfig.PROFILE_FIELDS))
 
 
 # Flat names of the fields before the configs were nested -> their dotted names now

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import flax.nnx as nnx
 import jax
 
+from nl_jax import config_tree
 from nl_jax.layers.mlp import SwiGLU
 from nl_jax.layers.norms import RMSNorm
 from nl_jax.layers.titans import TitansLayer, TitansLayerConfig
@@ -90,8 +91,8 @@ class TitansConfig(LMConfig):
           "anchored_step", "chunk_backward", "eta_bias_init", "alpha_bias_init",
           "mu_bias_init")}
 
-  titans: TitansLayerConfig = dataclasses.field(default_factory=lambda: TitansLayerConfig(
-      chunk_size=16, **dict.fromkeys(TitansLayerConfig.DERIVED)))
+  titans: TitansLayerConfig = dataclasses.field(
+      default_factory=lambda: config_tree.unbound(TitansLayerConfig, chunk_size=16))
 
   def __post_init__(self):
     super().__post_init__()
