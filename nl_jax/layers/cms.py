@@ -144,7 +144,7 @@ import jax.numpy as jnp
 from nl_jax import config_tree
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
-from nl_jax.memory import aligned_chunks
+from nl_jax.memory.aligned_chunks import ScanChunks, as_rows, broadcast_like, where_rows
 from nl_jax.memory.types import state_dtype
 
 VARIANTS = ("sequential", "independent", "nested")
@@ -324,10 +324,6 @@ def _inner(cfg, grads):
   return jax.lax.stop_gradient(grads) if cfg.meta_gradient == "first_order" else grads
 
 
-def _rows(flag_B, like):
-  return flag_B.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
 def _step_scale(cfg, lr, acc):
   """lr, shrunk per sequence so that the step lr * acc has norm <= cfg.max_step_norm.
 
@@ -358,15 +354,6 @@ def retain(gamma: float, init: SwiGLUWeights, w: SwiGLUWeights,
     i = (i if batched else i[None]).astype(x.dtype)
     return i + gamma * (x - i)
   return jax.tree.map(one, init, w)
-
-
-def _where_rows(flag_B, new, old):
-  return jax.tree.map(lambda n, o: jnp.where(_rows(flag_B, o), n.astype(o.dtype), o), new, old)
-
-
-def _init_like(init: SwiGLUWeights, w: SwiGLUWeights) -> SwiGLUWeights:
-  """A level's initial weights broadcast to the per-sequence fast weights w ([B, ...])."""
-  return jax.tree.map(lambda i, x: jnp.broadcast_to(i.astype(x.dtype), x.shape), init, w)
 
 
 def closes_chunk(start_B: jax.Array, end_B: jax.Array, c: int) -> jax.Array:
@@ -407,19 +394,19 @@ def step_level(cfg: CMSConfig, lvl: int, init: SwiGLUWeights, w: SwiGLUWeights,
   base = retain(cfg.gammas[lvl], phi if nested else init, w, batched=nested)
   scale = _step_scale(cfg, cfg.lrs[lvl], acc)
   step_B = closes_chunk(start_B, end_B, cfg.chunk_sizes[lvl])
-  w_new = _where_rows(step_B, jax.tree.map(lambda b, a: b - _rows(scale, a) * a, base, acc), w)
-  acc = _where_rows(step_B, jax.tree.map(jnp.zeros_like, acc), acc)
+  w_new = where_rows(step_B, jax.tree.map(lambda b, a: b - as_rows(scale, a) * a, base, acc), w)
+  acc = where_rows(step_B, jax.tree.map(jnp.zeros_like, acc), acc)
   if not nested:
     return w_new, acc, None, None
   parent = lvl + 1
   meta_B = closes_chunk(start_B, end_B, cfg.chunk_sizes[parent])
   mscale = _step_scale(cfg, cfg.lrs[parent], macc)
-  new_phi = jax.tree.map(lambda p, a: p - _rows(mscale, a) * a,
+  new_phi = jax.tree.map(lambda p, a: p - as_rows(mscale, a) * a,
                          retain(cfg.gammas[parent], init, phi), macc)
-  phi = _where_rows(meta_B, new_phi, phi)
-  macc = _where_rows(meta_B, jax.tree.map(jnp.zeros_like, macc), macc)
-  w_new = _where_rows(meta_B, phi, w_new)
-  acc = _where_rows(meta_B, jax.tree.map(jnp.zeros_like, acc), acc)
+  phi = where_rows(meta_B, new_phi, phi)
+  macc = where_rows(meta_B, jax.tree.map(jnp.zeros_like, macc), macc)
+  w_new = where_rows(meta_B, phi, w_new)
+  acc = where_rows(meta_B, jax.tree.map(jnp.zeros_like, acc), acc)
   return w_new, acc, phi, macc
 
 
@@ -447,8 +434,8 @@ def _level_chunk(cfg, lvl, init, carry: _LevelCarry, ch, end_pos_B):
   any_reset = jnp.any(reset, axis=1)
   first = jnp.min(jnp.where(reset, j, c), axis=1)
   last = jnp.max(jnp.where(reset, j, -1), axis=1)
-  init_b = _init_like(init, carry.weights)
-  w_eff = _where_rows(any_reset, init_b, carry.weights)
+  init_b = broadcast_like(init, carry.weights)
+  w_eff = where_rows(any_reset, init_b, carry.weights)
   left_valid = jnp.concatenate([jnp.zeros_like(vmask[:, :1]), vmask[:, :-1]], axis=1)
   pair = vmask & (left_valid | carry.prev_valid[:, None]) & ~reset
   counted = pair & (j >= last[:, None])
@@ -471,12 +458,12 @@ def _level_chunk(cfg, lvl, init, carry: _LevelCarry, ch, end_pos_B):
                      lambda: jnp.where(before[:, :, None], _mlp(carry.weights, h), out),
                      lambda: out)
 
-  acc = jax.tree.map(lambda a, gg: jnp.where(_rows(any_reset, a), 0.0, a) + gg, carry.acc, g)
+  acc = jax.tree.map(lambda a, gg: jnp.where(as_rows(any_reset, a), 0.0, a) + gg, carry.acc, g)
   nested = carry.meta_init is not None
   phi = macc = None
   if nested:
-    phi = _where_rows(any_reset, init_b, carry.meta_init)
-    macc = jax.tree.map(lambda a, gg: jnp.where(_rows(any_reset, a), 0.0, a) + gg,
+    phi = where_rows(any_reset, init_b, carry.meta_init)
+    macc = jax.tree.map(lambda a, gg: jnp.where(as_rows(any_reset, a), 0.0, a) + gg,
                         carry.meta_acc, g)
   # The chunk's tokens are stream positions [end - C_l, end - C_l + idx + 1) (idx: its last
   # valid slot, -1 for none): the boundary rule decides whether they close a chunk of this
@@ -497,12 +484,11 @@ def _level_scan(cfg, lvl, params, st: CMSState, h_BxTxD, reset_BxT, start_aligne
   """Level lvl over the call on its own clock: a scan over its own chunks of C_l tokens."""
   b, t, _ = h_BxTxD.shape
   c = cfg.chunk_sizes[lvl]
-  offset, n = aligned_chunks.layout(t, c, st.position, start_aligned)
-  start = st.position if offset is None else st.position - offset
-  xs = {"h": h_BxTxD, "valid": jnp.ones((b, t), h_BxTxD.dtype), "reset": reset_BxT}
-  fills = {"h": 0.0, "valid": 0.0, "reset": False}
-  xs = {k: jnp.moveaxis(aligned_chunks.to_chunks(v, offset, n, c, fills[k]), 1, 0)
-        for k, v in xs.items()}
+  chunks = ScanChunks.make(c, t, st.position, start_aligned)
+  start = st.position if chunks.offset is None else st.position - chunks.offset
+  xs = {"h": chunks.split(h_BxTxD, 0.0, time_axis=1),
+        "valid": chunks.split(jnp.ones((b, t), h_BxTxD.dtype), 0.0, time_axis=1),
+        "reset": chunks.split(reset_BxT, False, time_axis=1)}
   nested = lvl < len(st.meta_init)
   carry = _LevelCarry(st.weights[lvl], st.acc[lvl], st.prev_h[:, lvl], st.prev_valid,
                       st.meta_init[lvl] if nested else None,
@@ -514,8 +500,8 @@ def _level_scan(cfg, lvl, params, st: CMSState, h_BxTxD, reset_BxT, start_aligne
     return _level_chunk(cfg, lvl, init, carry, ch, start + (i + 1) * c)
 
   fn = jax.checkpoint(body) if cfg.remat else body
-  carry, (out, moved) = jax.lax.scan(fn, carry, (xs, jnp.arange(n)))
-  out = aligned_chunks.from_chunks(jnp.moveaxis(out, 0, 1), offset, t)
+  carry, (out, moved) = jax.lax.scan(fn, carry, (xs, jnp.arange(chunks.n)))
+  out = chunks.join(out, time_axis=1)
   return out, carry, jnp.sum(moved) / b
 
 
@@ -594,11 +580,11 @@ def reset_levels(params: CMSParams, st: CMSState, flag_B: jax.Array) -> CMSState
   so it is exact only at a segment's first token; the driver refuses a concrete document
   start anywhere else (nl_jax.memory.base.check_reset_alignment)."""
   def to_init(states):
-    return tuple(_where_rows(flag_B, _init_like(init, w), w)
+    return tuple(where_rows(flag_B, broadcast_like(init, w), w)
                  for init, w in zip(params.init, states, strict=False))
 
   def to_zero(states):
-    return tuple(_where_rows(flag_B, _zeros_like(a), a) for a in states)
+    return tuple(where_rows(flag_B, _zeros_like(a), a) for a in states)
 
   return st._replace(weights=to_init(st.weights), acc=to_zero(st.acc),
                      meta_init=to_init(st.meta_init), meta_acc=to_zero(st.meta_acc))
@@ -680,8 +666,8 @@ def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTx
 
   def token(st, inp):
     x, r_B = inp
-    theta = _where_rows(r_B, outer, st.weights)
-    acc = _where_rows(r_B, zeros(st.acc), st.acc)
+    theta = where_rows(r_B, outer, st.weights)
+    acc = where_rows(r_B, zeros(st.acc), st.acc)
     paired = st.prev_valid & ~r_B
     if cfg.variant == "independent":
       hs = [rms_norm(x, params.norm[0], cfg.norm_eps)] * k
@@ -702,10 +688,10 @@ def sequential_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTx
 
       a = jax.tree.map(jnp.add, acc[lvl], _inner(cfg, jax.grad(loss)(theta[lvl])))
       s = _step_scale(cfg, cfg.lrs[lvl], a)
-      stepped = jax.tree.map(lambda w, g, s=s: w - _rows(s, g) * g,
+      stepped = jax.tree.map(lambda w, g, s=s: w - as_rows(s, g) * g,
                              retain(cfg.gammas[lvl], params.init[lvl], theta[lvl]), a)
-      new_theta.append(_where_rows(p % c == 0, stepped, theta[lvl]))
-      new_acc.append(_where_rows(p % c == 0, zeros(a), a))
+      new_theta.append(where_rows(p % c == 0, stepped, theta[lvl]))
+      new_acc.append(where_rows(p % c == 0, zeros(a), a))
     new = CMSState(tuple(new_theta), tuple(new_acc), jnp.stack(hs, axis=1),
                    jnp.ones((b,), bool), p)
     return new, y
@@ -745,7 +731,7 @@ def nested_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, r
     x, r_B = inp
     fresh = CMSState(outer, zeros(outer), st.prev_h, jnp.zeros((b,), bool), st.position,
                      outer[:k - 1], zeros(outer[:k - 1]))
-    st = _where_rows(r_B, fresh, st)
+    st = where_rows(r_B, fresh, st)
     hs, grads = [], []
     for lvl in range(k):
       h = rms_norm(x, params.norm[lvl], cfg.norm_eps)
@@ -765,21 +751,21 @@ def nested_reference(cfg: CMSConfig, params: CMSParams, st: CMSState, x_BxTxD, r
       s = _step_scale(cfg, cfg.lrs[lvl], a)
       gamma = cfg.gammas[lvl]
       stepped = jax.tree.map(lambda th, ph, g, s=s, gamma=gamma: ph + gamma * (th - ph)
-                             - _rows(s, g) * g, theta[lvl], phi[lvl], a)
-      theta[lvl] = _where_rows(p % c == 0, stepped, theta[lvl])
-      acc.append(_where_rows(p % c == 0, zeros(a), a))
+                             - as_rows(s, g) * g, theta[lvl], phi[lvl], a)
+      theta[lvl] = where_rows(p % c == 0, stepped, theta[lvl])
+      acc.append(where_rows(p % c == 0, zeros(a), a))
     meta_init, meta_acc = [], []
     for lvl in range(k - 1):
       m = jax.tree.map(jnp.add, st.meta_acc[lvl], grads[lvl])
       s = _step_scale(cfg, cfg.lrs[lvl + 1], m)
       gamma = cfg.gammas[lvl + 1]
       new_phi = jax.tree.map(lambda ph, ph0, g, s=s, gamma=gamma: ph0 + gamma * (ph - ph0)
-                             - _rows(s, g) * g, phi[lvl], outer[lvl], m)
+                             - as_rows(s, g) * g, phi[lvl], outer[lvl], m)
       end_of_context = p % cfg.chunk_sizes[lvl + 1] == 0
-      meta_init.append(_where_rows(end_of_context, new_phi, phi[lvl]))
-      meta_acc.append(_where_rows(end_of_context, zeros(m), m))
-      theta[lvl] = _where_rows(end_of_context, meta_init[lvl], theta[lvl])
-      acc[lvl] = _where_rows(end_of_context, zeros(acc[lvl]), acc[lvl])
+      meta_init.append(where_rows(end_of_context, new_phi, phi[lvl]))
+      meta_acc.append(where_rows(end_of_context, zeros(m), m))
+      theta[lvl] = where_rows(end_of_context, meta_init[lvl], theta[lvl])
+      acc[lvl] = where_rows(end_of_context, zeros(acc[lvl]), acc[lvl])
     new = CMSState(tuple(theta), tuple(acc), jnp.stack(hs, axis=1), jnp.ones((b,), bool), p,
                    tuple(meta_init), tuple(meta_acc))
     return new, x

@@ -32,3 +32,11 @@ def max_weight_norm(w: jax.Array) -> jax.Array:
   """Largest Frobenius norm of the trailing matrices (over sequences, memories and heads)."""
   w = jax.lax.stop_gradient(w).astype(jnp.float32)
   return jnp.max(jnp.sqrt(jnp.sum(w * w, axis=(-2, -1))))
+
+
+def update_norm(before, after) -> jax.Array:
+  """RMS over sequences and heads of the Frobenius change of a memory's weights (a tree of
+  [..., m, n] leaves) over one call."""
+  sq = sum(jnp.sum((a - b) ** 2, axis=(-2, -1))
+           for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before), strict=True))
+  return jax.lax.stop_gradient(jnp.sqrt(jnp.mean(sq)))

@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""RMSNorm with float32 statistics."""
+"""RMSNorm and L2 normalisation with float32 statistics."""
 
 import flax.nnx as nnx
 import jax
@@ -25,6 +25,12 @@ def rms_norm(x: jax.Array, scale: jax.Array | None, eps: float = 1e-6) -> jax.Ar
   if scale is not None:
     y = y * scale.astype(x32.dtype)
   return y.astype(x.dtype)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """x / ||x|| over the last axis, computed in (at least) float32 and cast back to x.dtype."""
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float64 stays float64 (tests)
+  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
 class RMSNorm(nnx.Module):

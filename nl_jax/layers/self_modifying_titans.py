@@ -20,7 +20,7 @@ depthwise conv of width 4 and SiLU, i.e. the "lowest-frequency level" of each pr
     eta_t = eta_max * sigmoid(M_eta(xk_t) + b_eta)          in (0, eta_max]
     alpha_t = alpha_min + (1 - alpha_min) sigmoid(M_alpha(xk_t) + b_alpha)   in [alpha_min, 1]
     vhat_{box,t} = M_box(v_t)                                (each memory makes its own target)
-    M_box <- one inner step on 0.5 ||M_box(k_t) - vhat_{box,t}||^2 (rule, momentum: below)
+    M_box <- one inner step on 0.5 ||M_box(k_t) - vhat_{box,t}||^2 (rule, momentum: config)
     o_t = M_out(q_t)      y_t = W_o (rmsnorm(o_t) * silu(x_t W_g))
 
 Every memory M is nl_jax.memory.MLPMemory's residual two-layer fast weight
@@ -28,68 +28,10 @@ Every memory M is nl_jax.memory.MLPMemory's residual two-layer fast weight
 ``<name>_init``: ``k_init``, ``v_init``, ``q_init``, ``eta_init``, ``alpha_init``,
 ``out_init``), one copy per head and per sequence.
 
-Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConfig:
-
-* rule (9.1): ``dgd`` (default: step and rank-1 erase of the input-side weight both use
-  c = eta / (1 + eta ||k||^2)), ``paper_l2`` (eq. 93 literally: eta for both) or ``gd`` (no
-  erase, the "w/o DGD" ablation). The erase applies to W2 (the weight whose input is k), the
-  retention alpha to both weights (9.4, first option), as in MLPMemory.
-* scalar memories (9.5): M_eta and M_alpha are two-layer memories with the same input width
-  as the others but a one-dimensional output and no residual (the residual form needs
-  in == out): ``M(x) = W1 act(W2 x)`` is a per-head logit, squashed by nl_jax.memory.gates
-  after adding a static per-head bias (b_eta, b_alpha; outer parameters that set the initial
-  gates). Their target is their own prediction at v, exactly like the vector memories.
-* momentum (9.7): optional Titans-style momentum on the gradient term of every memory,
-  S <- mu S - lr G, W <- decay(W) + S, with a data-dependent decay mu_t = mu_max sigmoid(x_t
-  W_mu) per head (a static gate: the momentum of the inner optimizer is part of the slowest
-  level).
-* adaptive q (9.6): ``adaptive_q=False`` (default, "q is the only non-adaptive projection")
-  or True (q = M_q(xq_t), a fifth memory trained like M_k).
-* stop_target_grad (9.8): vhat is always a constant of the inner gradient (it enters the
-  memories as their regression value); with stop_target_grad=True the OUTER loss also does
-  not differentiate through vhat (cheaper, first-order targets). Default False: the outer
-  loss differentiates through the whole unrolled chunked update (Titans-style
-  meta-learning of the initial states, projections and gates).
-* value_norm (not in the paper's equations; default departs from them): ``"l2"`` (default)
-  L2-normalises v_t = M_v(xv_t) like k_t, ``"none"`` keeps the equations' v_t. Why: with v
-  unnormalised, training grows ||v|| without bound (the read M_out(q) goes through an
-  RMSNorm, so a larger memory content costs nothing and beats the unit-norm residual q), and
-  every memory's self-generated target vhat = M(v) = v + W1 act(W2 v) then amplifies W1 by
-  ||act(W2 v)|| / ||act(W2 k)|| > 1 at each write: the memories chase their own targets
-  geometrically and Hope tiny overflowed at step ~300 (diagnosis with the measurements:
-  experiments/stability/README.md). With ||v|| = ||k|| = 1 that loop gain stays near 1.
-* read_at (eqs. 83 / 90 / Titans): ``pre`` (default, eq. 83/94: o_t = M_{out,t-1}(q_t)),
-  ``post`` (Titans: the state after token t's write) or ``anchor`` (eq. 90: the state at
-  the end of the previous chunk).
-* static projections (Table 6's "static k" / "static v" ablations): ``static_projections``
-  names projections that skip their memory, k_t = l2norm(xk_t) or v_t = xv_t (the static
-  input projection, conv and SiLU stay). The skipped memory keeps its place in the state and
-  still writes (so state shapes and checkpoints do not depend on the option) but nothing
-  reads it, and its initial weights get no gradient.
-* targets (eqs. 79-82 vs 84-85): ``"self"`` (default, the self-modifying Titans of Hope:
-  each memory regresses onto its own prediction at v, vhat = M(v)) or ``"shared"`` (the
-  fully adaptive memory of eqs. 79-82, the paper's "simple version": k, v, q, eta and alpha
-  are still fast memories, but the vector memories and the output memory all regress onto
-  the shared value v_t; nothing generates its own target). The paper writes the shared
-  target for every memory, which a one-dimensional eta / alpha memory cannot regress onto
-  (v_t is a head_dim vector); under ``"shared"`` these two keep their own prediction at v as
-  target, the one reading that keeps every memory adaptive (spec 5.2, an open choice).
-  stop_target_grad then stops the outer gradient through that shared copy of v.
-* Two chunk sizes (9.9): ``chunk_size`` for the output memory, ``proj_chunk_size`` for the
-  k, v, (q,) eta and alpha memories.
-* anchored_step (eq. 90 has no 1/C): ``"mean"`` (default) divides the anchored gradient step
-  of every token by its memory's chunk size (a chunk's C gradients, all taken at the same
-  anchor, are averaged like a TTT / Titans mini-batch), ``"sum"`` takes eq. 90's step
-  literally (each token's full step; C identical tokens then move the weights C times as far
-  as one exact step, see nl_jax.memory.mlp), ``"mean_all"`` divides the DGD erase by C too
-  (the chunk is one mini-batch step in both terms; under "mean", C identical tokens erase
-  C times and write once, see nl_jax.memory.mlp). The retention decay is never scaled.
-* output_error: ``"anchor"`` (default) takes every memory's output-side weight (w1) error at
-  the chunk's anchor like its other gradients; ``"current"`` takes it at w1's current value,
-  the delta rule on the features h = act(w2 k) (MLPMemory.output_error): sequential inside
-  the chunk, in closed form, and without the 1/C, since the delta step cannot overshoot on
-  repeated tokens. What keeps a trained Hope's writes from counting is measured in
-  experiments/in_context/README.md ("Why the self-modifying Titans' writes went unused").
+The options (the paper's open choices and where the defaults depart from it) are the fields
+of SelfModifyingTitansConfig, each documented in nl_jax.layers.smt_config. The memories of
+one kind share k, eta, alpha and mu and run as groups (nl_jax.memory.groups): the k, v, (q)
+memories, the two scalar (eta, alpha) memories, and the output memory.
 
 Chunk-parallel anchored semantics (spec 5.4): inside a chunk every k, v, eta, alpha and vhat
 comes from the memories' anchor (the state at the end of the previous chunk, a causal reading
@@ -113,8 +55,7 @@ anywhere else with a ValueError naming the chunk size (as MatrixMemory does); un
 resets are not concrete and cannot be checked.
 """
 
-import dataclasses
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 import flax.nnx as nnx
 import jax
@@ -124,164 +65,17 @@ from nl_jax import config_tree
 from nl_jax.layers import diagnostics
 from nl_jax.layers.conv import CausalConv, ConvState
 from nl_jax.layers.mlp import dense_init
-from nl_jax.layers.norms import rms_norm
+from nl_jax.layers.norms import l2_normalize, rms_norm
 from nl_jax.layers.projection import project, record_input
-from nl_jax.memory import aligned_chunks, gates
+from nl_jax.layers.smt_config import IMPLEMENTATIONS, SelfModifyingTitansConfig
+from nl_jax.memory import gates, groups
+from nl_jax.memory.aligned_chunks import ScanChunks
 from nl_jax.memory.base import check_reset_alignment
-from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory, MLPWeights
-from nl_jax.memory.mlp import ANCHORED_STEPS as MLP_ANCHORED_STEPS
-from nl_jax.memory.mlp import CHUNK_BACKWARDS, OUTPUT_ERRORS
-from nl_jax.memory.types import MemoryInputs, MemoryState
+from nl_jax.memory.mlp import ACTIVATIONS, MLPWeights, apply_weights
+from nl_jax.memory.types import MemoryState
 
-SMT_RULES = ("dgd", "paper_l2", "gd")
-SMT_READS = ("pre", "post", "anchor")
-VALUE_NORMS = ("l2", "none")
-ANCHORED_STEPS = MLP_ANCHORED_STEPS
-TARGETS = ("self", "shared")
-IMPLEMENTATIONS = ("auto", "chunked", "sequential")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SelfModifyingTitansConfig:
-  """Shapes and options of SelfModifyingTitans (see the module docstring for each choice).
-
-  Attributes:
-    d_model: input / output width.
-    n_heads: number of heads (one set of memories per head).
-    head_dim: width of each head's memories.
-    memory_hidden: hidden width of the vector memories (default head_dim).
-    gate_hidden: hidden width of the scalar (eta, alpha) memories (default head_dim // 2).
-    activation: sigma of eq. 89 (a key of nl_jax.memory.mlp.ACTIVATIONS).
-    rule: inner rule, dgd | paper_l2 | gd.
-    momentum: Titans-style momentum in every memory.
-    mu_max: momentum decay bound (mu in [0, mu_max]).
-    adaptive_q: q is a fast memory too.
-    static_projections: subset of ("k", "v") computed without their memory (ablation).
-    chunk_size: chunk of the output memory.
-    proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
-    read_at: pre | post | anchor (output memory read).
-    eta_max: learning-rate bound, eta in (0, eta_max].
-    alpha_min: retention bound, alpha in [alpha_min, 1].
-    eta_bias_init, alpha_bias_init: initial logits of the gates (b_eta, b_alpha); the paper
-      gives no initialisation. alpha_bias_init=8 (default) starts the retention at 0.9998 per
-      token (with alpha_min 0.5): the memories keep ~92% of their state over a 512-token
-      call. At 4 (the earlier default, 0.991 per token) a 512-token call multiplied every
-      fast weight by ~0.01, the 1/C-divided writes could not refill it and the trained
-      memories' writes went unused (experiments/in_context/README.md, "Why the
-      self-modifying Titans' writes went unused").
-    stop_target_grad: no outer gradient through vhat.
-    value_norm: "l2" (default: v_t is L2-normalised like k_t) or "none" (the paper's
-      equations: only q and k are normalised). See the module docstring.
-    anchored_step: "mean" (default: each anchored gradient step divided by the memory's chunk
-      size), "sum" (eq. 90 literally, no 1/C) or "mean_all" (the erase divided by C too).
-      See the module docstring.
-    output_error: "anchor" (default) or "current" (w1's delta-rule step at its current value,
-      no 1/C). See the module docstring.
-    targets: "self" (default: vhat = M(v), eqs. 84-85) or "shared" (the fully adaptive
-      memory of eqs. 79-82: the vector memories regress onto v). See the module docstring.
-    chunk_backward: "manual" (default: the memories' chunks use nl_jax.memory.mlp_chunk's
-      hand-written backward where it applies, see MLPMemory) or "autodiff" (the reference).
-    conv_width: width of the causal depthwise conv on the q/k/v branch.
-    implementation: auto (chunked when the call has at least one full chunk) | chunked |
-      sequential.
-    remat: jax.checkpoint each chunk (memory grows with chunks, not tokens).
-    dtype: activation dtype (memory states stay float32).
-    param_dtype: parameter dtype.
-  """
-  # Set by the model that owns the layer (None inside a model config; nl_jax.models.config_tree).
-  DERIVED: ClassVar[tuple[str, ...]] = ("d_model", "n_heads", "head_dim", "remat", "dtype",
-                                        "param_dtype")
-  # The model's profile may leave these None until it builds the layer (HopeConfig.PROFILES).
-  PROFILE_FIELDS: ClassVar[tuple[str, ...]] = ("rule", "momentum", "adaptive_q", "value_norm",
-                                               "anchored_step")
-
-  d_model: int | None = None
-  n_heads: int | None = None
-  head_dim: int | None = None
-  memory_hidden: int | None = None
-  gate_hidden: int | None = None
-  activation: str = "silu"
-  rule: str | None = "dgd"
-  momentum: bool | None = False
-  mu_max: float = 0.9
-  adaptive_q: bool | None = False
-  static_projections: tuple[str, ...] = ()
-  chunk_size: int = 16
-  proj_chunk_size: int = 16
-  read_at: str = "pre"
-  eta_max: float = 1.0
-  alpha_min: float = 0.5
-  eta_bias_init: float = -2.0
-  alpha_bias_init: float = 8.0
-  stop_target_grad: bool = False
-  value_norm: str | None = "l2"
-  anchored_step: str | None = "mean"
-  output_error: str = "anchor"
-  targets: str = "self"
-  chunk_backward: str = "autodiff"
-  conv_width: int = 4
-  implementation: str = "auto"
-  remat: bool | None = True
-  dtype: str | None = "float32"
-  param_dtype: str | None = "float32"
-
-  def __post_init__(self):
-    name = type(self).__name__
-    config_tree.check_positive_ints(self, ("d_model", "n_heads", "head_dim", "chunk_size",
-                                           "proj_chunk_size", "conv_width"))
-    for f in ("memory_hidden", "gate_hidden"):
-      v = getattr(self, f)
-      if v is not None and (not isinstance(v, int) or v < 1):
-        raise ValueError(f"{name}.{f} must be None or a positive int, got {v!r}")
-    config_tree.check_choices(self, {
-        "rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
-        "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS,
-        "anchored_step": ANCHORED_STEPS, "targets": TARGETS, "output_error": OUTPUT_ERRORS,
-        "chunk_backward": CHUNK_BACKWARDS}, may_be_unset=self.PROFILE_FIELDS)
-    object.__setattr__(self, "static_projections", tuple(self.static_projections))
-    bad = [p for p in self.static_projections if p not in ("k", "v")]
-    if bad:
-      raise ValueError(f"{name}.static_projections={self.static_projections!r}: entries must be "
-                       "'k' or 'v' (a static q is adaptive_q=False)")
-    if not self.eta_max > 0:
-      raise ValueError(f"{name}.eta_max must be > 0, got {self.eta_max}")
-    if not 0.0 <= self.alpha_min <= 1.0:
-      raise ValueError(f"{name}.alpha_min must lie in [0, 1], got {self.alpha_min}")
-    if not 0.0 <= self.mu_max < 1.0:
-      raise ValueError(f"{name}.mu_max must lie in [0, 1), got {self.mu_max}")
-
-  @property
-  def hidden(self) -> int:
-    return self.memory_hidden or self.head_dim
-
-  @property
-  def ghidden(self) -> int:
-    return self.gate_hidden or max(1, self.head_dim // 2)
-
-  @property
-  def proj_names(self) -> tuple[str, ...]:
-    """The vector projection memories, stacked in this order on the state's axis 1."""
-    return ("k", "v", "q") if self.adaptive_q else ("k", "v")
-
-  def _mem(self, chunk, out_dim=None, residual=True, read_at="post") -> MLPMemory:
-    return MLPMemory(in_dim=self.head_dim, hidden_dim=self.hidden if residual else self.ghidden,
-                     out_dim=out_dim, activation=self.activation, residual=residual,
-                     rule=self.rule, semantics="anchored", chunk_size=chunk,
-                     momentum=self.momentum, read_at=read_at, remat=False,
-                     implementation="chunked", anchored_step=self.anchored_step,
-                     output_error=self.output_error, chunk_backward=self.chunk_backward)
-
-  @property
-  def proj_memory(self) -> MLPMemory:
-    return self._mem(self.proj_chunk_size)
-
-  @property
-  def gate_memory(self) -> MLPMemory:
-    return self._mem(self.proj_chunk_size, out_dim=1, residual=False)
-
-  @property
-  def out_memory(self) -> MLPMemory:
-    return self._mem(self.chunk_size, read_at=self.read_at)
+__all__ = ["SMTInputs", "SMTMemoryState", "SMTParams", "SelfModifyingTitans",
+           "SelfModifyingTitansConfig", "init_memory_state", "memory_scan"]
 
 
 class SMTParams(NamedTuple):
@@ -320,15 +114,8 @@ class SMTMemoryState(NamedTuple):
   position: jax.Array
 
 
-def _apply(w: MLPWeights, x, act, residual: bool):
-  """M(x) for stacked weights: w leaves [..., out, hid] / [..., hid, in], x [..., T, in]."""
-  h = act(jnp.einsum("...ti,...hi->...th", x, w.w2))
-  y = jnp.einsum("...th,...oh->...to", h, w.w1)
-  return y + x if residual else y
-
-
-def _l2norm(x, eps=1e-6):
-  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+class _Initial(NamedTuple):
+  initial: MLPWeights  # the field MLPMemory.init_state reads
 
 
 def init_memory_state(cfg: SelfModifyingTitansConfig, params: SMTParams,
@@ -336,40 +123,10 @@ def init_memory_state(cfg: SelfModifyingTitansConfig, params: SMTParams,
   """Initial fast state: the meta-learned initial weights, one copy per sequence."""
   h, p = cfg.n_heads, len(cfg.proj_names)
   return SMTMemoryState(
-      proj=cfg.proj_memory.init_state(MemoryParams(params.proj_init), (batch_size, p, h)),
-      gates=cfg.gate_memory.init_state(MemoryParams(params.gate_init), (batch_size, 2, h)),
-      out=cfg.out_memory.init_state(MemoryParams(params.out_init), (batch_size, h)),
+      proj=cfg.proj_memory.init_state(_Initial(params.proj_init), (batch_size, p, h)),
+      gates=cfg.gate_memory.init_state(_Initial(params.gate_init), (batch_size, 2, h)),
+      out=cfg.out_memory.init_state(_Initial(params.out_init), (batch_size, h)),
       position=jnp.zeros((batch_size,), jnp.int32))
-
-
-class MemoryParams(NamedTuple):
-  """Adapter with the field name MLPMemory.init_state reads (params.initial)."""
-  initial: MLPWeights
-
-
-def _bcast_init(init: MLPWeights, like: MLPWeights) -> MLPWeights:
-  return jax.tree.map(lambda i, x: jnp.broadcast_to(i.astype(x.dtype), x.shape), init, like)
-
-
-def _reset_state(st: MemoryState, init: MLPWeights, flag_B: jax.Array) -> MemoryState:
-  """Sets memory (and anchor) back to init and momentum to zero where flag_B."""
-  def sel(new, old):
-    f = flag_B.reshape(flag_B.shape + (1,) * (old.ndim - 1))
-    return jnp.where(f, new, old)
-  init_b = _bcast_init(init, st.memory)
-  memory = jax.tree.map(sel, init_b, st.memory)
-  anchor = None if st.anchor is None else jax.tree.map(sel, init_b, st.anchor)
-  momentum = None if st.momentum is None else jax.tree.map(
-      lambda s: sel(jnp.zeros_like(s), s), st.momentum)
-  return st._replace(memory=memory, anchor=anchor, momentum=momentum)
-
-
-def _gates(cfg, logits_2xC, bias_2):
-  """(eta, alpha) from the scalar memories' logits plus the static biases."""
-  eta = gates.eta_from_logits(logits_2xC[..., 0, :, :] + bias_2[0][..., None], cfg.eta_max)
-  alpha = gates.alpha_from_logits(logits_2xC[..., 1, :, :] + bias_2[1][..., None],
-                                  cfg.alpha_min)
-  return eta, alpha
 
 
 def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
@@ -379,21 +136,20 @@ def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
   eta, alpha [..., H, C], vhat_proj [..., P, H, C, d], vhat_gate [..., 2, H, C, 1].
   """
   act = ACTIVATIONS[cfg.activation]
-  xs = [xk, xv] + ([xq] if cfg.adaptive_q else [])
-  y = _apply(proj_anchor, jnp.stack(xs, axis=-4), act, True)
-  k = _l2norm(xk if "k" in cfg.static_projections else y[..., 0, :, :, :])
+  vector = lambda w, x: apply_weights(w, x, act, True)  # noqa: E731
+  scalar = lambda w, x: apply_weights(w, x, act, False)  # noqa: E731
+  y = vector(proj_anchor, jnp.stack([xk, xv] + ([xq] if cfg.adaptive_q else []), axis=-4))
+  k = l2_normalize(xk if "k" in cfg.static_projections else y[..., 0, :, :, :])
   v = xv if "v" in cfg.static_projections else y[..., 1, :, :, :]
   if cfg.value_norm == "l2":
-    v = _l2norm(v)
-  q = _l2norm(y[..., 2, :, :, :] if cfg.adaptive_q else xq)
-  logits = _apply(gate_anchor, jnp.stack([xk, xk], axis=-4), act, False)[..., 0]
-  eta, alpha = _gates(cfg, logits, params.gate_bias)
-  p = len(cfg.proj_names)
-  if cfg.targets == "shared":
-    vhat_proj = jnp.stack([v] * p, axis=-4)
-  else:
-    vhat_proj = _apply(proj_anchor, jnp.stack([v] * p, axis=-4), act, True)
-  vhat_gate = _apply(gate_anchor, jnp.stack([v, v], axis=-4), act, False)
+    v = l2_normalize(v)
+  q = l2_normalize(y[..., 2, :, :, :] if cfg.adaptive_q else xq)
+  logits = scalar(gate_anchor, jnp.stack([xk, xk], axis=-4))[..., 0] + params.gate_bias[..., None]
+  eta = gates.eta_from_logits(logits[..., 0, :, :], cfg.eta_max)
+  alpha = gates.alpha_from_logits(logits[..., 1, :, :], cfg.alpha_min)
+  v_p = jnp.stack([v] * len(cfg.proj_names), axis=-4)
+  vhat_proj = v_p if cfg.targets == "shared" else vector(proj_anchor, v_p)
+  vhat_gate = scalar(gate_anchor, jnp.stack([v, v], axis=-4))
   if cfg.stop_target_grad:
     vhat_proj, vhat_gate = jax.lax.stop_gradient((vhat_proj, vhat_gate))
   return k, v, q, eta, alpha, vhat_proj, vhat_gate
@@ -402,248 +158,156 @@ def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
 def _out_target(cfg, anchor, v):
   """The output memory's regression target: M_out(v) at the anchor, or v ("shared")."""
   if cfg.targets == "shared":
-    return v
-  return _apply(anchor, v, ACTIVATIONS[cfg.activation], True)
+    vhat = v
+  else:
+    vhat = apply_weights(anchor, v, ACTIVATIONS[cfg.activation], True)
+  return jax.lax.stop_gradient(vhat) if cfg.stop_target_grad else vhat
+
+
+def _out_loss(cfg, anchor, k, vhat):
+  """The output memory's inner loss at its anchor, 0.5 ||M(k) - vhat||^2 per token."""
+  err = apply_weights(anchor, k, ACTIVATIONS[cfg.activation], True) - vhat
+  return 0.5 * jnp.sum(err * err, axis=-1)
 
 
 # ----------------------------------------------------------------------------------------
 # Chunk-parallel path
 # ----------------------------------------------------------------------------------------
 
-def _write_chunk(mem: MLPMemory, st: MemoryState, k, v, eta, alpha, mu, q, valid):
-  """One anchored chunk of a memory group (state leaves [B, G, H, ...]) via MLPMemory's algebra.
-
-  v [B, G, H, C, d] (one target per memory); k, q [B, H, C, d] and eta, alpha, mu [B, H, C]
-  are shared by the G memories of the group; valid [B, C]. The group is vmapped with the
-  shared inputs unmapped, so what depends on them only (the rule coefficients, the decay
-  kernels, the keys' Gram matrix and the chunk's triangular inverse) is computed once per chunk
-  and head, not once per memory. Invalid (padding) tokens come with eta = 0, alpha = mu = 1,
-  so they leave the state exactly unchanged. Returns (reads [B, G, H, C, d_out] or None, new
-  MemoryState).
-  """
-  inputs = MemoryInputs(keys=k, values=v, eta=eta, queries=q, alpha=alpha, momentum=mu)
-  tok = mem.chunk_tokens(inputs, jax.tree.leaves(st.memory)[0].dtype)
-  tok["valid"] = jnp.broadcast_to(valid[:, None, :], eta.shape).astype(eta.dtype)
-  fn = jax.vmap(mem.chunk_step)  # heads
-  fn = jax.vmap(fn, in_axes=(0, {name: 0 if name == "v" else None for name in tok}))  # group
-  fn = jax.vmap(fn)  # batch
-  grouped = v.ndim == jax.tree.leaves(st.memory)[0].ndim
-  lift = (lambda z: z) if grouped else (lambda z: jax.tree.map(lambda a: a[:, None], z))
-  drop = (lambda z: z) if grouped else (lambda z: jax.tree.map(lambda a: a[:, 0], z))
-  out, (memory, momentum) = fn(lift((st.memory, st.momentum, st.anchor)), tok)
-  memory, momentum = drop((memory, momentum))
-  complete = valid[:, -1] > 0
-  anchor = jax.tree.map(
-      lambda m, a: jnp.where(complete.reshape((-1,) + (1,) * (m.ndim - 1)), m, a),
-      memory, st.anchor)
-  return out, MemoryState(memory, momentum, anchor, st.position)
-
-
-def _mask_gates(valid_BxC, eta, alpha, mu):
-  vm = valid_BxC[:, None, :] > 0
-  eta = jnp.where(vm, eta, 0.0)
-  alpha = jnp.where(vm, alpha, 1.0)
-  mu = None if mu is None else jnp.where(vm, mu, 1.0)
-  return eta, alpha, mu
-
-
-class _Chunker(NamedTuple):
-  """One chunk size's aligned layout of a call (nl_jax.memory.aligned_chunks) for [B, H, T, ...]
-  per-head inputs ([B, T] with time_axis=1), with the chunk axis first for the scan."""
-  offset: jax.Array | None
-  n: int
-  c: int
-  t: int
-
-  @classmethod
-  def make(cls, c: int, t: int, position_B, start_aligned: bool) -> "_Chunker":
-    offset, n = aligned_chunks.layout(t, c, position_B, start_aligned)
-    return cls(offset, n, c, t)
-
-  def split(self, x, fill=0.0, time_axis=2):
-    x = jnp.moveaxis(x, time_axis, 1)  # [B, T, ...]
-    y = aligned_chunks.to_chunks(x, self.offset, self.n, self.c, fill)  # [B, n, c, ...]
-    return jnp.moveaxis(jnp.moveaxis(y, 2, time_axis + 1), 1, 0)  # [n, B, ..., c, ...]
-
-  def join(self, x, time_axis=2):
-    x = jnp.moveaxis(x, 0, 1)  # [B, n, H, C, ...]
-    x = jnp.moveaxis(x, time_axis + 1, 2)  # [B, n, C, H, ...]
-    y = aligned_chunks.from_chunks(x, self.offset, self.t)  # [B, T, H, ...]
-    return jnp.moveaxis(y, 1, time_axis)
-
-
-def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunker: _Chunker, dtype):
+def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanChunks, dtype):
   """Scan 1 (chunks of proj_chunk_size): k, v, q, eta, alpha [B, H, T, ...] from the projection
   and gate memories' anchors, and those memories' new states."""
-  valid_BxT = jnp.ones(inp.reset.shape, dtype)
-  xs = dict(xk=chunker.split(inp.xk.astype(dtype)), xv=chunker.split(inp.xv.astype(dtype)),
-            xq=chunker.split(inp.xq.astype(dtype)), valid=chunker.split(valid_BxT, time_axis=1),
-            reset=chunker.split(inp.reset, False, time_axis=1))
+  xs = dict(xk=chunks.split(inp.xk.astype(dtype)), xv=chunks.split(inp.xv.astype(dtype)),
+            xq=chunks.split(inp.xq.astype(dtype)),
+            valid=chunks.split(jnp.ones(inp.reset.shape, dtype), time_axis=1),
+            reset=chunks.split(inp.reset, False, time_axis=1))
   if cfg.momentum:
-    xs["mu"] = chunker.split(inp.mu.astype(dtype), 1.0)
-  pmem, gmem = cfg.proj_memory, cfg.gate_memory
+    xs["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
 
   def body(carry, ch):
-    pst, gst = carry
     flag = jnp.any(ch["reset"] & (ch["valid"] > 0), axis=1)
-    pst = _reset_state(pst, params.proj_init, flag)
-    gst = _reset_state(gst, params.gate_init, flag)
+    pst = groups.reset_rows(carry[0], params.proj_init, flag)
+    gst = groups.reset_rows(carry[1], params.gate_init, flag)
     k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
         cfg, params, pst.anchor, gst.anchor, ch["xk"], ch["xv"], ch["xq"])
-    eta, alpha, mu = _mask_gates(ch["valid"], eta, alpha, ch.get("mu"))
+    eta, alpha, mu = groups.mask_padding(ch["valid"], eta, alpha, ch.get("mu"))
     k = jnp.where(ch["valid"][:, None, :, None] > 0, k, 0.0)
-    _, pst = _write_chunk(pmem, pst, k, vhat_p, eta, alpha, mu, None, ch["valid"])
-    _, gst = _write_chunk(gmem, gst, k, vhat_g, eta, alpha, mu, None, ch["valid"])
+    _, pst = groups.write_chunk(cfg.proj_memory, pst, k, vhat_p, eta, alpha, mu, None,
+                                ch["valid"])
+    _, gst = groups.write_chunk(cfg.gate_memory, gst, k, vhat_g, eta, alpha, mu, None,
+                                ch["valid"])
     return (pst, gst), (k, v, q, eta, alpha)
 
   body = jax.checkpoint(body) if cfg.remat else body
   (pst, gst), per_token = jax.lax.scan(body, (state.proj, state.gates), xs)
-  return pst, gst, tuple(chunker.join(z) for z in per_token)
+  return pst, gst, tuple(chunks.join(z) for z in per_token)
 
 
-def _out_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunker: _Chunker, k, v, q,
+def _out_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanChunks, k, v, q,
               eta, alpha, dtype):
   """Scan 2 (chunks of chunk_size): the output memory's reads o [B, H, T, d], its new state,
   its inner loss (summed) and the squared norm of its targets."""
-  valid_BxT = jnp.ones(inp.reset.shape, dtype)
-  ys = dict(k=chunker.split(k), v=chunker.split(v), q=chunker.split(q),
-            eta=chunker.split(eta), alpha=chunker.split(alpha, 1.0),
-            valid=chunker.split(valid_BxT, time_axis=1),
-            reset=chunker.split(inp.reset, False, time_axis=1))
+  ys = dict(k=chunks.split(k), v=chunks.split(v), q=chunks.split(q), eta=chunks.split(eta),
+            alpha=chunks.split(alpha, 1.0),
+            valid=chunks.split(jnp.ones(inp.reset.shape, dtype), time_axis=1),
+            reset=chunks.split(inp.reset, False, time_axis=1))
   if cfg.momentum:
-    ys["mu"] = chunker.split(inp.mu.astype(dtype), 1.0)
-  omem = cfg.out_memory
-  act = ACTIVATIONS[cfg.activation]
+    ys["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
 
   def body(ost, ch):
     flag = jnp.any(ch["reset"] & (ch["valid"] > 0), axis=1)
-    ost = _reset_state(ost, params.out_init, flag)
+    ost = groups.reset_rows(ost, params.out_init, flag)
     vhat = _out_target(cfg, ost.anchor, ch["v"])
-    if cfg.stop_target_grad:
-      vhat = jax.lax.stop_gradient(vhat)
-    err = _apply(ost.anchor, ch["k"], act, True) - vhat
-    loss_BxHxC = 0.5 * jnp.sum(err * err, axis=-1) * ch["valid"][:, None, :]
-    eta_c, alpha_c, mu_c = _mask_gates(ch["valid"], ch["eta"], ch["alpha"], ch.get("mu"))
-    add = lambda z: None if z is None else z[:, None]  # noqa: E731  # group axis G = 1
-    out, ost = _write_chunk(omem, ost, ch["k"], add(vhat), eta_c, alpha_c, mu_c, ch["q"],
-                            ch["valid"])
+    loss = jnp.sum(_out_loss(cfg, ost.anchor, ch["k"], vhat) * ch["valid"][:, None, :])
+    eta_c, alpha_c, mu_c = groups.mask_padding(ch["valid"], ch["eta"], ch["alpha"], ch.get("mu"))
+    out, ost = groups.write_chunk(cfg.out_memory, ost, ch["k"], vhat[:, None], eta_c, alpha_c,
+                                  mu_c, ch["q"], ch["valid"])
     vhat_sq = jnp.sum(jax.lax.stop_gradient(vhat) ** 2 * ch["valid"][:, None, :, None])
-    return ost, (out[:, 0], jnp.sum(loss_BxHxC, axis=(1, 2)), vhat_sq)
+    return ost, (out[:, 0], loss, vhat_sq)
 
   body = jax.checkpoint(body) if cfg.remat else body
   ost, (o, loss, vhat_sq) = jax.lax.scan(body, state.out, ys)
-  return chunker.join(o), ost, jnp.sum(loss), jnp.sum(vhat_sq)
+  return chunks.join(o), ost, jnp.sum(loss), jnp.sum(vhat_sq)
 
 
 def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: bool = False):
   t = inp.xk.shape[2]
   dtype = jax.tree.leaves(state.out.memory)[0].dtype
-  chunker = lambda c: _Chunker.make(c, t, state.position, start_aligned)  # noqa: E731
+  chunks = lambda c: ScanChunks.make(c, t, state.position, start_aligned)  # noqa: E731
   pst, gst, (k, v, q, eta, alpha) = _proj_pass(cfg, params, state, inp,
-                                               chunker(cfg.proj_chunk_size), dtype)
-  o, ost, loss, vhat_sq = _out_pass(cfg, params, state, inp, chunker(cfg.chunk_size), k, v, q,
+                                               chunks(cfg.proj_chunk_size), dtype)
+  o, ost, loss, vhat_sq = _out_pass(cfg, params, state, inp, chunks(cfg.chunk_size), k, v, q,
                                     eta, alpha, dtype)
   stats = dict(inner_loss_sum=loss, eta=eta, alpha=alpha,
                v_sq_sum=jnp.sum(jax.lax.stop_gradient(v) ** 2), vhat_sq_sum=vhat_sq)
-  new = SMTMemoryState(pst._replace(position=pst.position + t),
-                       gst._replace(position=gst.position + t),
-                       ost._replace(position=ost.position + t), state.position + t)
-  return o, new, stats
+  advance = lambda st: st._replace(position=st.position + t)  # noqa: E731
+  return o, SMTMemoryState(advance(pst), advance(gst), advance(ost), state.position + t), stats
 
 
 # ----------------------------------------------------------------------------------------
 # Sequential reference (token by token, each memory through MLPMemory.token_step)
 # ----------------------------------------------------------------------------------------
 
-def _token_reset(r, w, s, a, init):
-  """Weights and anchor back to init, momentum to zero, where the token's reset r is set."""
-  w = jax.tree.map(lambda n, o: jnp.where(r, n.astype(o.dtype), o), init, w)
-  a = jax.tree.map(lambda n, o: jnp.where(r, n.astype(o.dtype), o), init, a)
-  s = None if s is None else jax.tree.map(lambda o: jnp.where(r, 0.0, o), s)
-  return w, s, a
+def _token_row(cfg, params, mems, pos0, xs):
+  """One sequence's token loop: mems = ((weights, momentum, anchor) per group, leaves
+  [G, H, ...]: projections, gates, output with G = 1); xs = (xk, xv, xq [T, H, d], mu [T, H]
+  or None, reset [T]). Returns the final mems and (o [T, H, d], loss, eta, alpha [T, H],
+  squared norms [T, 2])."""
+  act = ACTIVATIONS[cfg.activation]
+  memories = (cfg.proj_memory, cfg.gate_memory, cfg.out_memory)
+  inits = (params.proj_init, params.gate_init, jax.tree.map(lambda w: w[None], params.out_init))
+  period = (cfg.proj_chunk_size, cfg.proj_chunk_size, cfg.chunk_size)
 
+  def step(carry, x):
+    mems, pos = carry
+    xk, xv, xq, mu, r = x
+    mems = tuple(groups.token_reset(r, m, i) for m, i in zip(mems, inits, strict=True))
+    k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
+        cfg, params, mems[0][2], mems[1][2], xk[:, None], xv[:, None], xq[:, None])
+    k, v, q, eta, alpha = k[:, 0], v[:, 0], q[:, 0], eta[:, 0], alpha[:, 0]  # one token
+    vhat_p, vhat_g = vhat_p[:, :, 0], vhat_g[:, :, 0]
+    out_anchor = jax.tree.map(lambda w: w[0], mems[2][2])
+    vhat_o = _out_target(cfg, out_anchor, v[:, None])
+    loss = jnp.sum(_out_loss(cfg, out_anchor, k[:, None], vhat_o))
+    mu = jnp.ones_like(eta) if mu is None else mu
+    new = [groups.token_write(mem, m, k, vhat, eta, alpha, mu)
+           for mem, m, vhat in zip(memories, mems, (vhat_p, vhat_g, vhat_o[None, :, 0]),
+                                   strict=True)]
+    read = {"pre": mems[2][0], "post": new[2][0], "anchor": mems[2][2]}[cfg.read_at]
+    o = apply_weights(jax.tree.map(lambda w: w[0], read), q[:, None], act, True)[:, 0]
+    mems = tuple((w, s, jax.tree.map(lambda m, a, c=c: jnp.where((pos + 1) % c == 0, m, a),
+                                     w, old[2]))
+                 for (w, s), old, c in zip(new, mems, period, strict=True))
+    sq = jax.lax.stop_gradient(jnp.stack([jnp.sum(v * v), jnp.sum(vhat_o * vhat_o)]))
+    return (mems, pos + 1), (o, loss, eta, alpha, sq)
 
-def _token_write_group(mem, w, s, a, k, vhat, eta, alpha, mu):
-  """One token's write of a group of memories (leaves [G, H, ...]) that share k, eta, alpha
-  and mu ([H, ...]), each with its own target vhat [G, H, d_out]."""
-  fn = lambda w_, s_, a_, k_, vh_, e_, al_, m_: mem.token_step(  # noqa: E731
-      (w_, s_, a_), k_, vh_, e_, al_, m_)
-  s_axis = 0 if s is not None else None
-  per_head = jax.vmap(fn, in_axes=(0, s_axis, 0, 0, 0, 0, 0, 0))
-  per_group = jax.vmap(per_head, in_axes=(0, s_axis, 0, None, 0, None, None, None))
-  return per_group(w, s, a, k, vhat, eta, alpha, mu)
+  step = jax.checkpoint(step) if cfg.remat else step
+  (mems, _), per_token = jax.lax.scan(step, (mems, pos0), xs)
+  return mems, per_token
 
 
 def _sequential(cfg, params, state: SMTMemoryState, inp: SMTInputs):
-  act = ACTIVATIONS[cfg.activation]
-  b, h, t, d = inp.xk.shape
+  t = inp.xk.shape[2]
   dtype = jax.tree.leaves(state.out.memory)[0].dtype
-  cp, co = cfg.proj_chunk_size, cfg.chunk_size
-  init = (params.proj_init, params.gate_init, params.out_init)
-
-  def row(pst, gst, ost, pos0, xk, xv, xq, mu, reset):
-    """One sequence: memories [P|2|., H, ...], inputs [H, T, d]."""
-    def step(carry, x):
-      (pw, ps, pa), (gw, gs, ga), (ow, os_, oa), pos = carry
-      xk_t, xv_t, xq_t, mu_t, r = x
-
-      pw, ps, pa = _token_reset(r, pw, ps, pa, init[0])
-      gw, gs, ga = _token_reset(r, gw, gs, ga, init[1])
-      ow, os_, oa = _token_reset(r, ow, os_, oa, init[2])
-      k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
-          cfg, params, pa, ga, xk_t[:, None], xv_t[:, None], xq_t[:, None])
-      k, v, q = k[:, 0], v[:, 0], q[:, 0]            # [H, d]
-      eta, alpha = eta[:, 0], alpha[:, 0]            # [H]
-      vhat_p, vhat_g = vhat_p[:, :, 0], vhat_g[:, :, 0]  # [P, H, d], [2, H, 1]
-      mu_h = jnp.ones_like(eta) if mu_t is None else mu_t
-
-      write_group = lambda mem, w, s, a, vhat: _token_write_group(  # noqa: E731
-          mem, w, s, a, k, vhat, eta, alpha, mu_h)
-      pw, ps = write_group(cfg.proj_memory, pw, ps, pa, vhat_p)
-      gw, gs = write_group(cfg.gate_memory, gw, gs, ga, vhat_g)
-      o_pre = _apply(ow, q[:, None], act, True)[:, 0]
-      o_anchor = _apply(oa, q[:, None], act, True)[:, 0]
-      vhat_o = _out_target(cfg, oa, v[:, None])[:, 0]
-      if cfg.stop_target_grad:
-        vhat_o = jax.lax.stop_gradient(vhat_o)
-      err = _apply(oa, k[:, None], act, True)[:, 0] - vhat_o
-      loss = 0.5 * jnp.sum(err * err)
-      (ow, os_) = write_group(cfg.out_memory, jax.tree.map(lambda z: z[None], ow),
-                              None if os_ is None else jax.tree.map(lambda z: z[None], os_),
-                              jax.tree.map(lambda z: z[None], oa), vhat_o[None])
-      ow = jax.tree.map(lambda z: z[0], ow)
-      os_ = None if os_ is None else jax.tree.map(lambda z: z[0], os_)
-      o_post = _apply(ow, q[:, None], act, True)[:, 0]
-      o = {"pre": o_pre, "post": o_post, "anchor": o_anchor}[cfg.read_at]
-      bp = (pos + 1) % cp == 0
-      bo = (pos + 1) % co == 0
-      pa = jax.tree.map(lambda m, a: jnp.where(bp, m, a), pw, pa)
-      ga = jax.tree.map(lambda m, a: jnp.where(bp, m, a), gw, ga)
-      oa = jax.tree.map(lambda m, a: jnp.where(bo, m, a), ow, oa)
-      carry = ((pw, ps, pa), (gw, gs, ga), (ow, os_, oa), pos + 1)
-      sq = jax.lax.stop_gradient(jnp.stack([jnp.sum(v * v), jnp.sum(vhat_o * vhat_o)]))
-      return carry, (o, loss, eta, alpha, sq)
-
-    xs = (jnp.moveaxis(xk, 1, 0), jnp.moveaxis(xv, 1, 0), jnp.moveaxis(xq, 1, 0),
-          None if mu is None else jnp.moveaxis(mu, 1, 0), reset)
-    carry = ((pst.memory, pst.momentum, pst.anchor), (gst.memory, gst.momentum, gst.anchor),
-             (ost.memory, ost.momentum, ost.anchor), pos0)
-    step_fn = jax.checkpoint(step) if cfg.remat else step
-    carry, (o, loss, eta, alpha, sq) = jax.lax.scan(step_fn, carry, xs)
-    return carry, (jnp.moveaxis(o, 0, 1), jnp.sum(loss), jnp.moveaxis(eta, 0, 1),
-                   jnp.moveaxis(alpha, 0, 1), jnp.sum(sq, axis=0))
-
-  strip = lambda st: st._replace(position=None)  # noqa: E731
-  mu = None if inp.mu is None else inp.mu.astype(dtype)
-  carry, (o, loss, eta, alpha, sq) = jax.vmap(row)(
-      strip(state.proj), strip(state.gates), strip(state.out), state.position,
-      inp.xk.astype(dtype), inp.xv.astype(dtype), inp.xq.astype(dtype), mu, inp.reset)
-  (pw, ps, pa), (gw, gs, ga), (ow, os_, oa), _ = carry
+  lift = lambda z: None if z is None else jax.tree.map(lambda a: a[:, None], z)  # noqa: E731
+  drop = lambda z: None if z is None else jax.tree.map(lambda a: a[:, 0], z)  # noqa: E731
+  mems = tuple((st.memory, st.momentum, st.anchor) for st in (state.proj, state.gates))
+  mems += ((lift(state.out.memory), lift(state.out.momentum), lift(state.out.anchor)),)
+  time_first = lambda z: None if z is None else jnp.moveaxis(z.astype(dtype), 2, 0)  # noqa: E731
+  xs = (time_first(inp.xk), time_first(inp.xv), time_first(inp.xq), time_first(inp.mu),
+        jnp.moveaxis(inp.reset, 1, 0))
+  row = lambda m, p, x: _token_row(cfg, params, m, p, x)  # noqa: E731
+  x_axes = (1, 1, 1, None if inp.mu is None else 1, 1)
+  mems, (o, loss, eta, alpha, sq) = jax.vmap(row, in_axes=(0, 0, x_axes))(
+      mems, state.position, xs)
+  (pw, ps, pa), (gw, gs, ga), (ow, os_, oa) = mems
   new = SMTMemoryState(MemoryState(pw, ps, pa, state.proj.position + t),
                        MemoryState(gw, gs, ga, state.gates.position + t),
-                       MemoryState(ow, os_, oa, state.out.position + t), state.position + t)
-  return o, new, dict(inner_loss_sum=jnp.sum(loss), eta=eta, alpha=alpha,
-                      v_sq_sum=jnp.sum(sq[:, 0]), vhat_sq_sum=jnp.sum(sq[:, 1]))
+                       MemoryState(drop(ow), drop(os_), drop(oa), state.out.position + t),
+                       state.position + t)
+  return jnp.moveaxis(o, 1, 2), new, dict(
+      inner_loss_sum=jnp.sum(loss), eta=jnp.moveaxis(eta, 1, 2), alpha=jnp.moveaxis(alpha, 1, 2),
+      v_sq_sum=jnp.sum(sq[..., 0]), vhat_sq_sum=jnp.sum(sq[..., 1]))
 
 
 def memory_scan(cfg: SelfModifyingTitansConfig, params: SMTParams, state: SMTMemoryState,
@@ -661,13 +325,12 @@ def memory_scan(cfg: SelfModifyingTitansConfig, params: SMTParams, state: SMTMem
   t = inp.xk.shape[2]
   if impl == "auto":
     impl = "chunked" if t >= max(cfg.chunk_size, cfg.proj_chunk_size) else "sequential"
-  if impl == "chunked":
-    for field in ("proj_chunk_size", "chunk_size"):
-      check_reset_alignment("SelfModifyingTitans", inp.reset, state.position,
-                            getattr(cfg, field), field)
-  if impl == "chunked":
-    return _chunked(cfg, params, state, inp, start_aligned)
-  return _sequential(cfg, params, state, inp)
+  if impl == "sequential":
+    return _sequential(cfg, params, state, inp)
+  for field in ("proj_chunk_size", "chunk_size"):
+    check_reset_alignment("SelfModifyingTitans", inp.reset, state.position,
+                          getattr(cfg, field), field)
+  return _chunked(cfg, params, state, inp, start_aligned)
 
 
 # ----------------------------------------------------------------------------------------
@@ -704,23 +367,16 @@ class SelfModifyingTitans(nnx.Module):
     d, h, k = cfg.d_model, cfg.n_heads, cfg.head_dim
     pdt = jnp.dtype(cfg.param_dtype)
     hk = h * k
-    self.wq = nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt))
-    self.wk = nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt))
-    self.wv = nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt))
-    self.wg = nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt))
+    for name in ("wq", "wk", "wv", "wg"):
+      setattr(self, name, nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt)))
     self.wo = nnx.Param(dense_init(rngs.params(), (hk, d), hk, pdt))
     self.conv = CausalConv(3 * hk, cfg.conv_width, param_dtype=pdt, rngs=rngs)
     # Small output-side weights: every memory starts near the identity (residual) or near
     # zero logits (scalar), so the initial gates are the biases.
-    vec = cfg.proj_memory
-    for name in cfg.proj_names + ("out",):
-      setattr(self, f"{name}_init",
-              MemoryInit(vec.init_params(rngs.params(), (h,), out_scale=0.1, dtype=pdt).initial))
-    gm = cfg.gate_memory
-    self.eta_init = MemoryInit(gm.init_params(rngs.params(), (h,), out_scale=0.1,
-                                              dtype=pdt).initial)
-    self.alpha_init = MemoryInit(gm.init_params(rngs.params(), (h,), out_scale=0.1,
-                                                dtype=pdt).initial)
+    memories = [(n, cfg.proj_memory) for n in cfg.proj_names + ("out",)]
+    for name, mem in memories + [("eta", cfg.gate_memory), ("alpha", cfg.gate_memory)]:
+      init = mem.init_params(rngs.params(), (h,), out_scale=0.1, dtype=pdt).initial
+      setattr(self, f"{name}_init", MemoryInit(init))
     self.gate_bias = nnx.Param(jnp.stack([jnp.full((h,), cfg.eta_bias_init, pdt),
                                           jnp.full((h,), cfg.alpha_bias_init, pdt)]))
     if cfg.momentum:
@@ -771,7 +427,7 @@ class SelfModifyingTitans(nnx.Module):
     aux = {"inner_loss": stats["inner_loss_sum"] / n_tok,
            "eta_mean": jnp.mean(stats["eta"]), "alpha_mean": jnp.mean(stats["alpha"]),
            "alpha_min": jnp.min(stats["alpha"]),
-           "update_norm": _update_norm(state["memory"].out.memory, mem.out.memory),
+           "update_norm": diagnostics.update_norm(state["memory"].out.memory, mem.out.memory),
            "v_rms": jnp.sqrt(stats["v_sq_sum"] / n_tok),
            "vhat_rms": jnp.sqrt(stats["vhat_sq_sum"] / n_tok),
            "out_w1_norm": diagnostics.max_weight_norm(mem.out.memory.w1),
@@ -780,9 +436,3 @@ class SelfModifyingTitans(nnx.Module):
            "gate_w1_norm": diagnostics.max_weight_norm(mem.gates.memory.w1)}
     return y.astype(x_BxTxD.dtype), {"memory": mem, "conv": conv_state}, aux
 
-
-def _update_norm(before: MLPWeights, after: MLPWeights) -> jax.Array:
-  """RMS over sequences and heads of the Frobenius change of the output memory in this call."""
-  sq = sum(jnp.sum((a - b) ** 2, axis=(-2, -1))
-           for a, b in zip(after, before, strict=True))
-  return jax.lax.stop_gradient(jnp.sqrt(jnp.mean(sq)))  # diagnostic only

@@ -70,7 +70,7 @@ from nl_jax import config_tree
 from nl_jax.layers import diagnostics
 from nl_jax.layers.conv import CausalConv
 from nl_jax.layers.mlp import dense_init
-from nl_jax.layers.norms import rms_norm
+from nl_jax.layers.norms import l2_normalize, rms_norm
 from nl_jax.layers.projection import project, record_input
 from nl_jax.memory import (
     MatrixMemory,
@@ -90,12 +90,6 @@ from nl_jax.memory.mlp import CHUNK_BACKWARDS
 MEMORY_KERNELS = ("auto", "xla", "pallas")
 VALUE_NORMS = ("none", "l2")
 _LOG = logging.getLogger(__name__)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """x / ||x|| over the last axis, in float32."""
-  x32 = x.astype(jnp.float32)
-  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

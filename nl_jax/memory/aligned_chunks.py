@@ -24,9 +24,15 @@ per-row dynamic slices.
     offset, n = layout(t, c, position_B, start_aligned)
     x_BxNxCx = to_chunks(x_BxTx, offset, n, c, fill)
     y_BxTx = from_chunks(y_BxNxCx, offset, t)
+
+``ScanChunks`` is the same layout for a lax.scan over the chunks of per-head inputs (chunk
+axis first, time at any axis). Per-sequence state changes at chunk starts (resets) use the
+row selection ``where_rows`` / ``broadcast_like``: one flag per sequence picks, leaf by leaf,
+between two states with a leading batch axis.
 """
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,3 +69,45 @@ def from_chunks(x_BxNxCx: jax.Array, offset_B: jax.Array | None, t: int) -> jax.
   if offset_B is None:
     return flat[:, :t]
   return jax.vmap(lambda r, o: jax.lax.dynamic_slice_in_dim(r, o, t, axis=0))(flat, offset_B)
+
+
+class ScanChunks(NamedTuple):
+  """One chunk size's aligned layout of a call, for scanning over its chunks.
+
+  ``split`` turns x with T at ``time_axis`` (after the batch axis 0) into [n, B, ..., c, ...]
+  (the chunk axis first, c where T was); ``join`` inverts it for the scan's per-chunk outputs.
+  """
+  offset: jax.Array | None
+  n: int
+  c: int
+  t: int
+
+  @classmethod
+  def make(cls, c: int, t: int, position_B: jax.Array, start_aligned: bool) -> "ScanChunks":
+    offset, n = layout(t, c, position_B, start_aligned)
+    return cls(offset, n, c, t)
+
+  def split(self, x: jax.Array, fill=0.0, time_axis: int = 2) -> jax.Array:
+    x = jnp.moveaxis(x, time_axis, 1)  # [B, T, ...]
+    y = to_chunks(x, self.offset, self.n, self.c, fill)  # [B, n, c, ...]
+    return jnp.moveaxis(jnp.moveaxis(y, 2, time_axis + 1), 1, 0)
+
+  def join(self, x: jax.Array, time_axis: int = 2) -> jax.Array:
+    x = jnp.moveaxis(jnp.moveaxis(x, 0, 1), time_axis + 1, 2)  # [B, n, c, ...]
+    return jnp.moveaxis(from_chunks(x, self.offset, self.t), 1, time_axis)
+
+
+def as_rows(x_B: jax.Array, like: jax.Array) -> jax.Array:
+  """x_B [B] shaped to broadcast against ``like`` [B, ...] (one value per sequence)."""
+  return x_B.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def where_rows(flag_B: jax.Array, new, old):
+  """Leaf by leaf, ``new`` (cast to old's dtype) in the sequences where flag_B, else ``old``."""
+  return jax.tree.map(lambda n, o: jnp.where(as_rows(flag_B, o), n.astype(o.dtype), o),
+                      new, old)
+
+
+def broadcast_like(init, like):
+  """Initial weights without the batch axes, broadcast to a per-sequence state ``like``."""
+  return jax.tree.map(lambda i, x: jnp.broadcast_to(i.astype(x.dtype), x.shape), init, like)

@@ -81,6 +81,14 @@ OUTPUT_ERRORS = ("anchor", "current")
 CHUNK_BACKWARDS = ("manual", "autodiff")
 
 
+def apply_weights(w: "MLPWeights", x: jax.Array, act, residual: bool) -> jax.Array:
+  """M(x) = [x +] w1 act(w2 x) with any matching leading axes: w leaves [..., out, hid] and
+  [..., hid, in], x [..., T, in]."""
+  h = act(jnp.einsum("...ti,...hi->...th", x, w.w2))
+  y = jnp.einsum("...th,...oh->...to", h, w.w1)
+  return y + x if residual else y
+
+
 class MLPWeights(NamedTuple):
   """Fast weights of the MLP memory: w1 [d_out, hidden] (output side) and
   w2 [hidden, d_in] (input side), with optional leading axes."""
@@ -180,8 +188,7 @@ class MLPMemory(FastLevel):
     return ACTIVATIONS[self.activation]
 
   def _apply(self, w: MLPWeights, x_TxK):
-    y = self._act(x_TxK @ w.w2.T) @ w.w1.T
-    return y + x_TxK if self.residual else y
+    return apply_weights(w, x_TxK, self._act, self.residual)
 
   def _read_weights(self, w, queries_TxK):
     return self._apply(w, queries_TxK)
