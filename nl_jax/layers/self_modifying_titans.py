@@ -144,7 +144,8 @@ def _projections(cfg, params, proj_anchor, gate_anchor, xk, xv, xq):
   if cfg.value_norm == "l2":
     v = l2_normalize(v)
   q = l2_normalize(y[..., 2, :, :, :] if cfg.adaptive_q else xq)
-  logits = scalar(gate_anchor, jnp.stack([xk, xk], axis=-4))[..., 0] + params.gate_bias[..., None]
+  gate_w = params.gate_init if "gates" in cfg.static_projections else gate_anchor
+  logits = scalar(gate_w, jnp.stack([xk, xk], axis=-4))[..., 0] + params.gate_bias[..., None]
   eta = gates.eta_from_logits(logits[..., 0, :, :], cfg.eta_max)
   alpha = gates.alpha_from_logits(logits[..., 1, :, :], cfg.alpha_min)
   v_p = jnp.stack([v] * len(cfg.proj_names), axis=-4)

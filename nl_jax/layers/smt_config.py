@@ -50,7 +50,11 @@ Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConf
   names projections that skip their memory, k_t = l2norm(xk_t) or v_t = xv_t (the static
   input projection, conv and SiLU stay). The skipped memory keeps its place in the state and
   still writes (so state shapes and checkpoints do not depend on the option) but nothing
-  reads it, and its initial weights get no gradient.
+  reads it, and its initial weights get no gradient. ``"gates"`` (not in the paper's table)
+  computes eta and alpha with the scalar memories' meta-learned initial weights, never their
+  in-context state: static two-layer gates of xk plus the biases, as Titans computes its
+  gates from static projections. The scalar memories still write, their reads are unused, and
+  their initial weights get their gradient through the gates only.
 * targets (eqs. 79-82 vs 84-85): ``"self"`` (default, the self-modifying Titans of Hope:
   each memory regresses onto its own prediction at v, vhat = M(v)) or ``"shared"`` (the
   fully adaptive memory of eqs. 79-82, the paper's "simple version": k, v, q, eta and alpha
@@ -108,7 +112,8 @@ class SelfModifyingTitansConfig:
     momentum: Titans-style momentum in every memory.
     mu_max: momentum decay bound (mu in [0, mu_max]).
     adaptive_q: q is a fast memory too.
-    static_projections: subset of ("k", "v") computed without their memory (ablation).
+    static_projections: subset of ("k", "v", "gates") computed without their in-context
+      memory (ablation).
     chunk_size: chunk of the output memory.
     proj_chunk_size: chunk of the k, v, (q,) eta, alpha memories.
     read_at: pre | post | anchor (output memory read).
@@ -191,10 +196,10 @@ class SelfModifyingTitansConfig:
         "anchored_step": ANCHORED_STEPS, "targets": TARGETS, "output_error": OUTPUT_ERRORS,
         "chunk_backward": CHUNK_BACKWARDS}, may_be_unset=self.PROFILE_FIELDS)
     object.__setattr__(self, "static_projections", tuple(self.static_projections))
-    bad = [p for p in self.static_projections if p not in ("k", "v")]
+    bad = [p for p in self.static_projections if p not in ("k", "v", "gates")]
     if bad:
       raise ValueError(f"{name}.static_projections={self.static_projections!r}: entries must be "
-                       "'k' or 'v' (a static q is adaptive_q=False)")
+                       "'k', 'v' or 'gates' (a static q is adaptive_q=False)")
     if not self.eta_max > 0:
       raise ValueError(f"{name}.eta_max must be > 0, got {self.eta_max}")
     if not 0.0 <= self.alpha_min <= 1.0:

@@ -213,6 +213,8 @@ def test_bad_config_raises():
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, read_at="later")
   with pytest.raises(ValueError, match="static_projections"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, static_projections=("q",))
+  with pytest.raises(ValueError, match="'k', 'v' or 'gates'"):
+    SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, static_projections=("eta",))
   with pytest.raises(ValueError, match=r"anchored_step='max' is not one of "
                      r"\('mean', 'sum', 'mean_all'\)"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, anchored_step="max")
@@ -234,6 +236,25 @@ def test_static_projections_chunked_equals_sequential_and_skip_memory():
     dyn_cfg, _, _ = _setup(3, chunk_size=4, proj_chunk_size=2)
     o3, _, _ = memory_scan(dyn_cfg, params, state, inp, "chunked")
     assert float(jnp.max(jnp.abs(o3 - o))) > 1e-3
+
+
+def test_static_gates_read_the_initial_gate_memories():
+  """static_projections 'gates': chunked == sequential, and eta / alpha are the gate memories'
+  initial weights applied to xk, whatever state the gate memories are in."""
+  with jax.enable_x64(True):
+    cfg, params, inp = _setup(4, static_projections=("gates",), chunk_size=4, proj_chunk_size=2)
+    state = init_memory_state(cfg, params, 2)
+    o = _compare(cfg, params, inp, state)
+    moved = state._replace(gates=state.gates._replace(
+        memory=jax.tree.map(lambda w: 5.0 * w, state.gates.memory),
+        anchor=jax.tree.map(lambda w: 5.0 * w, state.gates.anchor)))
+    _, _, stats = memory_scan(cfg, params, moved, inp, "chunked")
+    _, _, stats0 = memory_scan(cfg, params, state, inp, "chunked")
+    np.testing.assert_allclose(stats["eta"], stats0["eta"], rtol=1e-12)
+    np.testing.assert_allclose(stats["alpha"], stats0["alpha"], rtol=1e-12)
+    dyn_cfg, _, _ = _setup(4, chunk_size=4, proj_chunk_size=2)
+    o2, _, _ = memory_scan(dyn_cfg, params, state, inp, "chunked")
+    assert float(jnp.max(jnp.abs(o2 - o))) > 1e-6
 
 
 def test_hand_written_chunk_backward_equals_sequential_float64():
