@@ -372,11 +372,12 @@ class SelfModifyingTitans(nnx.Module):
       setattr(self, name, nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt)))
     self.wo = nnx.Param(dense_init(rngs.params(), (hk, d), hk, pdt))
     self.conv = CausalConv(3 * hk, cfg.conv_width, param_dtype=pdt, rngs=rngs)
-    # Small output-side weights: every memory starts near the identity (residual) or near
-    # zero logits (scalar), so the initial gates are the biases.
-    memories = [(n, cfg.proj_memory) for n in cfg.proj_names + ("out",)]
-    for name, mem in memories + [("eta", cfg.gate_memory), ("alpha", cfg.gate_memory)]:
-      init = mem.init_params(rngs.params(), (h,), out_scale=0.1, dtype=pdt).initial
+    # Small output-side weights: every memory starts near the identity (residual,
+    # memory_init_scale) or near zero logits (scalar), so the initial gates are the biases.
+    memories = [(n, cfg.proj_memory, cfg.memory_init_scale) for n in cfg.proj_names + ("out",)]
+    for name, mem, scale in memories + [("eta", cfg.gate_memory, 0.1),
+                                        ("alpha", cfg.gate_memory, 0.1)]:
+      init = mem.init_params(rngs.params(), (h,), out_scale=scale, dtype=pdt).initial
       setattr(self, f"{name}_init", MemoryInit(init))
     self.gate_bias = nnx.Param(jnp.stack([jnp.full((h,), cfg.eta_bias_init, pdt),
                                           jnp.full((h,), cfg.alpha_bias_init, pdt)]))

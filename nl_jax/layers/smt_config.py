@@ -119,6 +119,11 @@ class SelfModifyingTitansConfig:
     read_at: pre | post | anchor (output memory read).
     eta_max: learning-rate bound, eta in (0, eta_max].
     alpha_min: retention bound, alpha in [alpha_min, 1].
+    memory_init_scale: scale of the vector memories' (k, v, q, out) initial output-side weight
+      w1 relative to MLPMemory.init_params' LeCun-normal w1; the paper gives none. 0.1
+      (default) starts every memory near the identity; Titans' memory starts at 1.0. w2's
+      in-context step goes through w1, so it starts this much smaller than at 1.0. The scalar
+      (eta, alpha) memories keep 0.1, so the initial gates stay at their biases.
     eta_bias_init, alpha_bias_init: initial logits of the gates (b_eta, b_alpha); the paper
       gives no initialisation. alpha_bias_init=8 (default) starts the retention at 0.9998 per
       token (with alpha_min 0.5): the memories keep ~92% of their state over a 512-token
@@ -168,6 +173,7 @@ class SelfModifyingTitansConfig:
   read_at: str = "pre"
   eta_max: float = 1.0
   alpha_min: float = 0.5
+  memory_init_scale: float = 0.1
   eta_bias_init: float = -2.0
   alpha_bias_init: float = 8.0
   stop_target_grad: bool = False
@@ -200,6 +206,8 @@ class SelfModifyingTitansConfig:
     if bad:
       raise ValueError(f"{name}.static_projections={self.static_projections!r}: entries must be "
                        "'k', 'v' or 'gates' (a static q is adaptive_q=False)")
+    if not self.memory_init_scale >= 0:
+      raise ValueError(f"{name}.memory_init_scale must be >= 0, got {self.memory_init_scale}")
     if not self.eta_max > 0:
       raise ValueError(f"{name}.eta_max must be > 0, got {self.eta_max}")
     if not 0.0 <= self.alpha_min <= 1.0:

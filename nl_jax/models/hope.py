@@ -232,8 +232,9 @@ class HopeConfig(_CMSFields):
       output memory's), ``proj_chunk_size`` (the k, v, (q,) eta, alpha memories'),
       ``targets``, ``output_error``, ``chunk_backward``, ``static_projections``, ``read_at``,
       ``memory_hidden``, ``gate_hidden``, ``activation`` (sigma of eq. 89), ``eta_max``,
-      ``alpha_min``, ``mu_max``, ``eta_bias_init``, ``alpha_bias_init`` ((8) in the module
-      docstring), ``stop_target_grad``, ``conv_width``, ``implementation``.
+      ``alpha_min``, ``mu_max``, ``memory_init_scale``, ``eta_bias_init``,
+      ``alpha_bias_init`` ((8) in the module docstring), ``stop_target_grad``, ``conv_width``,
+      ``implementation``.
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,

@@ -194,7 +194,7 @@ EVERY_FIELD = {
     "smt.rule": "gd", "smt.momentum": "False", "smt.mu_max": "0.5", "smt.adaptive_q": "False",
     "smt.static_projections": "('k',)", "smt.chunk_size": "16", "smt.proj_chunk_size": "4",
     "smt.read_at": "post", "smt.eta_max": "0.5", "smt.alpha_min": "0.25",
-    "smt.eta_bias_init": "-1.0", "smt.alpha_bias_init": "6.0", "smt.stop_target_grad": "True",
+    "smt.memory_init_scale": "0.5", "smt.eta_bias_init": "-1.0", "smt.alpha_bias_init": "6.0", "smt.stop_target_grad": "True",
     "smt.value_norm": "l2", "smt.anchored_step": "mean_all", "smt.output_error": "current",
     "smt.targets": "shared", "smt.chunk_backward": "manual", "smt.conv_width": "2",
     "smt.implementation": "sequential", "sliding_window": "32", "attention_block_size": "64",

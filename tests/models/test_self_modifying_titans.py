@@ -257,6 +257,21 @@ def test_static_gates_read_the_initial_gate_memories():
     assert float(jnp.max(jnp.abs(o2 - o))) > 1e-6
 
 
+def test_memory_init_scale_scales_the_vector_memories_w1_only():
+  """memory_init_scale sets the initial w1 of k, v and out (not of the gate memories, whose
+  initial gates stay at the biases) relative to the default 0.1; w2 is unchanged."""
+  cfg = SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4)
+  p0 = SelfModifyingTitans(cfg, rngs=nnx.Rngs(0)).params()
+  p1 = SelfModifyingTitans(dataclasses.replace(cfg, memory_init_scale=1.0),
+                           rngs=nnx.Rngs(0)).params()
+  for a, b in ((p0.proj_init, p1.proj_init), (p0.out_init, p1.out_init)):
+    np.testing.assert_allclose(b.w1, 10.0 * a.w1, rtol=1e-6)
+    np.testing.assert_array_equal(b.w2, a.w2)
+  np.testing.assert_array_equal(p1.gate_init.w1, p0.gate_init.w1)
+  with pytest.raises(ValueError, match="memory_init_scale"):
+    SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, memory_init_scale=-1.0)
+
+
 def test_hand_written_chunk_backward_equals_sequential_float64():
   """chunk_backward='manual' (nl_jax.memory.mlp_chunk) through every memory of the layer: a
   stream that starts mid-chunk, a reset on a chunk start, two chunk sizes; and the Hope field
