@@ -197,12 +197,12 @@ def unbound(cls: type, **fields):
   return cls(**dict.fromkeys(derived(cls)), **fields)
 
 
-def check_positive_ints(cfg, names) -> None:
+def check_positive_ints(cfg, names, *, optional=()) -> None:
   """ValueError naming the first of `names` that is not a positive int (a ``DERIVED`` field may
-  be None: its model sets it)."""
+  be None: its model sets it; so may those in `optional`: None means a default)."""
   for f in names:
     v = getattr(cfg, f)
-    if v is None and f in derived(cfg):
+    if v is None and (f in derived(cfg) or f in optional):
       continue
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
       raise ValueError(f"{type(cfg).__name__}.{f} must be a positive int, got {v!r}")

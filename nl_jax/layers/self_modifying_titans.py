@@ -71,7 +71,7 @@ from nl_jax.layers.smt_config import IMPLEMENTATIONS, SelfModifyingTitansConfig
 from nl_jax.memory import gates, groups
 from nl_jax.memory.aligned_chunks import ScanChunks
 from nl_jax.memory.base import check_reset_alignment
-from nl_jax.memory.mlp import ACTIVATIONS, MLPWeights, apply_weights
+from nl_jax.memory.mlp import ACTIVATIONS, MLPMemoryParams, MLPWeights, apply_weights
 from nl_jax.memory.types import MemoryState
 
 __all__ = ["SMTInputs", "SMTMemoryState", "SMTParams", "SelfModifyingTitans",
@@ -114,18 +114,14 @@ class SMTMemoryState(NamedTuple):
   position: jax.Array
 
 
-class _Initial(NamedTuple):
-  initial: MLPWeights  # the field MLPMemory.init_state reads
-
-
 def init_memory_state(cfg: SelfModifyingTitansConfig, params: SMTParams,
                       batch_size: int) -> SMTMemoryState:
   """Initial fast state: the meta-learned initial weights, one copy per sequence."""
   h, p = cfg.n_heads, len(cfg.proj_names)
   return SMTMemoryState(
-      proj=cfg.proj_memory.init_state(_Initial(params.proj_init), (batch_size, p, h)),
-      gates=cfg.gate_memory.init_state(_Initial(params.gate_init), (batch_size, 2, h)),
-      out=cfg.out_memory.init_state(_Initial(params.out_init), (batch_size, h)),
+      proj=cfg.proj_memory.init_state(MLPMemoryParams(params.proj_init), (batch_size, p, h)),
+      gates=cfg.gate_memory.init_state(MLPMemoryParams(params.gate_init), (batch_size, 2, h)),
+      out=cfg.out_memory.init_state(MLPMemoryParams(params.out_init), (batch_size, h)),
       position=jnp.zeros((batch_size,), jnp.int32))
 
 

@@ -190,12 +190,9 @@ class SelfModifyingTitansConfig:
 
   def __post_init__(self):
     name = type(self).__name__
-    config_tree.check_positive_ints(self, ("d_model", "n_heads", "head_dim", "chunk_size",
-                                           "proj_chunk_size", "conv_width"))
-    for f in ("memory_hidden", "gate_hidden"):
-      v = getattr(self, f)
-      if v is not None and (not isinstance(v, int) or v < 1):
-        raise ValueError(f"{name}.{f} must be None or a positive int, got {v!r}")
+    config_tree.check_positive_ints(
+        self, ("d_model", "n_heads", "head_dim", "chunk_size", "proj_chunk_size", "conv_width",
+               "memory_hidden", "gate_hidden"), optional=("memory_hidden", "gate_hidden"))
     config_tree.check_choices(self, {
         "rule": SMT_RULES, "read_at": SMT_READS, "implementation": IMPLEMENTATIONS,
         "activation": tuple(ACTIVATIONS), "value_norm": VALUE_NORMS,

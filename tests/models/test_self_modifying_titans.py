@@ -213,6 +213,9 @@ def test_bad_config_raises():
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, read_at="later")
   with pytest.raises(ValueError, match="static_projections"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, static_projections=("q",))
+  with pytest.raises(ValueError, match="memory_hidden must be a positive int"):
+    SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, memory_hidden=0)
+  SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, memory_hidden=None)  # default
   with pytest.raises(ValueError, match="'k', 'v' or 'gates'"):
     SelfModifyingTitansConfig(d_model=8, n_heads=2, head_dim=4, static_projections=("eta",))
   with pytest.raises(ValueError, match=r"anchored_step='max' is not one of "
