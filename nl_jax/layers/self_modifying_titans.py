@@ -52,7 +52,11 @@ anchors and momenta go back to the initial state. The sequential path resets exa
 token; the chunked path is exact when documents start on multiples of both chunk sizes (the
 model's ``alignment``, which the data pipeline guarantees) and refuses a concrete reset
 anywhere else with a ValueError naming the chunk size (as MatrixMemory does); under jit the
-resets are not concrete and cannot be checked.
+resets are not concrete and cannot be checked, and one inside a chunk takes effect at the
+chunk's end, never before it (``groups.reset_flags``: causal; the new document's first tokens
+in that chunk read the old memories). Until 2026-12-06 such a reset emptied the memories from
+the chunk's start, so the padding after a task example (a new segment) wiped what the
+example's last chunk read (experiments/in_context/README.md, "The reset that wiped the SMT").
 """
 
 from typing import NamedTuple
@@ -182,9 +186,9 @@ def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanC
     xs["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
 
   def body(carry, ch):
-    flag = jnp.any(ch["reset"] & (ch["valid"] > 0), axis=1)
-    pst = groups.reset_rows(carry[0], params.proj_init, flag)
-    gst = groups.reset_rows(carry[1], params.gate_init, flag)
+    at_start, inside = groups.reset_flags(ch["reset"], ch["valid"])
+    pst = groups.reset_rows(carry[0], params.proj_init, at_start)
+    gst = groups.reset_rows(carry[1], params.gate_init, at_start)
     k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
         cfg, params, pst.anchor, gst.anchor, ch["xk"], ch["xv"], ch["xq"])
     eta, alpha, mu = groups.mask_padding(ch["valid"], eta, alpha, ch.get("mu"))
@@ -193,6 +197,8 @@ def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanC
                                 ch["valid"])
     _, gst = groups.write_chunk(cfg.gate_memory, gst, k, vhat_g, eta, alpha, mu, None,
                                 ch["valid"])
+    pst = groups.reset_rows(pst, params.proj_init, inside)
+    gst = groups.reset_rows(gst, params.gate_init, inside)
     return (pst, gst), (k, v, q, eta, alpha)
 
   body = jax.checkpoint(body) if cfg.remat else body
@@ -212,15 +218,15 @@ def _out_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanCh
     ys["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
 
   def body(ost, ch):
-    flag = jnp.any(ch["reset"] & (ch["valid"] > 0), axis=1)
-    ost = groups.reset_rows(ost, params.out_init, flag)
+    at_start, inside = groups.reset_flags(ch["reset"], ch["valid"])
+    ost = groups.reset_rows(ost, params.out_init, at_start)
     vhat = _out_target(cfg, ost.anchor, ch["v"])
     loss = jnp.sum(_out_loss(cfg, ost.anchor, ch["k"], vhat) * ch["valid"][:, None, :])
     eta_c, alpha_c, mu_c = groups.mask_padding(ch["valid"], ch["eta"], ch["alpha"], ch.get("mu"))
     out, ost = groups.write_chunk(cfg.out_memory, ost, ch["k"], vhat[:, None], eta_c, alpha_c,
                                   mu_c, ch["q"], ch["valid"])
     vhat_sq = jnp.sum(jax.lax.stop_gradient(vhat) ** 2 * ch["valid"][:, None, :, None])
-    return ost, (out[:, 0], loss, vhat_sq)
+    return groups.reset_rows(ost, params.out_init, inside), (out[:, 0], loss, vhat_sq)
 
   body = jax.checkpoint(body) if cfg.remat else body
   ost, (o, loss, vhat_sq) = jax.lax.scan(body, state.out, ys)

@@ -131,6 +131,25 @@ def test_per_sequence_memory_and_reset():
   np.testing.assert_array_equal(o3[..., :8, :], o[..., :8, :])
 
 
+def test_reset_off_the_chunk_grid_is_causal():
+  """A document that starts inside a chunk (position 6, chunks of 4; under jit, where it cannot
+  be refused) changes no output before it, and the memories start afresh at the next chunk.
+  Before the fix the chunk's state was reset at the chunk's start, so tokens 4 and 5 read the
+  initial memories: a reset changed outputs before it (padding after an MQAR example wiped the
+  memory its last queries read)."""
+  cfg, params, inp = _setup(3, b=2, t=12, dtype="float32", chunk_size=4, proj_chunk_size=4)
+  state = init_memory_state(cfg, params, 2)
+  fn = jax.jit(lambda inp: memory_scan(cfg, params, state, inp, "chunked")[0])
+  o = fn(inp)
+  o_mid = fn(inp._replace(reset=inp.reset.at[0, 6].set(True)))
+  np.testing.assert_array_equal(o_mid[0, :, :6], o[0, :, :6])
+  np.testing.assert_array_equal(o_mid[1], o[1])
+  tail = jax.tree.map(lambda x: x[..., 8:, :] if x.ndim == 4 else x, inp)
+  o_tail = fn(tail._replace(reset=jnp.zeros((2, 4), bool)))
+  np.testing.assert_allclose(o_mid[0, :, 8:], o_tail[0], rtol=1e-5, atol=1e-6)
+  assert float(jnp.max(jnp.abs(o_mid[0, :, 8:] - o[0, :, 8:]))) > 1e-3
+
+
 def _first_token_by_hand(cfg, params, inp):
   """The memories after one token, written from eqs. 79-85 directly (gd rule, chunk 1, one
   sequence): every memory takes alpha W - eta grad 0.5 ||M(k) - target||^2 at its initial
