@@ -53,7 +53,7 @@ token; the chunked path is exact when documents start on multiples of both chunk
 model's ``alignment``, which the data pipeline guarantees) and refuses a concrete reset
 anywhere else with a ValueError naming the chunk size (as MatrixMemory does); under jit the
 resets are not concrete and cannot be checked, and one inside a chunk takes effect at the
-chunk's end, never before it (``groups.reset_flags``: causal; the new document's first tokens
+chunk's end, never before it (``aligned_chunks.reset_flags``: causal; the new document's first tokens
 in that chunk read the old memories). Until 2026-12-06 such a reset emptied the memories from
 the chunk's start, so the padding after a task example (a new segment) wiped what the
 example's last chunk read (experiments/in_context/README.md, "The reset that wiped the SMT").
@@ -73,7 +73,7 @@ from nl_jax.layers.norms import l2_normalize, rms_norm
 from nl_jax.layers.projection import project, record_input
 from nl_jax.layers.smt_config import IMPLEMENTATIONS, SelfModifyingTitansConfig
 from nl_jax.memory import gates, groups
-from nl_jax.memory.aligned_chunks import ScanChunks
+from nl_jax.memory.aligned_chunks import ScanChunks, reset_flags
 from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemoryParams, MLPWeights, apply_weights
 from nl_jax.memory.types import MemoryState
@@ -186,7 +186,7 @@ def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanC
     xs["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
 
   def body(carry, ch):
-    at_start, inside = groups.reset_flags(ch["reset"], ch["valid"])
+    at_start, inside = reset_flags(ch["reset"], ch["valid"])
     pst = groups.reset_rows(carry[0], params.proj_init, at_start)
     gst = groups.reset_rows(carry[1], params.gate_init, at_start)
     k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
@@ -218,7 +218,7 @@ def _out_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanCh
     ys["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
 
   def body(ost, ch):
-    at_start, inside = groups.reset_flags(ch["reset"], ch["valid"])
+    at_start, inside = reset_flags(ch["reset"], ch["valid"])
     ost = groups.reset_rows(ost, params.out_init, at_start)
     vhat = _out_target(cfg, ost.anchor, ch["v"])
     loss = jnp.sum(_out_loss(cfg, ost.anchor, ch["k"], vhat) * ch["valid"][:, None, :])

@@ -28,7 +28,8 @@ per-row dynamic slices.
 ``ScanChunks`` is the same layout for a lax.scan over the chunks of per-head inputs (chunk
 axis first, time at any axis). Per-sequence state changes at chunk starts (resets) use the
 row selection ``where_rows`` / ``broadcast_like``: one flag per sequence picks, leaf by leaf,
-between two states with a leading batch axis.
+between two states with a leading batch axis; ``reset_flags`` says which chunks start a
+document and which hold one that starts off the chunk grid.
 """
 
 import math
@@ -111,3 +112,22 @@ def where_rows(flag_B: jax.Array, new, old):
 def broadcast_like(init, like):
   """Initial weights without the batch axes, broadcast to a per-sequence state ``like``."""
   return jax.tree.map(lambda i, x: jnp.broadcast_to(i.astype(x.dtype), x.shape), init, like)
+
+
+def reset_flags(reset_BxC: jax.Array, valid_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(at_start_B, inside_B): a chunk's resets, split by where they fall.
+
+  at_start: the chunk's first valid token starts a document (the slots before it are front
+  padding, which writes nothing), so the chunk starts from the initial state: exact.
+  inside: a document starts after the chunk's first valid token (a reset off the chunk grid).
+  The tokens before it belong to the previous document and must keep reading its memory, so
+  the state goes back to the initial one at the chunk's end instead: causal, and the leak is
+  bounded (the new document's tokens in this chunk read the old memory and their writes are
+  dropped). Chunked layers refuse such resets when they are concrete; under jit they come
+  from padding after the last document (task batches) or a pipeline that does not align.
+  """
+  starts = (reset_BxC != 0) & (valid_BxC > 0)
+  first = jnp.argmax(valid_BxC > 0, axis=1)  # 0 for a chunk with no valid token
+  at_start = jnp.take_along_axis(starts, first[:, None], axis=1)[:, 0]
+  inside = jnp.any(starts & (jnp.arange(starts.shape[1])[None] > first[:, None]), axis=1)
+  return at_start, inside

@@ -18,7 +18,7 @@ rate eta_t, retention alpha_t and momentum decay mu_t, and one regression target
 (its own vhat). A group stacks those memories on an axis G of the state (leaves [B, G, H,
 ...]) and writes them as one batched computation:
 
-    at_start, inside = reset_flags(reset_BxC, valid_BxC)
+    at_start, inside = reset_flags(reset_BxC, valid_BxC)       # nl_jax.memory.aligned_chunks
     state = reset_rows(state, init, at_start)                   # a document starts
     eta, alpha, mu = mask_padding(valid_BxC, eta, alpha, mu)    # padded slots write nothing
     reads, state = write_chunk(mem, state, k, vhat, eta, alpha, mu, q, valid_BxC)
@@ -36,25 +36,6 @@ import jax.numpy as jnp
 from nl_jax.memory.aligned_chunks import broadcast_like, where_rows
 from nl_jax.memory.mlp import MLPMemory, MLPWeights
 from nl_jax.memory.types import MemoryInputs, MemoryState
-
-
-def reset_flags(reset_BxC: jax.Array, valid_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(at_start_B, inside_B): a chunk's resets, split by where they fall.
-
-  at_start: the chunk's first valid token starts a document (the slots before it are front
-  padding, which writes nothing), so the chunk starts from the initial state: exact.
-  inside: a document starts after the chunk's first valid token (a reset off the chunk grid).
-  The tokens before it belong to the previous document and must keep reading its memory, so
-  the state goes back to the initial one at the chunk's end instead: causal, and the leak is
-  bounded (the new document's tokens in this chunk read the old memory and their writes are
-  dropped). Chunked layers refuse such resets when they are concrete; under jit they come
-  from padding after the last document (task batches) or a pipeline that does not align.
-  """
-  starts = (reset_BxC != 0) & (valid_BxC > 0)
-  first = jnp.argmax(valid_BxC > 0, axis=1)  # 0 for a chunk with no valid token
-  at_start = jnp.take_along_axis(starts, first[:, None], axis=1)[:, 0]
-  inside = jnp.any(starts & (jnp.arange(starts.shape[1])[None] > first[:, None]), axis=1)
-  return at_start, inside
 
 
 def reset_rows(st: MemoryState, init: MLPWeights, flag_B: jax.Array) -> MemoryState:
@@ -119,4 +100,4 @@ def token_write(mem: MLPMemory, carry, k, vhat, eta, alpha, mu):
   return per_group(w, s, a, k, vhat, eta, alpha, mu)
 
 
-__all__ = ["mask_padding", "reset_flags", "reset_rows", "token_reset", "token_write", "write_chunk"]
+__all__ = ["mask_padding", "reset_rows", "token_reset", "token_write", "write_chunk"]

@@ -68,6 +68,7 @@ import jax.numpy as jnp
 
 from nl_jax.layers import cms as cms_lib
 from nl_jax.losses import masked_cross_entropy
+from nl_jax.memory.aligned_chunks import reset_flags
 from nl_jax.memory.base import check_reset_alignment
 from nl_jax.models.common import (SequenceContext, advance_stream, constrain_activations,
                                   stack_trees)
@@ -191,8 +192,10 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
   def run_segment(carry, seg):
     """One segment: resets, value_and_grad of its loss w.r.t. the CMS weights, the step."""
     states, kv = carry
-    flag_B = jnp.any(seg["reset"], axis=1)
-    cms_states = blocks.each(lambda p, st: cms_lib.reset_levels(p, st["cms"], flag_B),
+    # A document at the segment's first token restarts the levels before the segment; one
+    # inside it (off the grid, under jit) after it, never before the tokens that precede it.
+    at_start, inside = reset_flags(seg["reset"], jnp.ones(seg["reset"].shape, jnp.float32))
+    cms_states = blocks.each(lambda p, st: cms_lib.reset_levels(p, st["cms"], at_start),
                              blocks.cms_params, states)
 
     def seg_loss(weights):
@@ -207,6 +210,8 @@ def ntp_forward_embedded(model, x_BxTxD: jax.Array, memory_state, ctx: SequenceC
     length = seg["x"].shape[1]
     stepped = blocks.each(lambda st, g, i: cms_lib.step_levels(cms_cfg, st, g, length, i),
                           cms_states, grads, blocks.inits())
+    stepped = blocks.each(lambda p, st: (cms_lib.reset_levels(p, st[0], inside),) + st[1:],
+                          blocks.cms_params, stepped)
     new_states, norms = blocks.new_states(stepped, mixer_states)
     return (new_states, new_kv), (logits, aux, norms, loss, count)
 

@@ -72,3 +72,15 @@ def test_matrix_memory_start_aligned(semantics):
   assert_trees_close(jax.jit(lambda: run(True))(), jax.jit(lambda: run(False))(), rtol=1e-6)
   assert _scan_lengths(lambda: run(True)) == [t // c]
   assert _scan_lengths(lambda: run(False)) == [t // c + 1]
+
+
+def test_reset_flags_split_chunk_starts_from_resets_inside():
+  # rows: a document at the first slot; one at the first valid slot after front padding; one
+  # inside the chunk; a reset on a padded slot (no document there); none.
+  reset = jnp.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]],
+                    bool)
+  valid = jnp.array([[1, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]],
+                    jnp.float32)
+  at_start, inside = aligned_chunks.reset_flags(reset, valid)
+  np.testing.assert_array_equal(at_start, [True, True, False, False, False])
+  np.testing.assert_array_equal(inside, [False, False, True, False, False])

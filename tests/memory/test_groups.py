@@ -103,18 +103,6 @@ def test_reset_rows():
                      jax.tree.map(lambda x: x[1], written), 0.0, "untouched row")
 
 
-def test_reset_flags_split_chunk_starts_from_resets_inside():
-  # rows: a document at the first slot; one at the first valid slot after front padding; one
-  # inside the chunk; a reset on a padded slot (no document there); none.
-  reset = jnp.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]],
-                    bool)
-  valid = jnp.array([[1, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]],
-                    jnp.float32)
-  at_start, inside = groups.reset_flags(reset, valid)
-  np.testing.assert_array_equal(at_start, [True, True, False, False, False])
-  np.testing.assert_array_equal(inside, [False, False, True, False, False])
-
-
 @pytest.mark.parametrize("time_axis", [1, 2])
 def test_scan_chunks_round_trip(time_axis):
   t, c = 7, 3

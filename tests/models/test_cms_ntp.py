@@ -396,6 +396,18 @@ def test_hope_ntp_reset_at_document_start():
   assert np.abs(np.asarray(packed[:, :8]) - np.asarray(alone)).max() > 1e-3
 
 
+def test_hope_ntp_reset_off_the_segment_grid_is_causal():
+  """A document starting inside a segment (position 6, segments of 4; under jit, where it
+  cannot be refused) changes no logit before it; the levels restart after that segment.
+  Before the fix the whole segment restarted from its start (a reset changed the past)."""
+  fwd = helpers.jitted_forward(_model("hope"))
+  tokens = _tokens(1, 16, seed=3)
+  one_doc, _, _ = fwd(tokens, None, jnp.ones((1, 16), jnp.int32))
+  two_docs, _, _ = fwd(tokens, None, jnp.array([[1] * 6 + [2] * 10], jnp.int32))
+  np.testing.assert_array_equal(np.asarray(two_docs[:, :6]), np.asarray(one_doc[:, :6]))
+  assert np.abs(np.asarray(two_docs[:, 8:]) - np.asarray(one_doc[:, 8:])).max() > 1e-3
+
+
 def test_ntp_state_and_the_layer_refuses_to_run_alone():
   model = _model("hope_attention")
   state = model.init_memory(2)
