@@ -112,6 +112,16 @@ def test_mqar_script_shrunk(tmp_path):
   assert os.path.getsize(tmp_path / "all" / "mqar_vs_pairs.png") > 1000
 
 
+@pytest.mark.slow
+def test_twin_titans_like_hope_equals_titans_on_padded_mqar():
+  """The Titans-like self-modifying Titans in a one-level static CMS block is Titans: the same
+  loss and gradients on an MQAR batch whose padding starts inside a chunk (the SMT's reset
+  rule once made wk's and wv's gradients differ by 50% here)."""
+  twin = _script("twin.py")
+  diffs = twin.compare_grads(*twin.twins(0), seed=0)
+  assert max(diffs.values()) < 1e-5, diffs
+
+
 def test_mqar_script_test_sizes():
   script = _script("mqar.py")
   args = script.parse(["--test-pairs", "4,32", "--length-pairs", "8", "--test-lengths",
