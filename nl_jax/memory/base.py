@@ -207,7 +207,11 @@ class FastLevel:
     chunks are aligned to those multiples whenever resets are given, and a misaligned reset
     raises a ValueError when the resets and positions are concrete. Under jit nothing can
     check it, so keep documents aligned (the data pipeline's alignment option) or use
-    implementation='sequential', which is exact for resets anywhere.
+    implementation='sequential', which is exact for resets anywhere. A misaligned reset that
+    gets through (under jit) takes effect at the end of its chunk
+    (aligned_chunks.reset_flags): no output before it changes, and the new document's tokens
+    in that chunk read and write the old memory, which is then dropped. (Before 2026-12-06
+    the MLP and matrix memories ignored it and carried the old document on.)
     """
     owner = f"{type(self).__name__}.scan"
     bshape = self._state_batch_shape(state)
@@ -349,14 +353,18 @@ class FastLevel:
     anchored = self.semantics == "anchored"
 
     def body(carry, ch):
-      if fresh is not None:
-        carry = self._apply_reset(ch["reset"][0], carry, fresh)
+      if fresh is not None:  # aligned_chunks.reset_flags: causal for resets off the grid too
+        at_start, inside = aligned_chunks.reset_flags(ch["reset"][None], ch["valid"][None])
+        carry = self._apply_reset(at_start[0], carry, fresh)
       out, (memory, momentum) = self._chunk(carry, ch)
       anchor = carry[2]
       if anchored:
         complete = ch["valid"][-1] > 0
         anchor = jax.tree.map(lambda m, a: jnp.where(complete, m, a), memory, anchor)
-      return (memory, momentum, anchor), out
+      carry = (memory, momentum, anchor)
+      if fresh is not None:
+        carry = self._apply_reset(inside[0], carry, fresh)
+      return carry, out
 
     body_fn = jax.checkpoint(body) if self.remat else body
     return jax.lax.scan(body_fn, carry, chunks)

@@ -44,7 +44,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nl_jax.memory import chunk_ops, gated_delta_scan
+from nl_jax.memory import aligned_chunks, chunk_ops, gated_delta_scan
 from nl_jax.memory.base import FastLevel, sg, straight_through
 
 
@@ -107,11 +107,19 @@ class MatrixMemory(FastLevel):
       return super()._run_chunks(carry, chunks, fresh)
     m0, _, anchor = carry
     e = chunks["lr"] * chunks["g"] + (chunks["erase"] if self._erases else 0.0)
-    reset = None if fresh is None else chunks["reset"][:, 0]
+    reset = inside = None
+    if fresh is not None:
+      # aligned_chunks.reset_flags: a document starting inside chunk n restarts chunk n + 1
+      # (or the state after the last chunk), so no output before it changes.
+      at_start, inside = aligned_chunks.reset_flags(chunks["reset"], chunks["valid"])
+      reset = (at_start | jnp.concatenate([jnp.zeros((1,), bool), inside[:-1]])).astype(
+          chunks["reset"].dtype)
     out, m_end = gated_delta_scan.chunked_gated_delta(
         m0, chunks["k"], chunks["v"], chunks.get("q"), chunks["lr"], e, chunks["log_a"],
         read_pre=self.read_at == "pre", reset_N=reset,
         fresh_VxK=None if fresh is None else fresh[0])
+    if fresh is not None:
+      m_end = jnp.where(inside[-1], fresh[0].astype(m_end.dtype), m_end)
     return (m_end, None, anchor), out
 
   def _chunk(self, carry, ch):

@@ -105,3 +105,28 @@ def test_misaligned_reset_is_rejected_by_chunked_path():
     mem.scan(params, state, inputs._replace(reset=jnp.zeros((B, T + 1), bool)))
   with pytest.raises(ValueError, match="reset must be bool or integer"):
     mem.scan(params, state, inputs._replace(reset=jnp.zeros((B, T), jnp.float32)))
+
+
+@pytest.mark.parametrize("kind,cfg", [("matrix", dict(rule="dgd")),
+                                      ("matrix", dict(rule="gd", momentum=True)),
+                                      ("mlp", dict(rule="dgd", momentum=True))])
+def test_reset_off_the_chunk_grid_under_jit_is_causal(kind, cfg):
+  """Under jit a misaligned reset cannot be refused: it changes no output before it, and the
+  memory restarts at the next chunk start (row 1: a document at 6, chunks of 4), or after the
+  call when it falls in the last chunk (row 0: at 22)."""
+  mem = _memory(kind, **cfg)
+  params = _params(mem, jax.random.PRNGKey(0), jnp.float32)
+  inputs = random_inputs(jax.random.PRNGKey(1), (B,), T, 5, 5, momentum=mem.momentum)
+  state = mem.init_state(params, (B,))
+  scan = jax.jit(lambda inp: mem.scan(params, state, inp, implementation="chunked"))
+  reset = jnp.zeros((B, T), bool)
+  base, _ = scan(inputs._replace(reset=reset))
+  out, end = scan(inputs._replace(reset=reset.at[1, 6].set(True).at[0, 22].set(True)))
+  np.testing.assert_array_equal(out[1, :6], base[1, :6])
+  np.testing.assert_array_equal(out[0], base[0])
+  tail = jax.tree.map(lambda x: None if x is None else x[1:, 8:], inputs)
+  fresh_out, _ = mem.scan(params, mem.init_state(params, (1,)), tail, implementation="chunked")
+  np.testing.assert_allclose(out[1, 8:], fresh_out[0], rtol=1e-5, atol=1e-6)
+  init = mem.init_state(params, (B,))
+  assert_trees_close(jax.tree.map(lambda x: x[0], end.memory),
+                     jax.tree.map(lambda x: x[0], init.memory), 0.0, "row 0 restarts after")
