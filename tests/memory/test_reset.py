@@ -107,9 +107,10 @@ def test_misaligned_reset_is_rejected_by_chunked_path():
     mem.scan(params, state, inputs._replace(reset=jnp.zeros((B, T), jnp.float32)))
 
 
-@pytest.mark.parametrize("kind,cfg", [("matrix", dict(rule="dgd")),
-                                      ("matrix", dict(rule="gd", momentum=True)),
-                                      ("mlp", dict(rule="dgd", momentum=True))])
+@pytest.mark.parametrize("kind,cfg", [
+    ("matrix", dict(rule="dgd")),  # gated_delta_scan's path
+    pytest.param("matrix", dict(rule="gd", momentum=True), marks=pytest.mark.slow),
+    ("mlp", dict(rule="dgd", momentum=True))])
 def test_reset_off_the_chunk_grid_under_jit_is_causal(kind, cfg):
   """Under jit a misaligned reset cannot be refused: it changes no output before it, and the
   memory restarts at the next chunk start (row 1: a document at 6, chunks of 4), or after the
