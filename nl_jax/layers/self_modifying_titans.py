@@ -53,8 +53,8 @@ token; the chunked path is exact when documents start on multiples of both chunk
 model's ``alignment``, which the data pipeline guarantees) and refuses a concrete reset
 anywhere else with a ValueError naming the chunk size (as MatrixMemory does); under jit the
 resets are not concrete and cannot be checked, and one inside a chunk takes effect at the
-chunk's end, never before it (``aligned_chunks.reset_flags``: causal; the new document's first tokens
-in that chunk read the old memories). Until 2026-12-06 such a reset emptied the memories from
+chunk's end, never before it (``aligned_chunks.reset_flags``: causal; the new document's first
+tokens in that chunk read the old memories). Until 2026-12-06 such a reset emptied the memories from
 the chunk's start, so the padding after a task example (a new segment) wiped what the
 example's last chunk read (experiments/in_context/README.md, "The reset that wiped the SMT").
 """
