@@ -39,7 +39,8 @@ The paper as one switch: ``profile`` ("default" or "paper"; ``--config.model.pro
 sets every field below that is left unset (None) to its literal reading of the paper; a field
 set explicitly wins over the profile (``--config.model.profile=paper
 --config.model.cms.objective=local`` is the paper's model with the local CMS objective).
-``config.choice("smt.rule")`` / ``config.choices()`` give the values the model runs with. Hope-Attention has the two CMS rows. The paper profile computes
+``config.choice("smt.rule")`` / ``config.choices()`` give the values the model runs with.
+Hope-Attention has the two CMS rows. The paper profile computes
 the paper's equations but does not train: Hope tiny's first forward under it overflows (the
 summed step of (1) with the unnormalised values of (3); either default alone keeps it
 finite; experiments/stability/README.md).
