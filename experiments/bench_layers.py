@@ -27,6 +27,8 @@ SwiGLU) come from one run on one machine state.
     python experiments/bench_layers.py --layers cms,cms_first_order,swiglu --lengths 2048
     python experiments/bench_layers.py --layers attention,smt,smt_manual,smt_no_remat,\
         smt_manual_no_remat --lengths 2048                  # the SMT's chunk backwards
+    python experiments/bench_layers.py --layers swiglu,cms,cms_manual,cms_no_remat,\
+        cms_manual_no_remat --lengths 2048                  # the CMS levels' chunk backwards
 """
 
 import argparse
@@ -50,9 +52,13 @@ from nl_jax.models import registry
 SMT_VARIANTS = {"smt": {}, "smt_manual": dict(chunk_backward="manual"),
                 "smt_no_remat": dict(remat=False),
                 "smt_manual_no_remat": dict(chunk_backward="manual", remat=False)}
-LAYERS = ("attention", "swiglu") + tuple(SMT_VARIANTS) + ("cms", "cms_first_order")
-REFERENCE = {**{n: "attention" for n in SMT_VARIANTS}, "cms": "swiglu",
-             "cms_first_order": "swiglu"}
+# cms_* variants: the CMS with its levels' chunks through the hand-written backward
+# ("manual", nl_jax.layers.cms_chunk), the first-order meta-gradient, and / or no per-chunk remat.
+CMS_VARIANTS = {"cms": {}, "cms_first_order": dict(meta_gradient="first_order"),
+                "cms_manual": dict(chunk_backward="manual"), "cms_no_remat": dict(remat=False),
+                "cms_manual_no_remat": dict(chunk_backward="manual", remat=False)}
+LAYERS = ("attention", "swiglu") + tuple(SMT_VARIANTS) + tuple(CMS_VARIANTS)
+REFERENCE = {**{n: "attention" for n in SMT_VARIANTS}, **{n: "swiglu" for n in CMS_VARIANTS}}
 
 
 def build(name: str, preset: str, rngs: nnx.Rngs):
@@ -78,10 +84,8 @@ def build(name: str, preset: str, rngs: nnx.Rngs):
       return m(x, m.init_memory(b), jnp.ones((b, t), jnp.int32), jnp.zeros((b, t), bool),
                start_aligned=True)[0]
     return layer, apply
-  if name in ("cms", "cms_first_order"):
-    cfg = hope.cms_config()
-    if name == "cms_first_order":
-      cfg = dataclasses.replace(cfg, meta_gradient="first_order")
+  if name in CMS_VARIANTS:
+    cfg = dataclasses.replace(hope.cms_config(), **CMS_VARIANTS[name])
     layer = ContinuumMemorySystem(cfg, rngs=rngs)
 
     def apply(m, x):

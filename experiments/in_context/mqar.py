@@ -70,6 +70,10 @@ def parse(argv=None):
                  help="block size of the placement table: queries whose pair was written "
                       "in an earlier block vs the same block (8 = the smallest CMS chunk of "
                       "the tiny Hope, whose CMS takes a block in at the block's end)")
+  p.add_argument("--switch-off", action="store_true",
+                 help="also score each trained model with each of its in-context updates "
+                      "switched off (nl_jax.eval.experiment.switch_off_variants: the SMT's / "
+                      "Titans' writes, the CMS steps, both), its weights unchanged")
   p.add_argument("--combine", default="",
                  help="comma-separated result folders of earlier runs (same task settings) "
                       "to merge into one table and plots in --out; trains nothing")
@@ -132,16 +136,17 @@ def run_one(model_name: str, seed: int, args) -> dict:
          "diverged_at": log["diverged_at"],
          "final_loss": float(np.mean(log["losses"][-20:])),
          "losses": log["losses"], "accuracy": {}, "placement": {}}
-  configs = test_configs(args)
-  # One padded length for every test set: one compiled forward (right padding changes no
-  # causal prediction), which costs less than a compile per length on a CPU.
-  eval_len = max(c.length for c in configs.values())
-  for label, cfg in configs.items():
-    exs = mqar.make_examples(cfg, args.eval_examples, seed + 1000)
-    res = ex_lib.score(logits_fn, exs, batch_size=min(50, len(exs)), pad_to_multiple=align,
-                       length=eval_len)
-    out["accuracy"][label] = res["accuracy"]
-    out["placement"][label] = mqar.accuracy_by_placement(exs, res["per_example"], args.block)
+  out["accuracy"], out["placement"] = evaluate(logits_fn, seed, args, align)
+  if args.switch_off:
+    out["switch_off"] = {}
+    for name, overrides in experiment.switch_off_variants(model.config).items():
+      if overrides:
+        fn = runner.make_logits_fn(experiment.with_overrides(model, overrides))
+        acc, placement = evaluate(fn, seed, args, align)
+        out["switch_off"][name] = {"accuracy": acc, "placement": placement}
+        print(f"   {name}: " + ", ".join(
+            f"{k} {100 * v:.0f} ({100 * placement[k]['same_block']:.0f} in-block)"
+            for k, v in acc.items()), flush=True)
   print(f"   {model_name} seed {seed}: {out['steps_done']} steps, {out['train_seconds']:.0f}s, "
         f"final loss {out['final_loss']:.3f}; " + ", ".join(
             f"{k} {100 * v:.0f}" for k, v in out["accuracy"].items()), flush=True)
@@ -149,6 +154,45 @@ def run_one(model_name: str, seed: int, args) -> dict:
       f"{k} {100 * v['earlier_block']:.0f}/{100 * v['same_block']:.0f}"
       for k, v in out["placement"].items()), flush=True)
   return out
+
+
+def evaluate(logits_fn, seed: int, args, align: int) -> tuple[dict, dict]:
+  """({label: accuracy}, {label: accuracy by placement}) on fresh examples of every test set."""
+  configs = test_configs(args)
+  # One padded length for every test set: one compiled forward (right padding changes no
+  # causal prediction), which costs less than a compile per length on a CPU.
+  eval_len = max(c.length for c in configs.values())
+  accuracy, placement = {}, {}
+  for label, cfg in configs.items():
+    exs = mqar.make_examples(cfg, args.eval_examples, seed + 1000)
+    res = ex_lib.score(logits_fn, exs, batch_size=min(50, len(exs)), pad_to_multiple=align,
+                       length=eval_len)
+    accuracy[label] = res["accuracy"]
+    placement[label] = mqar.accuracy_by_placement(exs, res["per_example"], args.block)
+  return accuracy, placement
+
+
+def switch_off_table(results: dict, labels: list[str]) -> str:
+  """Accuracy (%, mean over seeds) with each in-context update switched off at evaluation
+  (``--switch-off``), and in brackets that of the queries in their pair's block."""
+  rows = []
+  for m, runs in results.items():
+    names = [n for r in runs.values() for n in r.get("switch_off", {})]
+    for name in dict.fromkeys(["as trained"] + names if names else []):
+      views = [r if name == "as trained" else r["switch_off"][name] for r in runs.values()
+               if name == "as trained" or name in r.get("switch_off", {})]
+      cells = []
+      for lab in labels:
+        acc = 100 * np.mean([v["accuracy"][lab] for v in views])
+        same = [v["placement"][lab]["same_block"] for v in views]
+        cells.append(f"{acc:.1f}" if any(np.isnan(x) for x in same)
+                     else f"{acc:.1f} ({100 * np.mean(same):.0f})")
+      rows.append([m, name, len(views)] + cells)
+  if not rows:
+    return ""
+  return ("\nSwitched off at evaluation (the trained weights unchanged): accuracy (%, mean over "
+          "seeds), in brackets that of the queries in their pair's block.\n\n"
+          + experiment.markdown_table(["model", "updates", "seeds"] + labels, rows) + "\n")
 
 
 def aggregate(runs: dict[int, dict], label: str) -> tuple[float, float, float]:
@@ -251,6 +295,7 @@ def report(path: str, results: dict, args, extra: dict | None = None) -> str:
   table += ("\n\nAccuracy in %: mean over seeds [min-max]. Trained on "
             f"{args.train_pairs} pairs with gaps 0-{args.train_gap} tokens.\n")
   table += placement_table(results, labels, args.block)
+  table += switch_off_table(results, labels)
   pair_labels = [lab for lab in labels if lab.startswith("pairs=")]
   len_labels = [lab for lab in labels if lab.startswith("len=")]
   plot(os.path.join(path, "mqar_vs_pairs.png"), results, pair_labels,

@@ -43,28 +43,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from nl_jax import config_tree  # noqa: E402
 from nl_jax.eval import experiment, perplexity, runner  # noqa: E402
-
-NO_WRITES = 1e-6  # the memories' eta_max
-
-
-def variants(config) -> dict[str, dict]:
-  """Name -> config overrides (dotted fields) that switch in-context updates off (only those
-  the model has)."""
-  out = {"as trained": {}}
-  fields = config_tree.field_paths(type(config))
-  eta = next((f for f in ("smt.eta_max", "titans.eta_max") if f in fields), None)
-  writes = {eta: NO_WRITES} if eta else {}
-  if writes:
-    out["no SMT / Titans writes"] = writes
-  if "cms.learning_rates" in fields:
-    zero = {"cms.learning_rates": (0.0,) * len(config.cms.chunk_sizes)}
-    out["no CMS steps"] = zero
-    if writes:
-      out["both off"] = {**writes, **zero}
-  return out
-
 
 def evaluate(model, windows, texts) -> dict:
   fn = runner.make_logits_fn(model)
@@ -76,21 +55,14 @@ def evaluate(model, windows, texts) -> dict:
 
 
 def run(workdir: str, args) -> dict:
-  import flax.nnx as nnx  # noqa: PLC0415
-
-  from nl_jax.models import registry  # noqa: PLC0415
   from nl_jax.train import load_for_eval  # noqa: PLC0415
 
   model, _ = load_for_eval(workdir)
   windows = perplexity.windows(args.len, args.windows, seed=args.seed)
   texts = perplexity.heldout_texts(args.twice_texts, args.twice_len, args.seed)
   out = {}
-  for name, overrides in variants(model.config).items():
-    m = model
-    if overrides:
-      m = registry.build_model(config_tree.replace(model.config, overrides), rngs=nnx.Rngs(0))
-      nnx.update(m, nnx.state(model, nnx.Param))  # the trained weights, unchanged
-    out[name] = evaluate(m, windows, texts)
+  for name, overrides in experiment.switch_off_variants(model.config).items():
+    out[name] = evaluate(experiment.with_overrides(model, overrides), windows, texts)
     r = out[name]
     print(f"   {name}: held-out {r['heldout_nll']:.5f}, read twice {r['first_nll']:.4f} -> "
           f"{r['second_nll']:.4f}", flush=True)

@@ -40,6 +40,47 @@ def build(name: str, preset: str = "tiny", seed: int = 0, **overrides):
   return registry.build_model(config, rngs=nnx.Rngs(seed))
 
 
+# The memories' eta_max that switches their writes off (eta in (0, eta_max]: ~0, so they keep
+# their meta-learned initial state).
+NO_WRITES = 1e-6
+
+
+def switch_off_variants(config) -> dict[str, dict[str, Any]]:
+  """Name -> config overrides (dotted fields) that switch a model's in-context updates off,
+  only those it has: "as trained" ({}), "no SMT / Titans writes" (``smt.eta_max`` or
+  ``titans.eta_max`` = NO_WRITES), "no CMS steps" (every ``cms.learning_rates`` 0: static
+  MLPs) and "both off". No trained weight changes (``with_overrides``)."""
+  from nl_jax import config_tree  # noqa: PLC0415
+
+  out = {"as trained": {}}
+  fields = config_tree.field_paths(type(config))
+  eta = next((f for f in ("smt.eta_max", "titans.eta_max") if f in fields), None)
+  writes = {eta: NO_WRITES} if eta else {}
+  if writes:
+    out["no SMT / Titans writes"] = writes
+  if "cms.learning_rates" in fields:
+    zero = {"cms.learning_rates": (0.0,) * len(config.cms.chunk_sizes)}
+    out["no CMS steps"] = zero
+    if writes:
+      out["both off"] = {**writes, **zero}
+  return out
+
+
+def with_overrides(model, overrides: dict[str, Any]):
+  """The model with its trained weights under config ``overrides`` (fields that change no
+  parameter shape, e.g. ``switch_off_variants``'); the model itself when there are none."""
+  if not overrides:
+    return model
+  import flax.nnx as nnx  # noqa: PLC0415
+
+  from nl_jax import config_tree  # noqa: PLC0415
+  from nl_jax.models import registry  # noqa: PLC0415
+
+  m = registry.build_model(config_tree.replace(model.config, overrides), rngs=nnx.Rngs(0))
+  nnx.update(m, nnx.state(model, nnx.Param))  # the trained weights, unchanged
+  return m
+
+
 def parse_overrides(spec: str) -> dict[str, Any]:
   """``"n_layers=1,dtype=float32,cms.chunk_sizes=16|64"`` -> {"n_layers": 1, "dtype": "float32",
   "cms.chunk_sizes": (16, 64)}: ints, floats, true/false and none are converted, ``a|b`` is a tuple;

@@ -127,7 +127,9 @@ meta_gradient (CMSConfig): "exact" (default) differentiates the outer loss throu
 in-context gradients (second order); "first_order" treats them as constants: the same forward,
 0.53-0.60x the layer's forward+backward time at the small widths (experiments/BENCHMARKS.md),
 and 0.061 nats/byte worse held-out loss on the tiny LM at 300 steps over 3 seeds
-(experiments/in_context/README.md).
+(experiments/in_context/README.md). chunk_backward (CMSConfig): "autodiff" (default) or
+"manual", the hand-written backward of a level's chunk (nl_jax.layers.cms_chunk) for the exact
+meta-gradient.
 
 A level can start from a pretrained SwiGLU (spec 6.3):
 ``ContinuumMemorySystem.load_pretrained``.
@@ -142,6 +144,7 @@ import jax
 import jax.numpy as jnp
 
 from nl_jax import config_tree
+from nl_jax.layers import cms_chunk
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
 from nl_jax.memory.aligned_chunks import ScanChunks, as_rows, broadcast_like, where_rows
@@ -175,6 +178,12 @@ class CMSConfig:
       treats each in-context gradient as a constant (stop_gradient; first-order MAML), which
       skips the backward of the inner gradient. The outputs are the same; only the outer
       gradient differs. objective "local" only.
+    chunk_backward: autodiff | manual. How the outer backward goes through a level's chunk
+      (its SwiGLU pass and in-context gradient, nl_jax.layers.cms_chunk): "autodiff"
+      (default) transposes the pass that takes the gradient; "manual" is the hand-written
+      backward of cms_chunk (the same values to float64 rounding). meta_gradient "exact" and
+      objective "local" only (first order never differentiates the gradient; "ntp" takes it
+      through the whole model, nl_jax.models.cms_ntp).
     remat: jax.checkpoint each chunk of each level's scan.
     norm_eps: RMSNorm epsilon.
     dtype: activation dtype (fast weights and their gradients stay float32).
@@ -194,6 +203,7 @@ class CMSConfig:
   max_step_norm: float | None = 1.0
   retention: tuple[float, ...] | None = None
   meta_gradient: str = "exact"
+  chunk_backward: str = "autodiff"
   remat: bool | None = True
   norm_eps: float | None = 1e-6
   dtype: str | None = "float32"
@@ -234,6 +244,14 @@ class CMSConfig:
     if self.meta_gradient != "exact" and self.objective not in ("local", None):
       raise ValueError(f"{name}.meta_gradient={self.meta_gradient!r} is implemented for "
                        "objective='local' only; use meta_gradient='exact' with objective='ntp'")
+    if self.chunk_backward not in cms_chunk.BACKWARDS:
+      raise ValueError(f"{name}.chunk_backward={self.chunk_backward!r} is not one of "
+                       f"{cms_chunk.BACKWARDS}")
+    if self.chunk_backward == "manual" and (self.meta_gradient != "exact"
+                                            or self.objective not in ("local", None)):
+      raise ValueError(f"{name}.chunk_backward='manual' is the backward of the exact "
+                       "meta-gradient of objective='local'; use chunk_backward='autodiff' with "
+                       f"meta_gradient={self.meta_gradient!r}, objective={self.objective!r}")
     if self.variant == "nested":
       if any(b % a for a, b in zip(cs, cs[1:], strict=False)):
         raise ValueError(f"{name}.chunk_sizes={cs}: variant='nested' lists its levels fastest "
@@ -444,10 +462,11 @@ def _level_chunk(cfg, lvl, init, carry: _LevelCarry, ch, end_pos_B):
   # prev_h, so a first token after front padding pairs with the carried previous token.
   h_in = jnp.where(vmask[:, :, None], h, carry.prev_h[:, None])
   h_cat = jnp.concatenate([carry.prev_h[:, None], h_in], axis=1)
-  z, mlp_vjp = jax.vjp(lambda w: _mlp(w, h_cat), w_eff)
-  err = (z[:, :-1] - jax.lax.stop_gradient(h)) * counted[:, :, None]
-  # g = grad_w 0.5 sum_j counted_j ||MLP_w(h_{j-1}) - h_j||^2 at w_eff
-  (g,) = mlp_vjp(jnp.concatenate([err, jnp.zeros_like(err[:, :1])], axis=1))
+  # g = grad_w 0.5 sum_j counted_j ||MLP_w(h_{j-1}) - h_j||^2 at w_eff. The first-order
+  # meta-gradient never differentiates g, so the hand-written backward is for "exact" only.
+  backward = cfg.chunk_backward if cfg.meta_gradient == "exact" else "autodiff"
+  z, g = cms_chunk.mlp_and_grad(w_eff, h_cat, h, counted, backward)
+  g = SwiGLUWeights(*g)
   if cfg.meta_gradient == "first_order":
     g = jax.lax.stop_gradient(g)  # no differentiation through the in-context gradient
   out = z[:, 1:]

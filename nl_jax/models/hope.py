@@ -155,7 +155,8 @@ class _CMSFields(LMConfig):
       "local", paper "ntp", the whole model's next-token loss, nl_jax.models.cms_ntp, ~3-4x the
       compute), ``max_step_norm`` (profile field: default 1.0, paper inf = eq. 71 unclipped),
       ``retention`` (None: eq. 71 as written), ``meta_gradient`` ("exact" | "first_order",
-      objective "local" only).
+      objective "local" only), ``chunk_backward`` ("autodiff" | "manual": the hand-written
+      backward of a level's chunk, nl_jax.layers.cms_chunk; exact meta-gradient, local).
     chunk_remat: jax.checkpoint every memory chunk / CMS segment (independent of `remat`,
       which rematerialises whole blocks). Without it the backward keeps every segment's
       per-sequence CMS weights and intermediates (Hope small at T=512, B=16 asked XLA for

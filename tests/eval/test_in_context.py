@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from nl_jax.eval import examples as ex_lib
-from nl_jax.eval import mqar, perplexity
+from nl_jax.eval import experiment, mqar, perplexity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -235,15 +235,16 @@ def test_switch_off_variants_and_table(tmp_path):
   from nl_jax.models import registry
 
   script = _script("switch_off.py")
-  hope = script.variants(registry.model_config("hope", "tiny"))
+  variants = experiment.switch_off_variants
+  hope = variants(registry.model_config("hope", "tiny"))
   assert hope == {"as trained": {}, "no SMT / Titans writes": {"smt.eta_max": 1e-6},
                   "no CMS steps": {"cms.learning_rates": (0.0, 0.0)},
                   "both off": {"smt.eta_max": 1e-6, "cms.learning_rates": (0.0, 0.0)}}
-  assert script.variants(registry.model_config("titans", "tiny"))[
+  assert variants(registry.model_config("titans", "tiny"))[
       "no SMT / Titans writes"] == {"titans.eta_max": 1e-6}
-  assert list(script.variants(registry.model_config("titans", "tiny"))) == [
+  assert list(variants(registry.model_config("titans", "tiny"))) == [
       "as trained", "no SMT / Titans writes"]
-  assert list(script.variants(registry.model_config("transformer_pp", "tiny"))) == [
+  assert list(variants(registry.model_config("transformer_pp", "tiny"))) == [
       "as trained"]
 
   def r(base, off):

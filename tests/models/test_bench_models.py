@@ -66,8 +66,8 @@ def test_bench_layers_quick_runs(capsys):
   spec = importlib.util.spec_from_file_location("bench_layers", path)
   bench = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(bench)
-  rows = bench.main(["--quick", "--layers", "swiglu,cms_first_order"])
-  assert [r["layer"] for r in rows] == ["swiglu", "cms_first_order"]
+  rows = bench.main(["--quick", "--layers", "swiglu,cms_manual"])
+  assert [r["layer"] for r in rows] == ["swiglu", "cms_manual"]
   assert all(r["fwd_bwd_ms"] > 0 for r in rows) and rows[1]["ratio"] > 0
   assert "x ref" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="unknown layer"):

@@ -190,6 +190,7 @@ EVERY_FIELD = {
     "cms.chunk_sizes": "(4, 16, 64)", "cms.learning_rates": "(0.1, 0.2, 0.0)",
     "cms.variant": "nested", "cms.objective": "local", "cms.max_step_norm": "2.5",
     "cms.retention": "(0.9, 0.8, 1.0)", "cms.meta_gradient": "first_order",
+    "cms.chunk_backward": "manual",
     "smt.memory_hidden": "12", "smt.gate_hidden": "6", "smt.activation": "gelu",
     "smt.rule": "gd", "smt.momentum": "False", "smt.mu_max": "0.5", "smt.adaptive_q": "False",
     "smt.static_projections": "('k',)", "smt.chunk_size": "16", "smt.proj_chunk_size": "4",
@@ -210,6 +211,10 @@ EVERY_FIELD = {
     "titans.mu_bias_init": "0.5",
 }
 
+# Fields whose value above conflicts with another's there (the hand-written CMS backward is for
+# the exact meta-gradient): each is set on a command line of its own.
+APART = ("cms.chunk_backward",)
+
 
 @pytest.mark.parametrize("name", ["hope", "hope_attention", "titans"])
 def test_every_field_of_the_nested_configs_round_trips_through_the_command_line(
@@ -218,15 +223,18 @@ def test_every_field_of_the_nested_configs_round_trips_through_the_command_line(
   config (and through it the layer configs); a field added later must be listed here."""
   paths = config_tree.field_paths(registry.config_class(name))
   assert set(paths) <= set(EVERY_FIELD), sorted(set(paths) - set(EVERY_FIELD))
-  cfg = _cli_model(monkeypatch, name, *(f"--config.model.{p}={EVERY_FIELD[p]}" for p in paths))
+  tiny = config_tree.flatten(config_tree.to_dict(registry.model_config(name, "tiny")))
+  cfg = _cli_model(monkeypatch, name, *(f"--config.model.{p}={EVERY_FIELD[p]}" for p in paths
+                                        if p not in APART))
   flat = config_tree.flatten(config_tree.to_dict(cfg))
   assert set(flat) == set(paths)
   for path in paths:
+    got = flat[path] if path not in APART else config_tree.flatten(config_tree.to_dict(
+        _cli_model(monkeypatch, name, f"--config.model.{path}={EVERY_FIELD[path]}")))[path]
     want = ast.literal_eval(EVERY_FIELD[path]) if EVERY_FIELD[path][0] in "(-0123456789TF" \
         else EVERY_FIELD[path]
-    assert flat[path] == want, path
-    assert flat[path] != config_tree.flatten(config_tree.to_dict(
-        registry.model_config(name, "tiny")))[path], path
+    assert got == want, path
+    assert got != tiny[path], path
   if name == "titans":
     assert cfg.layer_config("titans").memory_depth == 1
     assert cfg.layer_config("titans").d_model == 96
