@@ -315,11 +315,7 @@ class CMSState(NamedTuple):
   meta_acc: tuple[SwiGLUWeights, ...] = ()
 
 
-def _mlp(w: SwiGLUWeights, x_BxSxD):
-  """Per-sequence SwiGLU: weights [B, ...]."""
-  g = jnp.einsum("bsd,bdf->bsf", x_BxSxD, w.w_gate)
-  u = jnp.einsum("bsd,bdf->bsf", x_BxSxD, w.w_up)
-  return jnp.einsum("bsf,bfd->bsd", jax.nn.silu(g) * u, w.w_down)
+_mlp = cms_chunk.swiglu  # per-sequence SwiGLU: weights [B, ...]
 
 
 def init_state(cfg: CMSConfig, params: CMSParams, batch_size: int) -> CMSState:
@@ -462,10 +458,8 @@ def _level_chunk(cfg, lvl, init, carry: _LevelCarry, ch, end_pos_B):
   # prev_h, so a first token after front padding pairs with the carried previous token.
   h_in = jnp.where(vmask[:, :, None], h, carry.prev_h[:, None])
   h_cat = jnp.concatenate([carry.prev_h[:, None], h_in], axis=1)
-  # g = grad_w 0.5 sum_j counted_j ||MLP_w(h_{j-1}) - h_j||^2 at w_eff. The first-order
-  # meta-gradient never differentiates g, so the hand-written backward is for "exact" only.
-  backward = cfg.chunk_backward if cfg.meta_gradient == "exact" else "autodiff"
-  z, g = cms_chunk.mlp_and_grad(w_eff, h_cat, h, counted, backward)
+  # g = grad_w 0.5 sum_j counted_j ||MLP_w(h_{j-1}) - h_j||^2 at w_eff
+  z, g = cms_chunk.mlp_and_grad(w_eff, h_cat, h, counted, cfg.chunk_backward)
   g = SwiGLUWeights(*g)
   if cfg.meta_gradient == "first_order":
     g = jax.lax.stop_gradient(g)  # no differentiation through the in-context gradient

@@ -129,15 +129,17 @@ def _manual_bwd(res, cts):
 _manual.defvjp(_manual_fwd, _manual_bwd)
 
 
+def swiglu(w, x_BxSxD):
+  """Per-sequence SwiGLU: w = (w_gate [B, D, F], w_up [B, D, F], w_down [B, F, D])."""
+  w_gate, w_up, w_down = w
+  g = jnp.einsum("bsd,bdf->bsf", x_BxSxD, w_gate)
+  u = jnp.einsum("bsd,bdf->bsf", x_BxSxD, w_up)
+  return jnp.einsum("bsf,bfd->bsd", jax.nn.silu(g) * u, w_down)
+
+
 def _autodiff(wg, wu, wd, h_BxNxD, target_BxCxD, mask_BxC):
   """The same values, the backward left to autodiff (of the VJP that takes g)."""
-  def mlp(w):
-    wg, wu, wd = w
-    s = jax.nn.silu(jnp.einsum("bnd,bdf->bnf", h_BxNxD, wg)) * jnp.einsum(
-        "bnd,bdf->bnf", h_BxNxD, wu)
-    return jnp.einsum("bnf,bfd->bnd", s, wd)
-
-  z, vjp = jax.vjp(mlp, (wg, wu, wd))
+  z, vjp = jax.vjp(lambda w: swiglu(w, h_BxNxD), (wg, wu, wd))
   err = (z[:, :-1] - jax.lax.stop_gradient(target_BxCxD)) * mask_BxC[:, :, None]
   (g,) = vjp(jnp.concatenate([err, jnp.zeros_like(err[:, :1])], axis=1))
   return z, g

@@ -133,6 +133,24 @@ def test_mqar_script_test_sizes():
     script.test_configs(script.parse(["--test-lengths", "16"]))
 
 
+def test_mqar_switch_off_table():
+  """--switch-off's table: accuracy per update switched off, mean over the seeds that have it,
+  and in brackets the in-block accuracy where a test set has in-block queries."""
+  script = _script("mqar.py")
+
+  def view(acc, same):
+    return {"accuracy": {"pairs=2": acc, "pairs=4": acc},
+            "placement": {"pairs=2": {"earlier_block": float("nan"), "same_block": same},
+                          "pairs=4": {"earlier_block": acc, "same_block": float("nan")}}}
+
+  runs = {0: {**view(1.0, 0.5), "switch_off": {"no SMT / Titans writes": view(0.5, 0.1)}},
+          1: {**view(0.8, 0.3), "switch_off": {"no SMT / Titans writes": view(0.3, 0.0)}}}
+  md = script.switch_off_table({"hope": runs}, ["pairs=2", "pairs=4"])
+  assert "| hope | as trained | 2 | 90.0 (40) | 90.0 |" in md, md
+  assert "| hope | no SMT / Titans writes | 2 | 40.0 (5) | 40.0 |" in md, md
+  assert script.switch_off_table({"tpp": {0: view(1.0, 1.0)}}, ["pairs=2"]) == ""
+
+
 def test_lm_tables_from_results(tmp_path):
   """The aggregation (mean [min-max] over seeds) and plots of the LM script, made-up runs."""
   script = _script("lm.py")
