@@ -265,6 +265,17 @@ def test_switch_off_variants_and_table(tmp_path):
   assert list(variants(registry.model_config("transformer_pp", "tiny"))) == [
       "as trained"]
 
+  model = experiment.build("hope", "tiny", 3, n_layers=1)
+  off = experiment.with_overrides(model, hope["both off"])
+  assert experiment.with_overrides(model, {}) is model
+  assert (off.config.smt.eta_max, off.config.cms.learning_rates) == (1e-6, (0.0, 0.0))
+  assert model.config.smt.eta_max != 1e-6
+  import flax.nnx as nnx
+  import jax
+  for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
+                  jax.tree.leaves(nnx.state(off, nnx.Param)), strict=True):
+    np.testing.assert_array_equal(a, b)  # the trained weights, not a fresh init (seed 0)
+
   def r(base, off):
     return {"as trained": {"heldout_nll": base, "first_nll": 2.0, "second_nll": 1.9},
             "no CMS steps": {"heldout_nll": base + off, "first_nll": 2.0, "second_nll": 2.0}}
