@@ -17,6 +17,8 @@ import importlib.util
 import json
 import os
 
+import flax.nnx as nnx
+import jax
 import numpy as np
 import pytest
 
@@ -270,8 +272,6 @@ def test_switch_off_variants_and_table(tmp_path):
   assert experiment.with_overrides(model, {}) is model
   assert (off.config.smt.eta_max, off.config.cms.learning_rates) == (1e-6, (0.0, 0.0))
   assert model.config.smt.eta_max != 1e-6
-  import flax.nnx as nnx
-  import jax
   for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
                   jax.tree.leaves(nnx.state(off, nnx.Param)), strict=True):
     np.testing.assert_array_equal(a, b)  # the trained weights, not a fresh init (seed 0)
