@@ -203,13 +203,7 @@ def _stats(vals) -> tuple[float, float, float, float]:
   return float(a.mean()), float(a.std()), float(a.min()), float(a.max())
 
 
-def _cell(vals, fmt="{:.3f}") -> str:
-  if not vals:
-    return "n/a"
-  mean, _, lo, hi = _stats(vals)
-  if len(vals) == 1:
-    return fmt.format(mean)
-  return f"{fmt.format(mean)} [{fmt.format(lo)}-{fmt.format(hi)}]"
+_cell = experiment.spread_cell
 
 
 def tables(results: dict, args) -> str:

@@ -62,6 +62,10 @@ def parse(argv=None):
   p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's decoupled decay")
   p.add_argument("--train-pairs", default="2-8", help="min-max pairs per training example")
   p.add_argument("--train-gap", type=int, default=16, help="max filler tokens in training")
+  p.add_argument("--zero-gap-share", type=float, default=0.0,
+                 help="share of training examples with no filler (the rest draw their gap "
+                      "from 0..--train-gap): more queries next to their pair, the ones "
+                      "Hope's CMS blocks cannot recall")
   p.add_argument("--test-pairs", default="4,8,12,16,24")
   p.add_argument("--length-pairs", type=int, default=8)
   p.add_argument("--test-lengths", default="48,96,192,384")
@@ -122,7 +126,8 @@ def run_one(model_name: str, seed: int, args) -> dict:
   def batches():
     while True:
       yield mqar.training_batch(rng, args.batch_size, length, min_pairs=lo, max_pairs=hi,
-                                max_gap=args.train_gap, pad_to_multiple=align)
+                                max_gap=args.train_gap, zero_gap_share=args.zero_gap_share,
+                                pad_to_multiple=align)
 
   warmup = min(args.warmup, max(args.steps // 10, 1))
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
@@ -199,11 +204,6 @@ def aggregate(runs: dict[int, dict], label: str) -> tuple[float, float, float]:
   """(mean, min, max) over seeds of one accuracy, in percent."""
   vals = np.asarray([100 * r["accuracy"][label] for r in runs.values()])
   return float(vals.mean()), float(vals.min()), float(vals.max())
-
-
-def _cell(stats: tuple[float, float, float], n: int) -> str:
-  mean, lo, hi = stats
-  return f"{mean:.1f}" if n == 1 else f"{mean:.1f} [{lo:.1f}-{hi:.1f}]"
 
 
 def placement_table(results: dict, labels: list[str], block: int) -> str:
@@ -290,10 +290,14 @@ def report(path: str, results: dict, args, extra: dict | None = None) -> str:
                  "/".join(str(r["steps_done"]) for r in runs.values()),
                  "/".join(f"{r['train_seconds']:.0f}" for r in runs.values()),
                  "/".join(f"{r['final_loss']:.3f}" for r in runs.values())]
-                + [_cell(aggregate(runs, lab), len(runs)) for lab in labels])
+                + [experiment.spread_cell([100 * r["accuracy"][lab] for r in runs.values()],
+                                          "{:.1f}") for lab in labels])
   table = experiment.markdown_table(header, rows)
   table += ("\n\nAccuracy in %: mean over seeds [min-max]. Trained on "
-            f"{args.train_pairs} pairs with gaps 0-{args.train_gap} tokens.\n")
+            f"{args.train_pairs} pairs with gaps 0-{args.train_gap} tokens"
+            + (f", {args.zero_gap_share:.0%} of the examples with gap 0"
+               * bool(args.zero_gap_share))
+            + ".\n")
   table += placement_table(results, labels, args.block)
   table += switch_off_table(results, labels)
   pair_labels = [lab for lab in labels if lab.startswith("pairs=")]
@@ -310,31 +314,11 @@ def report(path: str, results: dict, args, extra: dict | None = None) -> str:
   return table
 
 
-# Settings that must agree between the runs that --combine puts in one table.
+# Settings that must agree between the runs that --combine puts in one table
+# (experiment.combine_runs).
 _SHARED = ("preset", "model_overrides", "batch_size", "lr", "warmup", "train_pairs",
-           "train_gap", "test_pairs", "length_pairs", "test_lengths", "eval_examples")
-
-
-def combine(dirs: list[str], args) -> dict:
-  """Merges the results.json of earlier runs (e.g. one per model) into one report."""
-  import json  # noqa: PLC0415
-
-  results, first = {}, None
-  for d in dirs:
-    with open(os.path.join(d, "results.json"), encoding="utf-8") as f:
-      saved = json.load(f)
-    shared = {k: saved["settings"].get(k) for k in _SHARED}
-    if first is None:
-      first = shared
-      for k, v in saved["settings"].items():
-        setattr(args, k, v)
-    elif shared != first:
-      diff = {k: (first[k], shared[k]) for k in _SHARED if first[k] != shared[k]}
-      raise ValueError(f"--combine: {d} was run with other settings: {diff}")
-    for m, runs in saved["results"].items():
-      results.setdefault(m, {}).update(runs)
-  args.models = ",".join(results)
-  return results
+           "train_gap", "zero_gap_share", "test_pairs", "length_pairs", "test_lengths",
+           "eval_examples")
 
 
 def main(argv=None):
@@ -342,7 +326,7 @@ def main(argv=None):
   path = experiment.out_dir(__file__, args.out)
   t0 = time.time()
   if args.combine:
-    results = combine(args.combine.split(","), args)
+    results = experiment.combine_runs(args.combine.split(","), args, _SHARED)
   else:
     results = {}
     for m in args.models.split(","):

@@ -18,7 +18,12 @@ corpus (next-token loss on every byte) and NIAH examples whose haystacks come fr
 *training* split (loss on the answer only), all at ``--train-len`` tokens. It is then tested
 on fresh NIAH examples from the *held-out* split at 1x, 2x and 4x the training length.
 
+Each (model, seed) is one training run; the tables give exact match (and, as a finer signal,
+the accuracy of the answer's tokens) as the mean over seeds [min-max].
+
   python experiments/niah_small/run.py                   # full (see README for time)
+  python experiments/niah_small/run.py --models hope --seeds 0,1,2 --out /tmp/n/hope
+  python experiments/niah_small/run.py --combine /tmp/n/hope,/tmp/n/titans --out /tmp/n/all
   python experiments/niah_small/run.py --shrunk --out /tmp/ns     # seconds, smoke test
 """
 
@@ -58,27 +63,41 @@ def parse(argv=None):
   p.add_argument("--train-len", type=int, default=512)
   p.add_argument("--multiples", default="1,2,4", help="test lengths as multiples of train-len")
   p.add_argument("--steps", type=int, default=3000)
+  p.add_argument("--minutes", type=float, default=None,
+                 help="wall-clock cap per (model, seed) training run (the schedule keeps "
+                      "--steps); None = run every step")
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--lm-weight", type=float, default=0.4, help="share of corpus LM batches")
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--eval-examples", type=int, default=50)
   p.add_argument("--segment-len", type=int, default=None,
                  help="evaluate in segments of this many tokens with the memory carried")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seeds", default="0", help="comma-separated; one training run per seed")
+  p.add_argument("--combine", default="",
+                 help="comma-separated result folders of earlier runs (same task settings) "
+                      "to merge into one table and plot in --out; trains nothing")
   p.add_argument("--shrunk", action="store_true")
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
   if args.shrunk:
     args.models, args.preset, args.model_overrides = "transformer_pp", "tiny", "n_layers=1"
     args.subtasks, args.train_len, args.multiples = "s_niah_1", 256, "1,2"
-    args.steps, args.batch_size, args.eval_examples = 2, 4, 4
+    args.steps, args.batch_size, args.eval_examples, args.seeds = 2, 4, 4, "0,1"
+  if not 0.0 <= args.lm_weight < 1.0:
+    raise ValueError(f"--lm-weight={args.lm_weight} must be in [0, 1) (1 trains no NIAH)")
   return args
 
 
-def run_one(model_name, args):
+# Settings that must agree between the runs that --combine puts in one table.
+_SHARED = ("preset", "model_overrides", "subtasks", "train_len", "multiples", "batch_size",
+           "lm_weight", "lr", "eval_examples", "segment_len")
+
+
+def run_one(model_name: str, seed: int, args) -> dict:
+  """Trains one model on the corpus + NIAH mix and scores it at every test length."""
   import optax  # noqa: PLC0415
 
-  model = experiment.build(model_name, args.preset, args.seed,
+  model = experiment.build(model_name, args.preset, seed,
                            **experiment.parse_overrides(args.model_overrides))
   align = runner.model_alignment(model)
   length = -(-args.train_len // align) * align
@@ -91,51 +110,77 @@ def run_one(model_name, args):
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
       optax.warmup_cosine_decay_schedule(0.0, args.lr, max(args.steps // 20, 1), args.steps,
                                          args.lr / 10), weight_decay=0.1))
-  log = fit.train(model, experiment.mixture(sources, args.seed), args.steps, tx,
-                  log_every=max(args.steps // 10, 1))
+  log = fit.train(model, experiment.mixture(sources, seed), args.steps, tx,
+                  log_every=max(args.steps // 10, 1),
+                  max_seconds=None if args.minutes is None else 60 * args.minutes)
   logits_fn = runner.make_logits_fn(model, segment_len=args.segment_len)
   out = {"params": experiment.num_params(model), "train_seconds": log["seconds"],
-         "diverged_at": log["diverged_at"],
-         "losses": log["losses"], "accuracy": {}}
+         "steps_done": len(log["losses"]), "diverged_at": log["diverged_at"],
+         "losses": log["losses"], "accuracy": {}, "token_accuracy": {}}
   for mult in [int(m) for m in args.multiples.split(",")]:
     for sub in subtasks:
       cfg = niah.NiahConfig(task=sub, length=mult * args.train_len - ANSWER_ROOM)
-      exs = niah.make_examples(cfg, args.eval_examples, args.seed + 1000)
+      exs = niah.make_examples(cfg, args.eval_examples, seed + 1000)
       res = ex_lib.score(logits_fn, exs, batch_size=4, pad_to_multiple=align)
       out["accuracy"][f"{sub}@{mult}x"] = res["accuracy"]
-      print(f"   {sub} @ {mult}x ({cfg.length} tokens): {100 * res['accuracy']:.1f}", flush=True)
+      out["token_accuracy"][f"{sub}@{mult}x"] = res["token_accuracy"]
+      print(f"   {sub} @ {mult}x ({cfg.length} tokens): {100 * res['accuracy']:.1f} "
+            f"(answer tokens {100 * res['token_accuracy']:.1f})", flush=True)
+  print(f"   {model_name} seed {seed}: {out['steps_done']} steps, {out['train_seconds']:.0f}s, "
+        f"final loss {np.mean(log['losses'][-20:]):.3f}", flush=True)
   return out
+
+
+def report(path: str, results: dict, args, extra: dict) -> str:
+  """Writes the tables (exact match and answer-token accuracy), the plot and results.json."""
+  subtasks = args.subtasks.split(",")
+  mults = [int(m) for m in args.multiples.split(",")]
+  header = ["model", "params", "seeds", "steps"] + [f"{s} {k}x" for s in subtasks
+                                                      for k in mults]
+
+  def rows(key):
+    out = []
+    for m, runs in results.items():
+      r0 = next(iter(runs.values()))
+      out.append([m, f"{r0['params'] / 1e6:.2f}M", len(runs),
+                  "/".join(str(r.get("steps_done", args.steps)) for r in runs.values())]
+                 + [experiment.spread_cell([100 * r[key][f"{s}@{k}x"] for r in runs.values()],
+                                           "{:.1f}") for s in subtasks for k in mults])
+    return out
+
+  paper = [[f"paper {name} (4K/8K/16K)", "", "", ""]
+           + [f"{vals[s][i]:g}" if s in vals else "" for s in subtasks for i in range(len(mults))]
+           for name, vals in PAPER.items()] if mults == [1, 2, 4] else []
+  table = ("Exact match (%), mean over seeds [min-max]:\n\n"
+           + experiment.markdown_table(header, rows("accuracy") + paper)
+           + "\n\nAnswer tokens predicted right (%, teacher-forced), mean over seeds "
+             "[min-max]:\n\n" + experiment.markdown_table(header, rows("token_accuracy")))
+  series = {m: (mults, [np.mean([100 * r["accuracy"][f"{s}@{k}x"] for r in runs.values()
+                                 for s in subtasks]) for k in mults])
+            for m, runs in results.items()}
+  experiment.plot_lines(os.path.join(path, "niah_vs_length.png"), series,
+                        "test length / training length", "mean NIAH accuracy (%)",
+                        f"NIAH ({', '.join(subtasks)}), trained at {args.train_len} tokens",
+                        logx=True)
+  settings = {k: v for k, v in vars(args).items() if k not in ("out", "combine")}
+  experiment.write(path, {"settings": settings, "results": results, **extra}, table)
+  return table
 
 
 def main(argv=None):
   args = parse(argv)
   path = experiment.out_dir(__file__, args.out)
-  models, subtasks = args.models.split(","), args.subtasks.split(",")
-  mults = [int(m) for m in args.multiples.split(",")]
   t0 = time.time()
-  results = {}
-  for m in models:
-    print(f"== {m}", flush=True)
-    results[m] = run_one(m, args)
-  header = ["model", "params"] + [f"{s} {'/'.join(f'{k}x' for k in mults)}" for s in subtasks]
-  rows = []
-  for m in models:
-    r = results[m]
-    rows.append([m, f"{r['params'] / 1e6:.1f}M"] + [
-        "/".join(f"{100 * r['accuracy'][f'{s}@{k}x']:.0f}" for k in mults) for s in subtasks])
-  for name, vals in PAPER.items():
-    rows.append([f"paper {name} (4K/8K/16K)", ""] + [
-        "/".join(f"{v:g}" for v in vals[s]) if s in vals else "" for s in subtasks])
-  table = experiment.markdown_table(header, rows)
-  series = {m: (mults, [100 * np.mean([results[m]["accuracy"][f"{s}@{k}x"] for s in subtasks])
-                        for k in mults]) for m in models}
-  experiment.plot_lines(os.path.join(path, "niah_vs_length.png"), series,
-                        "test length / training length", "mean NIAH accuracy (%)",
-                        f"NIAH ({', '.join(subtasks)}), trained at {args.train_len} tokens",
-                        logx=True)
-  settings = {k: v for k, v in vars(args).items() if k != "out"}
-  experiment.write(path, {"settings": settings, "results": results,
-                          "wall_seconds": time.time() - t0}, table)
+  if args.combine:
+    results = experiment.combine_runs(args.combine.split(","), args, _SHARED)
+  else:
+    results = {}
+    for m in args.models.split(","):
+      results[m] = {}
+      for seed in [int(x) for x in args.seeds.split(",")]:
+        print(f"== {m} seed {seed}", flush=True)
+        results[m][seed] = run_one(m, seed, args)
+  table = report(path, results, args, {"wall_seconds": time.time() - t0})
   print(table)
   print(f"wall time {time.time() - t0:.0f}s; wrote {path}")
   return results

@@ -179,6 +179,47 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(lines)
 
 
+def combine_runs(dirs: Sequence[str], args: Any, shared: Sequence[str]) -> dict[str, dict]:
+  """Merges the ``results.json`` of earlier runs (e.g. one per model or seed) into one
+  ``{model: {seed: result}}``.
+
+  The settings named in ``shared`` must agree between the runs (else a ValueError names the
+  folder and the differing settings); the first run's settings are copied onto ``args`` and
+  ``args.models`` lists the merged models.
+  """
+  results, first = {}, None
+  # A setting an older run did not save yet had the script's current default.
+  defaults = {k: getattr(args, k, None) for k in shared}
+  for d in dirs:
+    path = os.path.join(d, "results.json")
+    if not os.path.exists(path):
+      raise ValueError(f"--combine: {path} does not exist; pass folders written by --out")
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    these = {k: saved["settings"].get(k, defaults[k]) for k in shared}
+    if first is None:
+      first = these
+      for k, v in saved["settings"].items():
+        setattr(args, k, v)
+    elif these != first:
+      diff = {k: (first[k], these[k]) for k in shared if first[k] != these[k]}
+      raise ValueError(f"--combine: {d} was run with other settings: {diff}")
+    for m, runs in saved["results"].items():
+      results.setdefault(m, {}).update(runs)
+  args.models = ",".join(results)
+  return results
+
+
+def spread_cell(vals: Sequence[float], fmt: str = "{:.3f}") -> str:
+  """A table cell over seeds: ``mean [min-max]``, the mean alone for one value, n/a for none."""
+  a = np.asarray(vals, np.float64)
+  if a.size == 0:
+    return "n/a"
+  if a.size == 1:
+    return fmt.format(a[0])
+  return f"{fmt.format(a.mean())} [{fmt.format(a.min())}-{fmt.format(a.max())}]"
+
+
 def plot_lines(path: str, series: dict[str, tuple[Sequence[float], Sequence[float]]],
                xlabel: str, ylabel: str, title: str, logx: bool = False) -> None:
   """One PNG with a line per series ``{label: (x, y)}``."""

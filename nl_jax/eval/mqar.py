@@ -85,27 +85,38 @@ def make_examples(config: MqarConfig, num_examples: int, seed: int) -> list[Exam
 
 
 def sample_examples(rng: np.random.Generator, num_examples: int, *, min_pairs: int = 1,
-                    max_pairs: int = 16, max_gap: int = 0) -> list[Example]:
+                    max_pairs: int = 16, max_gap: int = 0,
+                    zero_gap_share: float = 0.0) -> list[Example]:
   """Examples of varied sizes: each draws its number of pairs (queries = pairs) uniformly
-  from ``[min_pairs, max_pairs]`` and its gap from ``[0, max_gap]``.
+  from ``[min_pairs, max_pairs]`` and its gap from ``[0, max_gap]``, except that a share
+  ``zero_gap_share`` of them (in expectation) has gap 0.
 
   Training on a range of sizes (as Zoology does) keeps a model from keying on one layout;
   the test sizes are then fixed `MqarConfig` s, some beyond ``max_pairs`` / ``max_gap``.
+  Gap-0 examples put the last pairs next to their queries: they are where a query's pair is
+  in its own few-token block, which a block-wise memory (Hope's CMS) cannot recall and a
+  token-level one must (`accuracy_by_placement`); ``zero_gap_share`` trains more of those
+  without giving up the gaps that length generalisation needs.
   """
   if not 1 <= min_pairs <= max_pairs:
     raise ValueError(f"min_pairs={min_pairs}, max_pairs={max_pairs}: need 1 <= min <= max")
   if max_gap < 0:
     raise ValueError(f"max_gap={max_gap} must be >= 0")
+  if not 0.0 <= zero_gap_share <= 1.0:
+    raise ValueError(f"zero_gap_share={zero_gap_share} must be in [0, 1]")
   out = []
   for _ in range(num_examples):
     pairs = int(rng.integers(min_pairs, max_pairs + 1))
     gap = int(rng.integers(0, max_gap + 1))
+    if zero_gap_share and rng.random() < zero_gap_share:
+      gap = 0
     out.append(make_example(MqarConfig(num_pairs=pairs, num_queries=pairs, gap=gap), rng))
   return out
 
 
 def training_batch(rng: np.random.Generator, batch_size: int, length: int, *,
                    min_pairs: int = 1, max_pairs: int = 16, max_gap: int = 0,
+                   zero_gap_share: float = 0.0,
                    pad_to_multiple: int = 1) -> dict[str, np.ndarray]:
   """A training batch of `sample_examples`, right-padded to ``length`` (one shape).
 
@@ -117,7 +128,7 @@ def training_batch(rng: np.random.Generator, batch_size: int, length: int, *,
     raise ValueError(f"length={length} < 4 * max_pairs + max_gap = {longest} (the longest "
                      "example); raise length")
   exs = sample_examples(rng, batch_size, min_pairs=min_pairs, max_pairs=max_pairs,
-                        max_gap=max_gap)
+                        max_gap=max_gap, zero_gap_share=zero_gap_share)
   return make_batch(exs, pad_to_multiple=pad_to_multiple, length=length)
 
 

@@ -65,8 +65,15 @@ def test_paper_scale_plan_shrunk(tmp_path):
 @pytest.mark.slow
 def test_niah_small_shrunk(tmp_path):
   out = _script("niah_small").main(["--shrunk", "--out", str(tmp_path)])
-  assert set(out["transformer_pp"]["accuracy"]) == {"s_niah_1@1x", "s_niah_1@2x"}
-  _outputs(str(tmp_path), ["niah_vs_length.png"])
+  assert set(out["transformer_pp"]) == {0, 1}  # one training run per seed
+  for run in out["transformer_pp"].values():
+    assert set(run["accuracy"]) == set(run["token_accuracy"]) == {"s_niah_1@1x", "s_niah_1@2x"}
+  _, table = _outputs(str(tmp_path), ["niah_vs_length.png"])
+  assert "| transformer_pp | 0.07M | 2 | 2/2 |" in table
+  # --combine merges result folders (here one with itself) without training.
+  merged = _script("niah_small").main(["--combine", str(tmp_path), "--out",
+                                      str(tmp_path / "all")])
+  assert set(merged["transformer_pp"]) == {"0", "1"}
 
 
 @pytest.mark.slow

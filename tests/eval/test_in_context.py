@@ -65,6 +65,25 @@ def test_mqar_training_batch_validates():
     mqar.sample_examples(rng, 2, min_pairs=5, max_pairs=4)
 
 
+def test_mqar_zero_gap_share():
+  def gaps(share, seed=3):
+    exs = mqar.sample_examples(np.random.default_rng(seed), 400, min_pairs=2, max_pairs=8,
+                               max_gap=16, zero_gap_share=share)
+    return np.asarray([len(e.tokens) - 4 * len(e.meta["mapping"]) for e in exs])
+
+  default = mqar.sample_examples(np.random.default_rng(3), 400, min_pairs=2, max_pairs=8,
+                                 max_gap=16)
+  # Share 0 draws exactly what the option's absence draws (earlier runs stay reproducible).
+  np.testing.assert_array_equal(
+      gaps(0.0), [len(e.tokens) - 4 * len(e.meta["mapping"]) for e in default])
+  assert (gaps(1.0) == 0).all()
+  # Half the examples forced to gap 0, the other half at gap 0 one time in 17.
+  zero = (gaps(0.5) == 0).mean()
+  assert 0.45 < zero < 0.6 and gaps(0.5).max() > 8
+  with pytest.raises(ValueError, match="zero_gap_share=1.5"):
+    mqar.training_batch(np.random.default_rng(0), 2, 64, max_pairs=8, zero_gap_share=1.5)
+
+
 def test_mqar_accuracy_by_placement_separates_earlier_and_same_block():
   """A reader that only knows the pairs of earlier 8-token blocks (like a memory that takes a
   block in at its end) scores 1 on those queries and 0 on the others; the split counts every
