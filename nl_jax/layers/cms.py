@@ -507,10 +507,22 @@ def _level_scan(cfg, lvl, params, st: CMSState, h_BxTxD, reset_BxT, start_aligne
                       st.meta_init[lvl] if nested else None,
                       st.meta_acc[lvl] if nested else None)
   init = params.init[lvl]
+  acc0 = st.acc[lvl]
 
   def body(carry, inp):
     ch, i = inp
-    return _level_chunk(cfg, lvl, init, carry, ch, start + (i + 1) * c)
+    # The call's tokens are contiguous and chunks end on multiples of C_l (ScanChunks' grid),
+    # so a chunk after the first that holds a token follows a full chunk, whose end stepped the
+    # level and emptied its accumulator (step_level): it starts from acc = 0. Such chunks read
+    # zeros and the first chunk the state's acc (loop-invariant), and an empty chunk (the
+    # padded ones at the end) passes the carried acc on untouched, so the carried acc is never
+    # read by a chunk's computation and the backward does not save it per chunk (it was half
+    # of what the per-chunk remat saved).
+    acc_in = jax.tree.map(lambda a: jnp.where(i == 0, a, jnp.zeros_like(a)), acc0)
+    new, ys = _level_chunk(cfg, lvl, init, carry._replace(acc=acc_in), ch,
+                           start + (i + 1) * c)
+    live_B = jnp.any(ch["valid"] > 0, axis=1)
+    return new._replace(acc=where_rows(live_B, new.acc, carry.acc)), ys
 
   fn = jax.checkpoint(body) if cfg.remat else body
   carry, (out, moved) = jax.lax.scan(fn, carry, (xs, jnp.arange(chunks.n)))

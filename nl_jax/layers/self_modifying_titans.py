@@ -185,7 +185,12 @@ def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanC
   if cfg.momentum:
     xs["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
 
-  def body(carry, ch):
+  anchors0 = (state.proj.anchor, state.gates.anchor)
+
+  def body(carried, inp):
+    ch, i = inp
+    carry = tuple(groups.scan_anchor(st, a0, i == 0) for st, a0 in zip(carried, anchors0,
+                                                                       strict=True))
     at_start, inside = reset_flags(ch["reset"], ch["valid"])
     pst = groups.reset_rows(carry[0], params.proj_init, at_start)
     gst = groups.reset_rows(carry[1], params.gate_init, at_start)
@@ -199,10 +204,13 @@ def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanC
                                 ch["valid"])
     pst = groups.reset_rows(pst, params.proj_init, inside)
     gst = groups.reset_rows(gst, params.gate_init, inside)
-    return (pst, gst), (k, v, q, eta, alpha)
+    new = tuple(groups.keep_anchor_if_empty(n, c, ch["valid"])
+                for n, c in zip((pst, gst), carried, strict=True))
+    return new, (k, v, q, eta, alpha)
 
   body = jax.checkpoint(body) if cfg.remat else body
-  (pst, gst), per_token = jax.lax.scan(body, (state.proj, state.gates), xs)
+  (pst, gst), per_token = jax.lax.scan(body, (state.proj, state.gates),
+                                       (xs, jnp.arange(chunks.n)))
   return pst, gst, tuple(chunks.join(z) for z in per_token)
 
 
@@ -217,8 +225,10 @@ def _out_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanCh
   if cfg.momentum:
     ys["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
 
-  def body(ost, ch):
+  def body(carried, inp):
+    ch, i = inp
     at_start, inside = reset_flags(ch["reset"], ch["valid"])
+    ost = groups.scan_anchor(carried, state.out.anchor, i == 0)
     ost = groups.reset_rows(ost, params.out_init, at_start)
     vhat = _out_target(cfg, ost.anchor, ch["v"])
     loss = jnp.sum(_out_loss(cfg, ost.anchor, ch["k"], vhat) * ch["valid"][:, None, :])
@@ -226,10 +236,11 @@ def _out_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanCh
     out, ost = groups.write_chunk(cfg.out_memory, ost, ch["k"], vhat[:, None], eta_c, alpha_c,
                                   mu_c, ch["q"], ch["valid"])
     vhat_sq = jnp.sum(jax.lax.stop_gradient(vhat) ** 2 * ch["valid"][:, None, :, None])
-    return groups.reset_rows(ost, params.out_init, inside), (out[:, 0], loss, vhat_sq)
+    ost = groups.reset_rows(ost, params.out_init, inside)
+    return groups.keep_anchor_if_empty(ost, carried, ch["valid"]), (out[:, 0], loss, vhat_sq)
 
   body = jax.checkpoint(body) if cfg.remat else body
-  ost, (o, loss, vhat_sq) = jax.lax.scan(body, state.out, ys)
+  ost, (o, loss, vhat_sq) = jax.lax.scan(body, state.out, (ys, jnp.arange(chunks.n)))
   return chunks.join(o), ost, jnp.sum(loss), jnp.sum(vhat_sq)
 
 

@@ -48,6 +48,28 @@ def reset_rows(st: MemoryState, init: MLPWeights, flag_B: jax.Array) -> MemorySt
   return st._replace(memory=memory, anchor=anchor, momentum=momentum)
 
 
+def scan_anchor(st: MemoryState, anchor0, first: jax.Array) -> MemoryState:
+  """``st`` with the anchor a chunk of a scan starts from, read without the carried anchor.
+
+  The anchor moves to the weights at the end of every complete chunk (`write_chunk`, resets
+  move both), and a call's tokens are contiguous on the chunk grid, so every chunk after the
+  first that holds a token starts with anchor == memory; the first starts from the state's
+  anchor ``anchor0`` (loop-invariant). Reading those instead of the carried anchor keeps the
+  scan's backward from saving a second copy of the fast weights per chunk. ``first``: the
+  chunk is the scan's first. Pair it with `keep_anchor_if_empty`.
+  """
+  anchor = jax.tree.map(lambda a0, m: jnp.where(first, a0, m), anchor0, st.memory)
+  return st._replace(anchor=anchor)
+
+
+def keep_anchor_if_empty(new: MemoryState, carried: MemoryState,
+                         valid_BxC: jax.Array) -> MemoryState:
+  """The carried anchor back in the sequences whose chunk holds no token (the padded chunks
+  at a call's end, after a partial one whose anchor did not move); see `scan_anchor`."""
+  live_B = jnp.any(valid_BxC > 0, axis=1)
+  return new._replace(anchor=where_rows(live_B, new.anchor, carried.anchor))
+
+
 def mask_padding(valid_BxC: jax.Array, eta, alpha, mu):
   """Gates of the padded slots set to a no-op write: eta 0, alpha = mu = 1 ([B, H, C])."""
   vm = valid_BxC[:, None, :] > 0
