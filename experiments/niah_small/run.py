@@ -73,6 +73,10 @@ def parse(argv=None):
   p.add_argument("--segment-len", type=int, default=None,
                  help="evaluate in segments of this many tokens with the memory carried")
   p.add_argument("--seeds", default="0", help="comma-separated; one training run per seed")
+  p.add_argument("--switch-off", action="store_true",
+                 help="also score each trained model with each of its in-context updates "
+                      "switched off (nl_jax.eval.experiment.switch_off_variants), its weights "
+                      "unchanged")
   p.add_argument("--combine", default="",
                  help="comma-separated result folders of earlier runs (same task settings) "
                       "to merge into one table and plot in --out; trains nothing")
@@ -80,9 +84,15 @@ def parse(argv=None):
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
   if args.shrunk:
-    args.models, args.preset, args.model_overrides = "transformer_pp", "tiny", "n_layers=1"
+    # Models and seeds named on the command line are kept (a shrunk Hope run, one seed).
+    named = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    if "--models" not in named:
+      args.models = "transformer_pp"
+    if "--seeds" not in named:
+      args.seeds = "0,1"
+    args.preset, args.model_overrides = "tiny", "n_layers=1"
     args.subtasks, args.train_len, args.multiples = "s_niah_1", 256, "1,2"
-    args.steps, args.batch_size, args.eval_examples, args.seeds = 2, 4, 4, "0,1"
+    args.steps, args.batch_size, args.eval_examples = 2, 4, 4
   if not 0.0 <= args.lm_weight < 1.0:
     raise ValueError(f"--lm-weight={args.lm_weight} must be in [0, 1) (1 trains no NIAH)")
   return args
@@ -113,22 +123,39 @@ def run_one(model_name: str, seed: int, args) -> dict:
   log = fit.train(model, experiment.mixture(sources, seed), args.steps, tx,
                   log_every=max(args.steps // 10, 1),
                   max_seconds=None if args.minutes is None else 60 * args.minutes)
-  logits_fn = runner.make_logits_fn(model, segment_len=args.segment_len)
   out = {"params": experiment.num_params(model), "train_seconds": log["seconds"],
          "steps_done": len(log["losses"]), "diverged_at": log["diverged_at"],
-         "losses": log["losses"], "accuracy": {}, "token_accuracy": {}}
-  for mult in [int(m) for m in args.multiples.split(",")]:
-    for sub in subtasks:
-      cfg = niah.NiahConfig(task=sub, length=mult * args.train_len - ANSWER_ROOM)
-      exs = niah.make_examples(cfg, args.eval_examples, seed + 1000)
-      res = ex_lib.score(logits_fn, exs, batch_size=4, pad_to_multiple=align)
-      out["accuracy"][f"{sub}@{mult}x"] = res["accuracy"]
-      out["token_accuracy"][f"{sub}@{mult}x"] = res["token_accuracy"]
-      print(f"   {sub} @ {mult}x ({cfg.length} tokens): {100 * res['accuracy']:.1f} "
-            f"(answer tokens {100 * res['token_accuracy']:.1f})", flush=True)
+         "losses": log["losses"]}
+  logits_fn = runner.make_logits_fn(model, segment_len=args.segment_len)
+  out["accuracy"], out["token_accuracy"] = evaluate(logits_fn, seed, args, align)
+  if args.switch_off:
+    out["switch_off"] = {}
+    for name, overrides in experiment.switch_off_variants(model.config).items():
+      if overrides:
+        print(f"   -- {name}", flush=True)
+        fn = runner.make_logits_fn(experiment.with_overrides(model, overrides),
+                                   segment_len=args.segment_len)
+        acc, tok = evaluate(fn, seed, args, align)
+        out["switch_off"][name] = {"accuracy": acc, "token_accuracy": tok}
   print(f"   {model_name} seed {seed}: {out['steps_done']} steps, {out['train_seconds']:.0f}s, "
         f"final loss {np.mean(log['losses'][-20:]):.3f}", flush=True)
   return out
+
+
+def evaluate(logits_fn, seed: int, args, align: int) -> tuple[dict, dict]:
+  """({cell: exact match}, {cell: answer-token accuracy}) on fresh held-out examples of every
+  subtask at every test length (cells ``<subtask>@<k>x``)."""
+  accuracy, token_accuracy = {}, {}
+  for mult in [int(m) for m in args.multiples.split(",")]:
+    for sub in args.subtasks.split(","):
+      cfg = niah.NiahConfig(task=sub, length=mult * args.train_len - ANSWER_ROOM)
+      exs = niah.make_examples(cfg, args.eval_examples, seed + 1000)
+      res = ex_lib.score(logits_fn, exs, batch_size=4, pad_to_multiple=align)
+      accuracy[f"{sub}@{mult}x"] = res["accuracy"]
+      token_accuracy[f"{sub}@{mult}x"] = res["token_accuracy"]
+      print(f"   {sub} @ {mult}x ({cfg.length} tokens): {100 * res['accuracy']:.1f} "
+            f"(answer tokens {100 * res['token_accuracy']:.1f})", flush=True)
+  return accuracy, token_accuracy
 
 
 def report(path: str, results: dict, args, extra: dict) -> str:
@@ -155,6 +182,18 @@ def report(path: str, results: dict, args, extra: dict) -> str:
            + experiment.markdown_table(header, rows("accuracy") + paper)
            + "\n\nAnswer tokens predicted right (%, teacher-forced), mean over seeds "
              "[min-max]:\n\n" + experiment.markdown_table(header, rows("token_accuracy")))
+  off = [[m, name, len(views)] + [
+      f"{np.mean([100 * v['accuracy'][c] for v in views]):.1f} "
+      f"({np.mean([100 * v['token_accuracy'][c] for v in views]):.0f})"
+      for c in (f"{s}@{k}x" for s in subtasks for k in mults)]
+      for m, runs in results.items()
+      for name in sorted({n for r in runs.values() for n in r.get("switch_off", {})})
+      for views in [[r["switch_off"][name] for r in runs.values()
+                     if name in r.get("switch_off", {})]]]
+  if off:
+    table += ("\n\nSwitched off at evaluation (the trained weights unchanged): exact match (%), "
+              "in brackets answer tokens (%), mean over seeds:\n\n"
+              + experiment.markdown_table(["model", "updates", "seeds"] + header[4:], off))
   series = {m: (mults, [np.mean([100 * r["accuracy"][f"{s}@{k}x"] for r in runs.values()
                                  for s in subtasks]) for k in mults])
             for m, runs in results.items()}

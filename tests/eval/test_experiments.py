@@ -77,6 +77,17 @@ def test_niah_small_shrunk(tmp_path):
 
 
 @pytest.mark.slow
+def test_niah_small_switch_off_shrunk(tmp_path):
+  out = _script("niah_small").main(["--shrunk", "--models", "hope", "--seeds", "0",
+                                    "--switch-off", "--out", str(tmp_path)])
+  off = out["hope"][0]["switch_off"]
+  assert set(off) == {"no SMT / Titans writes", "no CMS steps", "both off"}
+  assert all(set(v["accuracy"]) == {"s_niah_1@1x", "s_niah_1@2x"} for v in off.values())
+  _, table = _outputs(str(tmp_path), ["niah_vs_length.png"])
+  assert "| hope | no CMS steps | 1 |" in table
+
+
+@pytest.mark.slow
 def test_continual_shrunk(tmp_path):
   out = _script("continual").main(["--shrunk", "--out", str(tmp_path)])
   for mode in ("full", "segmented"):
