@@ -84,19 +84,23 @@ def compile_step(config, t: int, batch: int, abstract: bool = False):
 def depth_sweep(names, preset: str, t: int, batch: int, depths, overrides: dict) -> list[dict]:
   """Program seconds and size against depth, unrolled and scanned (see the docstring)."""
   print(f"{'model':<16}{'layers':>7}{'layout':>9}{'lower s':>9}{'compile s':>10}"
-        f"{'total s':>9}{'HLO lines':>10}")
+        f"{'total s':>9}{'HLO lines':>10}{'temp MiB':>10}")
   rows = []
   for name in names:
     for depth in depths:
       for scan in (False, True):
         config = registry.model_config(name, preset, **{**overrides, "n_layers": depth,
                                                         "scan_layers": scan})
-        *_, lower_s, compile_s, lines = compile_step(config, t, batch, abstract=True)
+        compiled, *_, lower_s, compile_s, lines = compile_step(config, t, batch, abstract=True)
+        # The step's peak scratch memory: with remat, one block's forward+backward plus what
+        # the depth adds (the saved block inputs).
+        mem = compiled.memory_analysis()
+        temp = getattr(mem, "temp_size_in_bytes", float("nan")) / 2**20 if mem else float("nan")
         layout = "scanned" if scan else "unrolled"
         print(f"{name:<16}{depth:>7}{layout:>9}{lower_s:>9.1f}{compile_s:>10.1f}"
-              f"{lower_s + compile_s:>9.1f}{lines:>10}", flush=True)
+              f"{lower_s + compile_s:>9.1f}{lines:>10}{temp:>10.1f}", flush=True)
         rows.append(dict(model=name, layers=depth, scan_layers=scan, lower_s=lower_s,
-                         compile_s=compile_s, hlo_lines=lines))
+                         compile_s=compile_s, hlo_lines=lines, temp_mib=temp))
   return rows
 
 

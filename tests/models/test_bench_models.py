@@ -47,6 +47,7 @@ def test_bench_models_depth_sweep_runs():
   assert [(r["layers"], r["scan_layers"]) for r in rows] == [(1, False), (1, True), (3, False),
                                                               (3, True)]
   assert rows[1]["hlo_lines"] == rows[3]["hlo_lines"]  # one block program at any depth
+  assert all(r["temp_mib"] > 0 for r in rows)
 
 
 def test_bench_precision_keeps_memory_float32_and_errors_at_bfloat16_scale(capsys):
