@@ -100,7 +100,7 @@ def test_continual_shrunk(tmp_path):
 def test_ablations_shrunk(tmp_path):
   out = _script("ablations").main(["--shrunk", "--out", str(tmp_path)])
   assert out["w/o CMS"]["overrides"]["cms.learning_rates"] == (0.0,)
-  assert out["hope"]["overrides"]["momentum"] is True
+  assert out["hope"]["overrides"]["smt.momentum"] is True  # the paper reference (Table 6)
   _, table = _outputs(str(tmp_path), ["train_loss.png"])
   assert "| w/o DGD | not run |" in table and "| static k | not run |" in table
   script = _script("ablations")
