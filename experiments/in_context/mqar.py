@@ -36,7 +36,6 @@ seeds.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -323,21 +322,8 @@ _SHARED = ("preset", "model_overrides", "batch_size", "lr", "warmup", "train_pai
 
 def main(argv=None):
   args = parse(argv)
-  path = experiment.out_dir(__file__, args.out)
-  t0 = time.time()
-  if args.combine:
-    results = experiment.combine_runs(args.combine.split(","), args, _SHARED)
-  else:
-    results = {}
-    for m in args.models.split(","):
-      results[m] = {}
-      for s in _ints(args.seeds):
-        print(f"== {m} seed {s}", flush=True)
-        results[m][s] = run_one(m, s, args)
-  table = report(path, results, args, {"wall_seconds": time.time() - t0})
-  print(table)
-  print(f"wall time {time.time() - t0:.0f}s; wrote {path}")
-  return results
+  return experiment.run_models_and_seeds(args, experiment.out_dir(__file__, args.out), run_one,
+                                         report, _SHARED)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ the accuracy of the answer's tokens) as the mean over seeds [min-max].
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -208,21 +207,8 @@ def report(path: str, results: dict, args, extra: dict) -> str:
 
 def main(argv=None):
   args = parse(argv)
-  path = experiment.out_dir(__file__, args.out)
-  t0 = time.time()
-  if args.combine:
-    results = experiment.combine_runs(args.combine.split(","), args, _SHARED)
-  else:
-    results = {}
-    for m in args.models.split(","):
-      results[m] = {}
-      for seed in [int(x) for x in args.seeds.split(",")]:
-        print(f"== {m} seed {seed}", flush=True)
-        results[m][seed] = run_one(m, seed, args)
-  table = report(path, results, args, {"wall_seconds": time.time() - t0})
-  print(table)
-  print(f"wall time {time.time() - t0:.0f}s; wrote {path}")
-  return results
+  return experiment.run_models_and_seeds(args, experiment.out_dir(__file__, args.out), run_one,
+                                         report, _SHARED)
 
 
 if __name__ == "__main__":

@@ -210,6 +210,29 @@ def combine_runs(dirs: Sequence[str], args: Any, shared: Sequence[str]) -> dict[
   return results
 
 
+def run_models_and_seeds(args: Any, path: str, run_one: Callable[[str, int, Any], dict],
+                         report: Callable[[str, dict, Any, dict], str],
+                         shared: Sequence[str]) -> dict[str, dict]:
+  """The main of a script that trains each of ``args.models`` once per seed of ``args.seeds``
+  (``run_one(model, seed, args) -> result``) or, with ``args.combine``, merges earlier runs
+  (`combine_runs`), then writes ``report(path, results, args, extra)`` and prints its table.
+  Returns ``{model: {seed: result}}``."""
+  t0 = time.time()
+  if args.combine:
+    results = combine_runs(args.combine.split(","), args, shared)
+  else:
+    results = {}
+    for m in args.models.split(","):
+      results[m] = {}
+      for seed in (int(x) for x in args.seeds.split(",") if x.strip()):
+        print(f"== {m} seed {seed}", flush=True)
+        results[m][seed] = run_one(m, seed, args)
+  table = report(path, results, args, {"wall_seconds": time.time() - t0})
+  print(table)
+  print(f"wall time {time.time() - t0:.0f}s; wrote {path}")
+  return results
+
+
 def spread_cell(vals: Sequence[float], fmt: str = "{:.3f}") -> str:
   """A table cell over seeds: ``mean [min-max]``, the mean alone for one value, n/a for none."""
   a = np.asarray(vals, np.float64)
