@@ -52,8 +52,9 @@ PAPER = {
 ANSWER_ROOM = 40  # longest answer (" " + UUID = 37 tokens) fits after the prompt
 
 
-def parse(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
+def parser(description: str = __doc__) -> argparse.ArgumentParser:
+  """The training and test flags (`length_probe.py` adds its own to them)."""
+  p = argparse.ArgumentParser(description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--models", default="hope,titans,transformer_pp,hope_attention")
   p.add_argument("--preset", default="small")
@@ -81,7 +82,11 @@ def parse(argv=None):
                       "to merge into one table and plot in --out; trains nothing")
   p.add_argument("--shrunk", action="store_true")
   p.add_argument("--out", default=None)
-  args = p.parse_args(argv)
+  return p
+
+
+def parse(argv=None, p: argparse.ArgumentParser | None = None):
+  args = (p or parser()).parse_args(argv)
   if args.shrunk:
     # Models and seeds named on the command line are kept (a shrunk Hope run, one seed).
     named = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
@@ -102,8 +107,9 @@ _SHARED = ("preset", "model_overrides", "subtasks", "train_len", "multiples", "b
            "lm_weight", "lr", "eval_examples", "segment_len")
 
 
-def run_one(model_name: str, seed: int, args) -> dict:
-  """Trains one model on the corpus + NIAH mix and scores it at every test length."""
+def train_model(model_name: str, seed: int, args):
+  """One model trained on the corpus + NIAH mix at ``--train-len``: (model, fit log,
+  alignment)."""
   import optax  # noqa: PLC0415
 
   model = experiment.build(model_name, args.preset, seed,
@@ -122,6 +128,12 @@ def run_one(model_name: str, seed: int, args) -> dict:
   log = fit.train(model, experiment.mixture(sources, seed), args.steps, tx,
                   log_every=max(args.steps // 10, 1),
                   max_seconds=None if args.minutes is None else 60 * args.minutes)
+  return model, log, align
+
+
+def run_one(model_name: str, seed: int, args) -> dict:
+  """Trains one model on the corpus + NIAH mix and scores it at every test length."""
+  model, log, align = train_model(model_name, seed, args)
   out = {"params": experiment.num_params(model), "train_seconds": log["seconds"],
          "steps_done": len(log["losses"]), "diverged_at": log["diverged_at"],
          "losses": log["losses"]}

@@ -26,8 +26,9 @@ Stage ``s`` of the stream is the text::
 
 After each stage ``s`` and for each task ``j <= s`` there is one example: the stream up to
 stage ``s`` followed by ``"In <lang_j>, <word> is <code>."`` for each queried word, every
-`` <code>`` a scored span in group ``"s<s>/t<j>"``. `accuracy_matrix` turns the scores into
-``A[s, j]`` (accuracy on task ``j`` after stage ``s``; NaN above the diagonal) and
+``<code>`` (its 3 letters) a scored span in group ``"s<s>/t<j>"``. `accuracy_matrix` turns
+the scores into ``A[s, j]`` (accuracy on task ``j`` after stage ``s``; NaN above the
+diagonal) and
 `forgetting` into the usual average forgetting ``mean_j max_{s<S-1} A[s, j] - A[S-1, j]``.
 Models with memory state can be fed the stream in segments with the state carried
 (`nl_jax.eval.runner.make_logits_fn(..., segment_len=...)`).
@@ -106,7 +107,9 @@ def make_stream(config: ContinualConfig, rng: np.random.Generator) -> list[Examp
       asked = [str(w) for w in rng.permutation(words)[:config.num_queries]]
       parts = [(prefix, None)]
       for w in asked:
-        parts += [(f"In {langs[j]}, {w} is", None), (f" {dicts[j][w]}", f"s{s}/t{j}"),
+        # The scored span is the code alone: the space before it is the same every time,
+        # and would put a floor of 1/4 under the answer-token accuracy.
+        parts += [(f"In {langs[j]}, {w} is ", None), (dicts[j][w], f"s{s}/t{j}"),
                   (". ", None)]
       examples.append(example_from_parts(parts, {"stage": s, "task": j, "language": langs[j],
                                                  "asked": asked, "dictionary": dicts[j]}))

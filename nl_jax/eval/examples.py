@@ -175,11 +175,12 @@ def score(logits_fn: LogitsFn, examples: Sequence[Example], batch_size: int = 8,
 
   Returns:
     ``accuracy`` (exact match over all spans), ``token_accuracy``, ``num_spans``,
-    ``by_group`` {group: accuracy}, and ``per_example`` lists of per-span correctness.
+    ``by_group`` {group: accuracy}, ``token_by_group`` {group: token accuracy}, and
+    ``per_example`` lists of per-span correctness.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  span_ok, tok_ok, groups, per_example = [], [], [], []
+  span_ok, tok_ok, groups, tok_groups, per_example = [], [], [], [], []
   # One shape for every call (a single compilation): pad the length to the longest example
   # and the last, partial batch with copies of its first example (their scores are dropped).
   length = max(max(len(e.tokens) for e in examples), length or 0)
@@ -197,19 +198,21 @@ def score(logits_fn: LogitsFn, examples: Sequence[Example], batch_size: int = 8,
         _, ok_A = span_predictions(logits_BxTxV[b], ex.tokens, span)
         flags.append(bool(ok_A.all()))
         tok_ok.extend(ok_A.tolist())
+        tok_groups.extend([span.group] * ok_A.size)
         groups.append(span.group)
       span_ok.extend(flags)
       per_example.append(flags)
   span_ok_arr = np.asarray(span_ok, np.float64)
-  by_group = {}
+  tok_ok_arr, by_group, token_by_group = np.asarray(tok_ok, np.float64), {}, {}
   for g in sorted(set(groups)):
-    sel = np.asarray([x == g for x in groups])
-    by_group[g] = float(span_ok_arr[sel].mean())
+    by_group[g] = float(span_ok_arr[np.asarray([x == g for x in groups])].mean())
+    token_by_group[g] = float(tok_ok_arr[np.asarray([x == g for x in tok_groups])].mean())
   return {
       "accuracy": float(span_ok_arr.mean()) if span_ok else float("nan"),
       "token_accuracy": float(np.mean(tok_ok)) if tok_ok else float("nan"),
       "num_spans": len(span_ok),
       "by_group": by_group,
+      "token_by_group": token_by_group,
       "per_example": per_example,
   }
 

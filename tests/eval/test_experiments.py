@@ -88,12 +88,37 @@ def test_niah_small_switch_off_shrunk(tmp_path):
 
 
 @pytest.mark.slow
+def test_niah_length_probe_shrunk(tmp_path):
+  out = _script("niah_small", "length_probe.py").main(["--shrunk", "--models", "hope",
+                                                       "--seeds", "0", "--out", str(tmp_path)])
+  assert set(out["accuracy"]) == {"s_niah_1@1x/depth=0.5", "s_niah_1@2x/depth=0.5"}
+  drift = out["drift"]["s_niah_1@2x"]
+  assert drift["positions"][:2] == [32, 64]
+  # One curve per CMS level of the one block, each read after every segment; the weights move.
+  assert set(drift) == {"positions", "block_0/level_0", "block_0/level_1"}
+  assert all(len(drift[k]) == len(drift["positions"]) and drift[k][-1] > 0 for k in drift)
+  _, table = _outputs(str(tmp_path), ["cms_drift.png", "accuracy_by_depth.png"])
+  assert "| s_niah_1 | 0.5 |" in table
+  with pytest.raises(ValueError, match="one model with one seed"):
+    _script("niah_small", "length_probe.py").parse(["--seeds", "0,1"])
+
+
+@pytest.mark.slow
 def test_continual_shrunk(tmp_path):
-  out = _script("continual").main(["--shrunk", "--out", str(tmp_path)])
-  for mode in ("full", "segmented"):
-    m = out["transformer_pp"][mode]["matrix"]
-    assert len(m) == 2 and m[0][1] != m[0][1]  # NaN above the diagonal
-  _outputs(str(tmp_path), ["task0_accuracy_full.png", "task0_accuracy_segmented.png"])
+  out = _script("continual").main(["--shrunk", "--seeds", "0,1", "--out", str(tmp_path)])
+  assert set(out["transformer_pp"]) == {0, 1}  # one training run per seed
+  for run in out["transformer_pp"].values():
+    assert run["steps_done"] == 2
+    for mode in ("full", "segmented"):
+      m = run[mode]["matrix"]
+      assert len(m) == 2 and m[0][1] != m[0][1]  # NaN above the diagonal
+  _, table = _outputs(str(tmp_path), ["task0_accuracy_full.png", "task0_accuracy_segmented.png"])
+  assert "| transformer_pp | 0.07M | 2 | 2/2 |" in table and "| transformer_pp | full |" in table
+  # --combine merges result folders (here one with itself) without training.
+  merged = _script("continual").main(["--combine", str(tmp_path), "--out", str(tmp_path / "all")])
+  assert set(merged["transformer_pp"]) == {"0", "1"}
+  with pytest.raises(ValueError, match="label:model:overrides"):
+    _script("continual").parse(["--variants", "hope"])
 
 
 @pytest.mark.slow

@@ -174,13 +174,14 @@ def test_continual_stream_and_forgetting():
     d = ex.meta["dictionary"]
     assert len(ex.spans) == 3
     for span, word in zip(ex.spans, ex.meta["asked"], strict=False):
-      assert text[span.start:span.end] == " " + d[word]
+      assert text[span.start:span.end] == d[word] and text[span.start - 1] == " "
       assert f"In {ex.meta['language']}, {word} is {d[word]}. " in text[:ex.spans[0].start]
       assert span.group == f"s{ex.meta['stage']}/t{ex.meta['task']}"
   acc = np.array([[1.0, np.nan, np.nan], [0.5, 1.0, np.nan], [0.25, 0.75, 1.0]])
   assert continual.forgetting(acc) == pytest.approx(((1 - 0.25) + (1 - 0.75)) / 2)
   res = score(oracle_logits_fn(), exs)
   np.testing.assert_array_equal(continual.accuracy_matrix(res["by_group"], 3)[2], 1.0)
+  np.testing.assert_array_equal(continual.accuracy_matrix(res["token_by_group"], 3)[2], 1.0)
 
 
 def test_oracle_scores_one_and_random_scores_chance():
@@ -207,6 +208,12 @@ def test_score_is_teacher_forced_greedy_and_padding_safe():
 
   res = score(one_wrong, [ex])
   assert res["accuracy"] == 0.0 and res["token_accuracy"] == 0.5
+  # Per group: "h" (one token, predicted at position 4) is right, "g" keeps its 1 of 2.
+  ex_h = Example(np.array([1, 2, 3, 4, 5, 6], np.int32), (Span(5, 6, "h"),))
+  res = score(one_wrong, [ex, ex_h], batch_size=1)
+  assert res["by_group"] == {"g": 0.0, "h": 1.0}
+  assert res["token_by_group"] == {"g": 0.5, "h": 1.0}
+  assert res["token_accuracy"] == pytest.approx(2 / 3)
   batch = make_batch([ex, Example(np.arange(3, 10, dtype=np.int32), (Span(1, 2),))])
   assert batch["inputs"].shape == (2, 7) and batch["segment_ids"][0, 5:].sum() == 0
   np.testing.assert_array_equal(batch["loss_mask"][0], [0, 0, 1, 1, 0, 0, 0])
