@@ -37,6 +37,7 @@ under one scan, compile time should grow little with depth.
 """
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -89,8 +90,8 @@ def depth_sweep(names, preset: str, t: int, batch: int, depths, overrides: dict)
   for name in names:
     for depth in depths:
       for scan in (False, True):
-        config = registry.model_config(name, preset, **{**overrides, "n_layers": depth,
-                                                        "scan_layers": scan})
+        config = registry.model_config(name, preset, **{**for_model(name, overrides),
+                                                        "n_layers": depth, "scan_layers": scan})
         compiled, *_, lower_s, compile_s, lines = compile_step(config, t, batch, abstract=True)
         # The step's peak scratch memory: with remat, one block's forward+backward plus what
         # the depth adds (the saved block inputs).
@@ -104,8 +105,14 @@ def depth_sweep(names, preset: str, t: int, batch: int, depths, overrides: dict)
   return rows
 
 
+def for_model(name: str, overrides: dict) -> dict:
+  """The overrides that model `name` has fields for (chunk_remat_group: the Hope models)."""
+  fields = {f.name for f in dataclasses.fields(registry.config_class(name))}
+  return {k: v for k, v in overrides.items() if k in fields}
+
+
 def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, overrides: dict):
-  config = registry.model_config(name, preset, **overrides)
+  config = registry.model_config(name, preset, **for_model(name, overrides))
   compiled, params, tokens, lower_s, compile_s, hlo_lines = compile_step(config, t, batch)
   mem = compiled.memory_analysis()
   nbytes = float("nan")
@@ -135,6 +142,9 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--remat", action="store_true", help="rematerialise every block")
   parser.add_argument("--scan_layers", action="store_true", help="blocks under one scan")
+  parser.add_argument("--chunk_remat_group", type=int, default=None,
+                      help="Hope models: keep the chunk scans' fast state every this many "
+                           "chunks in the backward (0: about sqrt(chunks); HopeConfig)")
   parser.add_argument("--depths", default=None,
                       help="comma-separated layer counts: compile-time sweep (see docstring)")
   args = parser.parse_args(argv)
@@ -149,9 +159,12 @@ def main(argv=None) -> list[dict]:
   overrides = {"remat": True} if args.remat else {}
   if args.scan_layers:
     overrides["scan_layers"] = True
+  if args.chunk_remat_group is not None:
+    overrides["chunk_remat_group"] = args.chunk_remat_group
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
         f"preset={preset}, {per_step} tokens/step, remat={args.remat}, "
-        f"scan_layers={args.scan_layers}, median of {repeats}")
+        f"scan_layers={args.scan_layers}, chunk_remat_group={args.chunk_remat_group}, "
+        f"median of {repeats}")
   if args.depths:
     return depth_sweep(names, preset, lengths[0], max(1, per_step // lengths[0]),
                        [int(x) for x in args.depths.split(",")], overrides)

@@ -147,6 +147,7 @@ from nl_jax import config_tree
 from nl_jax.layers import cms_chunk
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import rms_norm
+from nl_jax.memory import remat_scan
 from nl_jax.memory.aligned_chunks import ScanChunks, as_rows, broadcast_like, where_rows
 from nl_jax.memory.types import state_dtype
 
@@ -185,11 +186,15 @@ class CMSConfig:
       objective "local" only (first order never differentiates the gradient; "ntp" takes it
       through the whole model, nl_jax.models.cms_ntp).
     remat: jax.checkpoint each chunk of each level's scan.
+    remat_group: with remat, the backward keeps a level's fast state every this many chunks
+      (1: every chunk; 0: about sqrt(chunks) per scan) and runs the chunks between forward
+      again (nl_jax.memory.remat_scan): less memory, one more forward of the chunk loop.
     norm_eps: RMSNorm epsilon.
     dtype: activation dtype (fast weights and their gradients stay float32).
   """
   # Set by the model that owns the layer (None inside a model config; nl_jax.config_tree).
-  DERIVED: ClassVar[tuple[str, ...]] = ("d_model", "hidden", "remat", "norm_eps", "dtype")
+  DERIVED: ClassVar[tuple[str, ...]] = ("d_model", "hidden", "remat", "remat_group", "norm_eps",
+                                        "dtype")
   # The model's profile may leave it None until it builds the layer (HopeConfig.PROFILES;
   # max_step_norm is a profile field too, resolved by the model: None here means no clip).
   PROFILE_FIELDS: ClassVar[tuple[str, ...]] = ("objective",)
@@ -205,6 +210,7 @@ class CMSConfig:
   meta_gradient: str = "exact"
   chunk_backward: str = "autodiff"
   remat: bool | None = True
+  remat_group: int | None = 1
   norm_eps: float | None = 1e-6
   dtype: str | None = "float32"
 
@@ -260,6 +266,8 @@ class CMSConfig:
     if self.max_step_norm is not None and not self.max_step_norm > 0:
       raise ValueError(f"{name}.max_step_norm must be > 0 (inf: no clip), got "
                        f"{self.max_step_norm}")
+    if self.remat_group is not None:  # None: set by the model (DERIVED)
+      remat_scan.check_group(f"{name}.remat_group", self.remat_group)
     config_tree.check_positive_ints(self, ("d_model", "hidden"))
 
   @property
@@ -524,8 +532,8 @@ def _level_scan(cfg, lvl, params, st: CMSState, h_BxTxD, reset_BxT, start_aligne
     live_B = jnp.any(ch["valid"] > 0, axis=1)
     return new._replace(acc=where_rows(live_B, new.acc, carry.acc)), ys
 
-  fn = jax.checkpoint(body) if cfg.remat else body
-  carry, (out, moved) = jax.lax.scan(fn, carry, (xs, jnp.arange(chunks.n)))
+  carry, (out, moved) = remat_scan.remat_scan(body, carry, (xs, jnp.arange(chunks.n)),
+                                              remat=cfg.remat, group=cfg.remat_group)
   out = chunks.join(out, time_axis=1)
   return out, carry, jnp.sum(moved) / b
 

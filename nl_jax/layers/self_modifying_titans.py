@@ -72,7 +72,7 @@ from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import l2_normalize, rms_norm
 from nl_jax.layers.projection import project, record_input
 from nl_jax.layers.smt_config import IMPLEMENTATIONS, SelfModifyingTitansConfig
-from nl_jax.memory import gates, groups
+from nl_jax.memory import gates, groups, remat_scan
 from nl_jax.memory.aligned_chunks import ScanChunks, reset_flags
 from nl_jax.memory.base import check_reset_alignment
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemoryParams, MLPWeights, apply_weights
@@ -208,9 +208,9 @@ def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanC
                 for n, c in zip((pst, gst), carried, strict=True))
     return new, (k, v, q, eta, alpha)
 
-  body = jax.checkpoint(body) if cfg.remat else body
-  (pst, gst), per_token = jax.lax.scan(body, (state.proj, state.gates),
-                                       (xs, jnp.arange(chunks.n)))
+  (pst, gst), per_token = remat_scan.remat_scan(body, (state.proj, state.gates),
+                                                (xs, jnp.arange(chunks.n)), remat=cfg.remat,
+                                                group=cfg.remat_group)
   return pst, gst, tuple(chunks.join(z) for z in per_token)
 
 
@@ -239,8 +239,8 @@ def _out_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanCh
     ost = groups.reset_rows(ost, params.out_init, inside)
     return groups.keep_anchor_if_empty(ost, carried, ch["valid"]), (out[:, 0], loss, vhat_sq)
 
-  body = jax.checkpoint(body) if cfg.remat else body
-  ost, (o, loss, vhat_sq) = jax.lax.scan(body, state.out, (ys, jnp.arange(chunks.n)))
+  ost, (o, loss, vhat_sq) = remat_scan.remat_scan(body, state.out, (ys, jnp.arange(chunks.n)),
+                                                  remat=cfg.remat, group=cfg.remat_group)
   return chunks.join(o), ost, jnp.sum(loss), jnp.sum(vhat_sq)
 
 

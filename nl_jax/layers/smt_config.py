@@ -85,6 +85,7 @@ import dataclasses
 from typing import ClassVar
 
 from nl_jax import config_tree
+from nl_jax.memory import remat_scan
 from nl_jax.memory.mlp import ACTIVATIONS, MLPMemory
 from nl_jax.memory.mlp import ANCHORED_STEPS as MLP_ANCHORED_STEPS
 from nl_jax.memory.mlp import CHUNK_BACKWARDS, OUTPUT_ERRORS
@@ -147,12 +148,16 @@ class SelfModifyingTitansConfig:
     implementation: auto (chunked when the call has at least one full chunk) | chunked |
       sequential.
     remat: jax.checkpoint each chunk (memory grows with chunks, not tokens).
+    remat_group: with remat, the backward of the chunked scans keeps the memories' state
+      every this many chunks (1: every chunk; 0: about sqrt(chunks) per scan) and runs the
+      chunks between forward again (nl_jax.memory.remat_scan): less memory, one more
+      forward of the chunk loops.
     dtype: activation dtype (memory states stay float32).
     param_dtype: parameter dtype.
   """
   # Set by the model that owns the layer (None inside a model config; nl_jax.models.config_tree).
-  DERIVED: ClassVar[tuple[str, ...]] = ("d_model", "n_heads", "head_dim", "remat", "dtype",
-                                        "param_dtype")
+  DERIVED: ClassVar[tuple[str, ...]] = ("d_model", "n_heads", "head_dim", "remat",
+                                        "remat_group", "dtype", "param_dtype")
   # The model's profile may leave these None until it builds the layer (HopeConfig.PROFILES).
   PROFILE_FIELDS: ClassVar[tuple[str, ...]] = ("rule", "momentum", "adaptive_q", "value_norm",
                                                "anchored_step")
@@ -185,6 +190,7 @@ class SelfModifyingTitansConfig:
   conv_width: int = 4
   implementation: str = "auto"
   remat: bool | None = True
+  remat_group: int | None = 1
   dtype: str | None = "float32"
   param_dtype: str | None = "float32"
 
@@ -211,6 +217,8 @@ class SelfModifyingTitansConfig:
       raise ValueError(f"{name}.alpha_min must lie in [0, 1], got {self.alpha_min}")
     if not 0.0 <= self.mu_max < 1.0:
       raise ValueError(f"{name}.mu_max must lie in [0, 1), got {self.mu_max}")
+    if self.remat_group is not None:  # None: set by the model (DERIVED)
+      remat_scan.check_group(f"{name}.remat_group", self.remat_group)
 
   @property
   def hidden(self) -> int:

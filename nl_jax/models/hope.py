@@ -104,6 +104,7 @@ from nl_jax.layers.attention import Attention
 from nl_jax.layers.cms import CMSConfig, ContinuumMemorySystem
 from nl_jax.layers.norms import RMSNorm
 from nl_jax.layers.self_modifying_titans import SelfModifyingTitans, SelfModifyingTitansConfig
+from nl_jax.memory import remat_scan
 from nl_jax.models.cms_ntp import ntp_forward_embedded
 from nl_jax.models.common import CausalLM, LMConfig, SequenceContext
 
@@ -161,6 +162,12 @@ class _CMSFields(LMConfig):
       which rematerialises whole blocks). Without it the backward keeps every segment's
       per-sequence CMS weights and intermediates (Hope small at T=512, B=16 asked XLA for
       48 GB on CPU).
+    chunk_remat_group: with chunk_remat, the backward of every chunk scan (CMS levels, the
+      self-modifying Titans memories) keeps the fast state only every this many chunks
+      (1: every chunk; 0: about sqrt(chunks) per scan, two-level checkpointing) and runs the
+      chunks between forward again: the saved fast state falls from n copies to about
+      2 sqrt(n), for one more forward of the chunk loops (nl_jax.memory.remat_scan;
+      measured in experiments/BENCHMARKS.md).
   """
   # profile -> the values of the profile fields left unset (dotted field names).
   PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
@@ -172,19 +179,21 @@ class _CMSFields(LMConfig):
   profile: str = "default"
   cms: CMSConfig = dataclasses.field(default_factory=_unset_cms)
   chunk_remat: bool = True
+  chunk_remat_group: int = 1
 
   def __post_init__(self):
     super().__post_init__()
     if self.profile not in self.PROFILES:
       raise ValueError(f"{type(self).__name__}.profile={self.profile!r} is not one of "
                        f"{tuple(self.PROFILES)}")
+    remat_scan.check_group(f"{type(self).__name__}.chunk_remat_group", self.chunk_remat_group)
     self.cms_config()  # validates the CMS fields (ValueError naming the field)
 
   def derived(self, layer: str) -> dict[str, Any]:
     if layer != "cms":
       return super().derived(layer)
     return dict(d_model=self.d_model, hidden=self.mlp_hidden, remat=self.chunk_remat,
-                norm_eps=self.norm_eps, dtype=self.dtype)
+                remat_group=self.chunk_remat_group, norm_eps=self.norm_eps, dtype=self.dtype)
 
   def choice(self, name: str) -> Any:
     """The value the model uses for profile field `name` (dotted, e.g. "cms.objective"): the
@@ -277,7 +286,8 @@ class HopeConfig(_CMSFields):
     if layer != "smt":
       return super().derived(layer)
     return dict(d_model=self.d_model, n_heads=self.n_heads, head_dim=self.head_dim,
-                remat=self.chunk_remat, dtype=self.dtype, param_dtype=self.param_dtype)
+                remat=self.chunk_remat, remat_group=self.chunk_remat_group, dtype=self.dtype,
+                param_dtype=self.param_dtype)
 
   def smt_config(self) -> SelfModifyingTitansConfig:
     """The self-modifying Titans layer's config (shapes from this config, profile fields

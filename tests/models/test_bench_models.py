@@ -50,6 +50,13 @@ def test_bench_models_depth_sweep_runs():
   assert all(r["temp_mib"] > 0 for r in rows)
 
 
+def test_bench_models_passes_each_model_only_its_fields():
+  bench = _load("bench_models")
+  overrides = {"remat": True, "chunk_remat_group": 0}
+  assert bench.for_model("hope", overrides) == overrides
+  assert bench.for_model("transformer_pp", overrides) == {"remat": True}
+
+
 def test_bench_precision_keeps_memory_float32_and_errors_at_bfloat16_scale(capsys):
   rows = _load("bench_precision").main(["--models", "titans", "--lengths", "32", "--batch", "2"])
   (row,) = rows

@@ -186,7 +186,7 @@ EVERY_FIELD = {
     "vocab_size": "300", "d_model": "96", "n_layers": "3", "n_heads": "2", "head_dim": "24",
     "mlp_hidden": "80", "dtype": "bfloat16", "param_dtype": "bfloat16", "remat": "True",
     "scan_layers": "True", "tie_embeddings": "False", "norm_eps": "1e-5",
-    "rope_theta": "500.0", "profile": "paper", "chunk_remat": "False",
+    "rope_theta": "500.0", "profile": "paper", "chunk_remat": "False", "chunk_remat_group": "0",
     "cms.chunk_sizes": "(4, 16, 64)", "cms.learning_rates": "(0.1, 0.2, 0.0)",
     "cms.variant": "nested", "cms.objective": "local", "cms.max_step_norm": "2.5",
     "cms.retention": "(0.9, 0.8, 1.0)", "cms.meta_gradient": "first_order",

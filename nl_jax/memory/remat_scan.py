@@ -1,0 +1,82 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""A scan over chunks whose backward keeps the carried state of only some chunks.
+
+A chunked memory's scan (a CMS level, a self-modifying Titans memory) carries fast weights
+from chunk to chunk. With each chunk rematerialised (``jax.checkpoint`` of the body), the
+backward still saves the carry that enters every chunk: n copies of the fast state for n
+chunks, which at long T is most of such a layer's step memory. ``group=g`` nests the scan
+(two-level checkpointing): an outer scan over n // g groups saves the carry at group starts
+only; in the backward each group's g chunks are run forward again, from its saved carry,
+before their own backward. The saved state falls from n copies to n // g + g (about
+2 sqrt(n) at ``group=0``, which picks g = sqrt(n) per scan) for one more forward of the chunk
+loop. The chunks, their
+order and every operation are those of the flat scan: the outputs and gradients are the
+same.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+
+def check_group(owner: str, group: int) -> None:
+  """Raises a ValueError naming ``owner`` unless group is an int >= 0."""
+  if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+    raise ValueError(f"{owner}={group!r} must be 1 (keep every chunk's state), an int >= 2 "
+                     "(chunks between two kept states) or 0 (about sqrt(chunks) per scan)")
+
+
+def group_size(group: int, n: int) -> int | None:
+  """Chunks per group for a scan of n chunks, or None when nesting would not save memory.
+
+  Nested, the backward holds the n // g group-start states, the states of the chunks past
+  the last whole group, and one group's g states while it runs that group: fewer than the
+  flat scan's n, or the flat scan is kept."""
+  if group == 1:
+    return None
+  g = max(2, round(math.sqrt(n))) if group == 0 else group
+  m = n // g
+  return g if m + (n - m * g) + g < n else None
+
+
+def remat_scan(body: Callable, carry: Any, xs: Any, *, remat: bool, group: int = 1):
+  """``jax.lax.scan(body, carry, xs)`` with each chunk rematerialised (``remat``) and, with a
+  ``group``, the carry saved every ``group`` chunks only (module docstring). The chunks past
+  the last whole group run as a flat scan after the groups."""
+  if not remat:
+    return jax.lax.scan(body, carry, xs)
+  body = jax.checkpoint(body)
+  n = jax.tree.leaves(xs)[0].shape[0]
+  g = group_size(group, n)
+  if g is None:
+    return jax.lax.scan(body, carry, xs)
+  m = n // g
+  head = jax.tree.map(lambda x: x[:m * g].reshape((m, g) + x.shape[1:]), xs)
+  tail = jax.tree.map(lambda x: x[m * g:], xs)
+
+  @jax.checkpoint
+  def one_group(c, xs_g):
+    return jax.lax.scan(body, c, xs_g)
+
+  carry, ys = jax.lax.scan(one_group, carry, head)
+  ys = jax.tree.map(lambda y: y.reshape((m * g,) + y.shape[2:]), ys)
+  if n > m * g:
+    carry, ys_tail = jax.lax.scan(body, carry, tail)
+    ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), ys, ys_tail)
+  return carry, ys

@@ -1,0 +1,111 @@
+# Copyright 2026 The nl_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""remat_scan: a grouped (two-level checkpointed) chunk scan gives the flat scan's outputs and
+gradients, in a toy scan and in Hope's chunk scans (CMS levels, self-modifying Titans), and
+saves less."""
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nl_jax.layers.cms import CMSConfig, ContinuumMemorySystem, cms_scan, init_state
+from nl_jax.memory import remat_scan
+from nl_jax.models import registry
+from tests.models.helpers import cms_run
+
+
+def _toy(c0, xs, group, remat=True):
+  def body(c, x):
+    c = jnp.tanh(c @ x["w"]) + x["i"]
+    return c, jnp.sum(c * c)
+
+  c, ys = remat_scan.remat_scan(body, c0, xs, remat=remat, group=group)
+  return jnp.sum(c ** 2) + jnp.sum(ys * jnp.arange(ys.shape[0], dtype=ys.dtype))
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 5, 0])
+def test_grouped_scan_equals_flat_scan(group):
+  with jax.enable_x64(True):
+    n = 11  # groups of 2, 3, 5 leave a tail of 1, 2, 1 chunks
+    xs = {"w": jax.random.normal(jax.random.key(0), (n, 4, 4), jnp.float64) / 2,
+          "i": jnp.arange(n, dtype=jnp.float64)[:, None] * 0.01}
+    c0 = jnp.linspace(-1.0, 1.0, 4, dtype=jnp.float64)
+    want = jax.value_and_grad(_toy, argnums=(0, 1))(c0, xs, 1, False)
+    got = jax.jit(jax.value_and_grad(_toy, argnums=(0, 1)), static_argnums=2)(c0, xs, group)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-15)
+
+
+def test_group_size_nests_only_when_it_saves():
+  assert remat_scan.group_size(1, 64) is None
+  assert remat_scan.group_size(0, 16) == 4 and remat_scan.group_size(0, 64) == 8
+  assert remat_scan.group_size(4, 16) == 4
+  # 4 chunks: 2 groups of 2 would save 2 + 2 states, no fewer than the flat scan's 4.
+  assert remat_scan.group_size(0, 4) is None and remat_scan.group_size(2, 4) is None
+  assert remat_scan.group_size(8, 12) is None  # one group of 8 + 4 left: 1 + 4 + 8 > 12
+  for bad in (-1, True, None, "sqrt", 2.5):
+    with pytest.raises(ValueError, match="remat_group"):
+      remat_scan.check_group("X.remat_group", bad)
+  with pytest.raises(ValueError, match="HopeConfig.chunk_remat_group"):
+    registry.model_config("hope", "tiny", chunk_remat_group=-1)
+
+
+@pytest.mark.parametrize("group", [3, pytest.param(0, marks=pytest.mark.slow)])
+def test_cms_levels_grouped_equal_flat_float64(group):
+  """A CMS of chunks (2, 6) over 25 tokens from position 1 with a document start inside:
+  13 chunks of level 0 (grouped, with a tail) and 5 of level 1."""
+  with jax.enable_x64(True):
+    outs = []
+    for g in (1, group):
+      cfg = CMSConfig(d_model=8, hidden=12, chunk_sizes=(2, 6), learning_rates=(0.05, 0.02),
+                      remat_group=g)
+      params = ContinuumMemorySystem(cfg, param_dtype=jnp.float64, rngs=nnx.Rngs(0)).params()
+      x = jax.random.normal(jax.random.key(1), (2, 25, 8), jnp.float64)
+      reset = jnp.zeros(x.shape[:2], bool).at[1, 9].set(True)
+      st = init_state(cfg, params, 2)._replace(position=jnp.array([1, 1], jnp.int32))
+      outs.append(cms_run(cms_scan, cfg, params, st, x, reset))
+    for a, b in zip(jax.tree.leaves(outs[1]), jax.tree.leaves(outs[0]), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+
+
+def _hope_grads(group, tokens, split):
+  cfg = registry.model_config("hope", "tiny", n_layers=1, chunk_remat_group=group)
+  model = registry.build_model(cfg, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params):
+    m = nnx.merge(graphdef, params, rest)
+    # Two calls, the state carried: the second starts mid-chunk (front-padded chunks).
+    la, st, _ = m(tokens[:, :split], m.init_memory(tokens.shape[0]))
+    lb, st, _ = m(tokens[:, split:], st)
+    out = jnp.concatenate([la, lb], axis=1)
+    return jnp.mean(jax.nn.logsumexp(out, axis=-1) - out[..., 0]), st
+
+  return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+
+@pytest.mark.slow
+def test_hope_chunk_scans_grouped_equal_flat():
+  """Hope tiny (SMT chunks 8, CMS chunks 8 and 32) over 8 + 120 tokens: 15-16 chunks per
+  SMT scan and CMS level 0 in the second call, grouped in 2s and ~4s (with tails)."""
+  tokens = jax.random.randint(jax.random.key(3), (2, 128), 0, 259, jnp.int32)
+  (want_loss, want_state), want = _hope_grads(1, tokens, 8)
+  for group in (2, 0):
+    (loss, state), grads = _hope_grads(group, tokens, 8)
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves((grads, state)), jax.tree.leaves((want, want_state)),
+                    strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
