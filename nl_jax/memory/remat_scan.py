@@ -16,14 +16,13 @@
 A chunked memory's scan (a CMS level, a self-modifying Titans memory) carries fast weights
 from chunk to chunk. With each chunk rematerialised (``jax.checkpoint`` of the body), the
 backward still saves the carry that enters every chunk: n copies of the fast state for n
-chunks, which at long T is most of such a layer's step memory. ``group=g`` nests the scan
+chunks, a share of the step's memory that grows with T. ``group=g`` nests the scan
 (two-level checkpointing): an outer scan over n // g groups saves the carry at group starts
-only; in the backward each group's g chunks are run forward again, from its saved carry,
-before their own backward. The saved state falls from n copies to n // g + g (about
-2 sqrt(n) at ``group=0``, which picks g = sqrt(n) per scan) for one more forward of the chunk
-loop. The chunks, their
-order and every operation are those of the flat scan: the outputs and gradients are the
-same.
+only; in the backward each group's g chunks run forward again from their saved carry before
+their own backward. The saved state falls from n copies to about n / g + g (2 sqrt(n) at
+``group=0``, which picks g = sqrt(n) per scan) for one more forward of the chunk loop. The
+chunks, their order and every operation are those of the flat scan, so the outputs and
+gradients are the same.
 """
 
 import math
@@ -32,7 +31,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-
 
 
 def check_group(owner: str, group: int) -> None:
