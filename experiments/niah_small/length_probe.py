@@ -125,7 +125,8 @@ def report(path: str, result: dict, args) -> str:
            + experiment.markdown_table(["subtask", "depth"] + [f"{m}x" for m in mults], rows))
   drift = result["drift"][f"{subtasks[0]}@{mults[-1]}x"]
   names = [k for k in drift if k != "positions"]
-  marks = [p for p in (m * args.train_len for m in [1] + mults) if p <= drift["positions"][-1]]
+  last = drift["positions"][-1]
+  marks = [p for p in (m * args.train_len for m in [1] + mults) if p <= last] + [last]
   marks = sorted(set(max(q for q in drift["positions"] if q <= p) for p in marks))
   table += ("\n\nCMS fast weights, ||W_t - W_0|| / ||W_0|| after t tokens (" + subtasks[0]
             + f" at {mults[-1]}x, mean over 8 examples):\n\n" + experiment.markdown_table(
