@@ -180,7 +180,7 @@ def main(argv=None):
                  20, len(r["losses"])), mode="same").tolist())
        for row, r in results.items()},
       "step", "train loss (nats/byte, moving average)", "Hope ablations")
-  settings = {k: v for k, v in vars(args).items() if k != "out"}
+  settings = experiment.settings(args)
   experiment.write(path, {"settings": settings, "results": results,
                           "wall_seconds": time.time() - t0}, table)
   print(table)

@@ -197,8 +197,7 @@ def report(path: str, results: dict, args, extra: dict) -> str:
                           "stage (languages learnt so far - 1)",
                           "accuracy on language 0 (%, mean over seeds)",
                           f"forgetting of the first language ({mode})")
-  settings = {k: v for k, v in vars(args).items() if k not in ("out", "combine")}
-  experiment.write(path, {"settings": settings, "results": results, **extra}, table)
+  experiment.write(path, {"settings": experiment.settings(args), "results": results, **extra}, table)
   return table
 
 

@@ -135,7 +135,7 @@ def main(argv=None):
     experiment.plot_lines(os.path.join(path, f"accuracy_by_length_{lang}.png"), series,
                           "string length", "accuracy (%)",
                           f"{lang}: trained on lengths <= {args.max_len}")
-  settings = {k: v for k, v in vars(args).items() if k != "out"}
+  settings = experiment.settings(args)
   experiment.write(path, {"settings": settings, "results": results,
                           "wall_seconds": time.time() - t0}, table)
   print(table)

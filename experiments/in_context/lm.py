@@ -413,7 +413,7 @@ def main(argv=None):
   results = {m: runs for m, runs in results.items() if runs}
   table = tables(results, args)
   plots(path, results, args)
-  settings = {k: v for k, v in vars(args).items() if k != "out"}
+  settings = experiment.settings(args)
   experiment.write(path, {"settings": settings, "results": results,
                           "wall_seconds": time.time() - t0}, table)
   print(table)

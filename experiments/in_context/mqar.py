@@ -308,8 +308,7 @@ def report(path: str, results: dict, args, extra: dict | None = None) -> str:
        [int(lab.split("=")[1]) for lab in len_labels], "sequence length (tokens)",
        f"MQAR, {args.length_pairs} pairs + filler")
   plot_losses(os.path.join(path, "mqar_train_loss.png"), results)
-  settings = {k: v for k, v in vars(args).items() if k not in ("out", "combine")}
-  experiment.write(path, {"settings": settings, "results": results, **(extra or {})}, table)
+  experiment.write(path, {"settings": experiment.settings(args), "results": results, **(extra or {})}, table)
   return table
 
 

@@ -115,7 +115,7 @@ def main(argv=None):
     print(f"== {w}", flush=True)
     results[w] = run(w, args)
   md = table(results)
-  experiment.write(path, {"settings": {k: v for k, v in vars(args).items() if k != "out"},
+  experiment.write(path, {"settings": experiment.settings(args),
                           "results": results}, md)
   print(md)
   return results

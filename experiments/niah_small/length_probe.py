@@ -43,6 +43,7 @@ import run as niah_run  # noqa: E402
 from nl_jax.eval import examples as ex_lib  # noqa: E402
 from nl_jax.eval import experiment, niah, runner  # noqa: E402
 from nl_jax.layers.cms import CMSState  # noqa: E402
+from nl_jax.models import registry  # noqa: E402
 
 
 def parse(argv=None):
@@ -142,8 +143,7 @@ def report(path: str, result: dict, args) -> str:
       {f"{sub} @ {m}x": (depths, [100 * result["accuracy"][f"{sub}@{m}x/depth={d:g}"]
                                   for d in depths]) for sub in subtasks for m in mults},
       "needle depth", "exact match (%)", "NIAH by needle depth")
-  settings = {k: v for k, v in vars(args).items() if k not in ("out", "combine")}
-  experiment.write(path, {"settings": settings, "result": result}, table)
+  experiment.write(path, {"settings": experiment.settings(args), "result": result}, table)
   return table
 
 
@@ -151,8 +151,8 @@ def main(argv=None):
   args = parse(argv)
   path = experiment.out_dir(__file__, args.out)
   seed = int(args.seeds)
-  align = runner.model_alignment(experiment.build(
-      args.models, args.preset, seed, **experiment.parse_overrides(args.model_overrides)))
+  align = registry.model_config(args.models, args.preset,
+                                **experiment.parse_overrides(args.model_overrides)).alignment
   if args.probe_segment % align:
     raise ValueError(f"--probe-segment={args.probe_segment} must be a multiple of the "
                      f"model's alignment {align}")

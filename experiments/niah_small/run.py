@@ -212,8 +212,7 @@ def report(path: str, results: dict, args, extra: dict) -> str:
                         "test length / training length", "mean NIAH accuracy (%)",
                         f"NIAH ({', '.join(subtasks)}), trained at {args.train_len} tokens",
                         logx=True)
-  settings = {k: v for k, v in vars(args).items() if k not in ("out", "combine")}
-  experiment.write(path, {"settings": settings, "results": results, **extra}, table)
+  experiment.write(path, {"settings": experiment.settings(args), "results": results, **extra}, table)
   return table
 
 

@@ -149,7 +149,7 @@ def main(argv=None):
       os.path.join(path, "train_loss.png"),
       {f"{n} lr={b['lr']:g}": tuple(zip(*b["curves"]["train"], strict=False)) for n, b in best.items()},
       "step", "train loss (nats/byte)", f"{args.model} {args.preset}: best lr per optimizer")
-  settings = {k: v for k, v in vars(args).items() if k != "out"}
+  settings = experiment.settings(args)
   experiment.write(path, {"settings": settings, "runs": runs,
                           "wall_seconds": time.time() - t0}, table)
   print(table)

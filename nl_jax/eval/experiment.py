@@ -157,6 +157,12 @@ def out_dir(script_file: str, out: str | None) -> str:
   return path
 
 
+def settings(args: Any) -> dict[str, Any]:
+  """A script's flags as saved with its results: all but where they go (``out``) and which
+  earlier runs were merged (``combine``)."""
+  return {k: v for k, v in vars(args).items() if k not in ("out", "combine")}
+
+
 def write(path: str, results: dict[str, Any], table_md: str) -> None:
   """Writes results.json and results.md (the table plus the run's settings)."""
   results = {**results, "machine": machine()}
