@@ -25,6 +25,7 @@ from typing import NamedTuple
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class ConvState(NamedTuple):
@@ -33,20 +34,82 @@ class ConvState(NamedTuple):
   segment_ids: jax.Array
 
 
-def causal_conv(x_BxTxD: jax.Array, kernel_WxD: jax.Array, segment_ids_BxT: jax.Array,
-                state: ConvState) -> tuple[jax.Array, ConvState]:
-  """Functional form of CausalConv (see the module docstring); returns (y, new_state)."""
+def _masks(segment_ids_BxT: jax.Array, segp_BxP: jax.Array, w: int) -> list[jax.Array]:
+  """Tap j's mask [B, T]: the input it reads is in the output's segment."""
+  t = segment_ids_BxT.shape[1]
+  return [segp_BxP[:, j:j + t] == segment_ids_BxT for j in range(w)]
+
+
+def _conv_forward(x_BxTxD, kernel_WxD, segment_ids_BxT, state):
+  """The convolution as written in the module docstring (autodiff of it is the reference)."""
   w = kernel_WxD.shape[0]
   t = x_BxTxD.shape[1]
   xp_BxPxD = jnp.concatenate([state.x.astype(x_BxTxD.dtype), x_BxTxD], axis=1)
   segp_BxP = jnp.concatenate([state.segment_ids, segment_ids_BxT.astype(jnp.int32)], axis=1)
   y = jnp.zeros_like(x_BxTxD)
-  for j in range(w):
-    same_BxT = segp_BxP[:, j:j + t] == segment_ids_BxT
+  for j, same_BxT in enumerate(_masks(segment_ids_BxT, segp_BxP, w)):
     y = y + jnp.where(same_BxT[..., None], xp_BxPxD[:, j:j + t], 0) * kernel_WxD[j].astype(
         x_BxTxD.dtype)
   new_state = ConvState(xp_BxPxD[:, t:].astype(jnp.float32), segp_BxP[:, t:])
   return y, new_state
+
+
+@jax.custom_vjp
+def causal_conv(x_BxTxD: jax.Array, kernel_WxD: jax.Array, segment_ids_BxT: jax.Array,
+                state: ConvState) -> tuple[jax.Array, ConvState]:
+  """Functional form of CausalConv (see the module docstring); returns (y, new_state).
+
+  Its backward is written by hand (`_conv_bwd`): autodiff of the W shifted taps pads one
+  cotangent of the whole input per tap and sums them, W buffers of [B, T + W - 1, D] live at
+  once (192 MiB of a Hope `small` block's step at T=2048, B=4). The hand-written one reads W
+  shifted windows of one padded cotangent into one sum. Forward-mode autodiff (jax.jvp) is
+  refused, as for every custom VJP.
+  """
+  return _conv_forward(x_BxTxD, kernel_WxD, segment_ids_BxT, state)
+
+
+def _conv_fwd(x_BxTxD, kernel_WxD, segment_ids_BxT, state):
+  out = _conv_forward(x_BxTxD, kernel_WxD, segment_ids_BxT, state)
+  return out, (x_BxTxD, kernel_WxD, segment_ids_BxT, state)
+
+
+def _conv_bwd(res, cotangents):
+  """dxp_s = sum_j k_j m_j[s - j] dy[s - j] (+ the carried state's cotangent at s >= T);
+  dk_j = sum_{b,t} m_j[t] xp[t + j] dy[t]."""
+  x_BxTxD, kernel_WxD, segment_ids_BxT, state = res
+  dy_BxTxD, dstate = cotangents
+  w = kernel_WxD.shape[0]
+  t = x_BxTxD.shape[1]
+  xp_BxPxD = jnp.concatenate([state.x.astype(x_BxTxD.dtype), x_BxTxD], axis=1)
+  segp_BxP = jnp.concatenate([state.segment_ids, segment_ids_BxT.astype(jnp.int32)], axis=1)
+  masks = _masks(segment_ids_BxT, segp_BxP, w)
+  # Output t reads input t + j through tap j, so input s gets dy[s - j]: a window of dy
+  # padded by W - 1 on both sides, at offset W - 1 - j.
+  dyp_BxQxD = jnp.pad(dy_BxTxD, ((0, 0), (w - 1, w - 1), (0, 0)))
+  p = t + w - 1
+  dxp_BxPxD = jnp.pad(dstate.x.astype(x_BxTxD.dtype), ((0, 0), (t, 0), (0, 0)))
+  dkernel = []
+  for j, same_BxT in enumerate(masks):
+    samep_BxQ = jnp.pad(same_BxT, ((0, 0), (w - 1, w - 1)))
+    o = w - 1 - j
+    dxp_BxPxD = dxp_BxPxD + jnp.where(samep_BxQ[:, o:o + p, None], dyp_BxQxD[:, o:o + p], 0) * (
+        kernel_WxD[j].astype(x_BxTxD.dtype))
+    prod = jnp.where(same_BxT[..., None], xp_BxPxD[:, j:j + t] * dy_BxTxD, 0)
+    dkernel.append(jnp.sum(prod.astype(jnp.promote_types(prod.dtype, jnp.float32)), axis=(0, 1)))
+  dkernel_WxD = jnp.stack(dkernel).astype(kernel_WxD.dtype)
+  dstate_x = dxp_BxPxD[:, :w - 1].astype(state.x.dtype)
+  return (dxp_BxPxD[:, w - 1:], dkernel_WxD, _no_cotangent(segment_ids_BxT),
+          ConvState(dstate_x, _no_cotangent(state.segment_ids)))
+
+
+def _no_cotangent(ids: jax.Array):
+  """The cotangent of segment ids: float0 for integers, zeros otherwise."""
+  if jnp.issubdtype(ids.dtype, jnp.inexact):
+    return jnp.zeros_like(ids)
+  return np.zeros(ids.shape, jax.dtypes.float0)
+
+
+causal_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 class CausalConv(nnx.Module):

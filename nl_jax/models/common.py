@@ -503,9 +503,15 @@ class CausalLM(nnx.Module):
     new_state = {}
     aux = {}
     x = constrain_activations(x_BxTxD)
+    fresh = self.stateful and ctx.start_aligned
     for i, block in enumerate(self.blocks):
-      block_state = memory_state.get(f"block_{i}", {}) if self.stateful else {}
-      fn = lambda blk, x, s, c: blk(x, s, c)  # noqa: E731
+      block_state = memory_state.get(f"block_{i}", {}) if self.stateful and not fresh else {}
+
+      def fn(blk, x, s, c, i=i):
+        if fresh:  # built where it is used; see _fresh_block_state
+          s = self._fresh_block_state(blk, i, x.shape[0])
+        return blk(x, s, c)
+
       if self.config.remat:
         fn = nnx.remat(fn)
       x, block_state, block_aux = fn(block, x, block_state, ctx)
@@ -518,17 +524,33 @@ class CausalLM(nnx.Module):
       new_state["stream"] = advance_stream(memory_state["stream"], ctx.segment_ids)
     return self.head(x), new_state, aux
 
+  def _fresh_block_state(self, block: nnx.Module, index: int, batch: int):
+    """Block `index`'s initial state, for a call whose memory_state was None
+    (``ctx.start_aligned``): the values of ``init_memory``, built from the block's own
+    parameters where the block runs. Built once up front (``prepare``), every block's initial
+    fast weights, broadcast over the batch, would be held for the whole step, and under
+    ``scan_layers`` stacked into one [L, B, ...] copy more (with its gradient: 450 MiB of Hope
+    ``small``'s scanned step at T=2048, B=4; experiments/BENCHMARKS.md)."""
+    state = block.init_memory(batch)
+    sharding = _MEMORY_SHARDING.get()
+    if sharding is not None:
+      state = jax.lax.with_sharding_constraint(state, sharding[f"block_{index}"])
+    return state
+
   def _forward_scanned(self, x_BxTxD: jax.Array, memory_state, ctx: SequenceContext):
     """forward_embedded with the blocks under one ``lax.scan`` (``config.scan_layers``)."""
     n = self.config.n_layers
     graphdef, params = nnx.split(getattr(self, STACKED_BLOCKS))
+    fresh = self.stateful and ctx.start_aligned
     states_in = None
-    if self.stateful:
+    if self.stateful and not fresh:
       states_in = stack_trees([memory_state[f"block_{i}"] for i in range(n)])
 
     def body(x, xs):
       block_params, block_state = xs
       block = nnx.merge(graphdef, block_params)
+      if fresh:  # every block's state has block 0's structure and sharding
+        block_state = self._fresh_block_state(block, 0, x.shape[0])
       x, block_state, block_aux = block(x, block_state if self.stateful else {}, ctx)
       return constrain_activations(x), (block_state if self.stateful else None, block_aux)
 

@@ -143,3 +143,31 @@ def test_causal_conv_matches_reference_and_streams():
     y2, s2 = call(layer, x[:, split:], seg[:, split:], s1)
     np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, rtol=1e-6, atol=1e-6)
     jax.tree.map(lambda a, c: np.testing.assert_array_equal(a, c), s2, state)
+
+
+@pytest.mark.parametrize("b,t,d,w", [(2, 9, 5, 4), (2, 2, 3, 4), (1, 7, 4, 1), (3, 16, 6, 3)])
+def test_causal_conv_hand_written_backward_equals_autodiff_float64(b, t, d, w):
+  """Gradients wrt x, kernel and the carried inputs, through y and the new state, with
+  segment boundaries inside the call and in the state, T < W - 1 included."""
+  with jax.enable_x64(True):
+    ks = jax.random.split(jax.random.key(t * d + w), 5)
+    x = jax.random.normal(ks[0], (b, t, d), jnp.float64)
+    kernel = jax.random.normal(ks[1], (w, d), jnp.float64)
+    rng = np.random.RandomState(t)
+    seg = jnp.asarray(rng.randint(0, 2, (b, t)).cumsum(1), jnp.int32)
+    state_seg = jnp.asarray(rng.randint(-1, 1, (b, w - 1)), jnp.int32)
+    w_y = jax.random.normal(ks[3], (b, t, d), jnp.float64)
+    w_s = jax.random.normal(ks[4], (b, w - 1, d), jnp.float64)
+
+    def loss(fn):
+      def f(x, kernel, state_x):
+        y, new = fn(x, kernel, seg, conv.ConvState(state_x, state_seg))
+        return jnp.sum(y * w_y) + jnp.sum(new.x * w_s)
+      return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+
+    state_x = jax.random.normal(ks[2], (b, w - 1, d), jnp.float64)
+    value, grads = loss(conv.causal_conv)(x, kernel, state_x)
+    ref_value, ref_grads = loss(conv._conv_forward)(x, kernel, state_x)  # noqa: SLF001
+    np.testing.assert_allclose(value, ref_value, rtol=1e-13)
+    for g, r in zip(grads, ref_grads, strict=True):
+      np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
