@@ -492,7 +492,9 @@ class CausalLM(nnx.Module):
 
     Args:
       x_BxTxD: token embeddings.
-      memory_state: a validated state (from ``prepare``).
+      memory_state: a validated state (from ``prepare``). When ``ctx.start_aligned`` (the
+        call created it), only its ``stream`` entry is read: the blocks' states are built
+        again, with the same values, where each block runs (``_fresh_block_state``).
       ctx: the SequenceContext from ``prepare``.
 
     Returns:
