@@ -34,6 +34,13 @@ class ConvState(NamedTuple):
   segment_ids: jax.Array
 
 
+def _with_carried(x_BxTxD, segment_ids_BxT, state):
+  """The carried W - 1 inputs and segment ids in front of the call's: [B, P = T + W - 1]."""
+  xp_BxPxD = jnp.concatenate([state.x.astype(x_BxTxD.dtype), x_BxTxD], axis=1)
+  segp_BxP = jnp.concatenate([state.segment_ids, segment_ids_BxT.astype(jnp.int32)], axis=1)
+  return xp_BxPxD, segp_BxP
+
+
 def _masks(segment_ids_BxT: jax.Array, segp_BxP: jax.Array, w: int) -> list[jax.Array]:
   """Tap j's mask [B, T]: the input it reads is in the output's segment."""
   t = segment_ids_BxT.shape[1]
@@ -44,8 +51,7 @@ def _conv_forward(x_BxTxD, kernel_WxD, segment_ids_BxT, state):
   """The convolution as written in the module docstring (autodiff of it is the reference)."""
   w = kernel_WxD.shape[0]
   t = x_BxTxD.shape[1]
-  xp_BxPxD = jnp.concatenate([state.x.astype(x_BxTxD.dtype), x_BxTxD], axis=1)
-  segp_BxP = jnp.concatenate([state.segment_ids, segment_ids_BxT.astype(jnp.int32)], axis=1)
+  xp_BxPxD, segp_BxP = _with_carried(x_BxTxD, segment_ids_BxT, state)
   y = jnp.zeros_like(x_BxTxD)
   for j, same_BxT in enumerate(_masks(segment_ids_BxT, segp_BxP, w)):
     y = y + jnp.where(same_BxT[..., None], xp_BxPxD[:, j:j + t], 0) * kernel_WxD[j].astype(
@@ -80,8 +86,7 @@ def _conv_bwd(res, cotangents):
   dy_BxTxD, dstate = cotangents
   w = kernel_WxD.shape[0]
   t = x_BxTxD.shape[1]
-  xp_BxPxD = jnp.concatenate([state.x.astype(x_BxTxD.dtype), x_BxTxD], axis=1)
-  segp_BxP = jnp.concatenate([state.segment_ids, segment_ids_BxT.astype(jnp.int32)], axis=1)
+  xp_BxPxD, segp_BxP = _with_carried(x_BxTxD, segment_ids_BxT, state)
   masks = _masks(segment_ids_BxT, segp_BxP, w)
   # Output t reads input t + j through tap j, so input s gets dy[s - j]: a window of dy
   # padded by W - 1 on both sides, at offset W - 1 - j.
