@@ -144,7 +144,8 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--scan_layers", action="store_true", help="blocks under one scan")
   parser.add_argument("--chunk_remat_group", type=int, default=None,
                       help="Hope models: keep the chunk scans' fast state every this many "
-                           "chunks in the backward (0: about sqrt(chunks); HopeConfig)")
+                           "chunks in the backward (0: about sqrt(chunks); unset: the "
+                           "config's per-layer default, HopeConfig)")
   parser.add_argument("--depths", default=None,
                       help="comma-separated layer counts: compile-time sweep (see docstring)")
   args = parser.parse_args(argv)

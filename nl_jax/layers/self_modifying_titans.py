@@ -384,7 +384,8 @@ class SelfModifyingTitans(nnx.Module):
     for name in ("wq", "wk", "wv", "wg"):
       setattr(self, name, nnx.Param(dense_init(rngs.params(), (d, hk), d, pdt)))
     self.wo = nnx.Param(dense_init(rngs.params(), (hk, d), hk, pdt))
-    self.conv = CausalConv(3 * hk, cfg.conv_width, param_dtype=pdt, rngs=rngs)
+    self.conv = CausalConv(3 * hk, cfg.conv_width, activation="silu", param_dtype=pdt,
+                           rngs=rngs)
     # Small output-side weights: every memory starts near the identity (residual,
     # memory_init_scale) or near zero logits (scalar), so the initial gates are the biases.
     memories = [(n, cfg.proj_memory, cfg.memory_init_scale) for n in cfg.proj_names + ("out",)]
@@ -423,8 +424,7 @@ class SelfModifyingTitans(nnx.Module):
     x = x_BxTxD.astype(dt)
     w_qkv = jnp.concatenate([self.wq[...], self.wk[...], self.wv[...]], axis=1).astype(dt)
     u, conv_state = self.conv(record_input(x, self.wq, self.wk, self.wv) @ w_qkv,
-                              segment_ids_BxT, ConvState(*state["conv"]))
-    u = jax.nn.silu(u)
+                              segment_ids_BxT, ConvState(*state["conv"]))  # conv, then SiLU
     heads = lambda z: jnp.moveaxis(z.reshape(b, t, h, k), 2, 1)  # noqa: E731  # [B, H, T, K]
     xq, xk, xv = (heads(z) for z in jnp.split(u, 3, axis=-1))
     mu = None

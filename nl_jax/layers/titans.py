@@ -222,7 +222,8 @@ class TitansLayer(nnx.Module):
     self.wv = nnx.Param(dense_init(rngs.params(), shape_in, d_model, param_dtype))
     self.w_gate = nnx.Param(dense_init(rngs.params(), shape_in, d_model, param_dtype))
     self.wo = nnx.Param(dense_init(rngs.params(), (n_heads, head_dim, d_model), hk, param_dtype))
-    self.qkv_conv = CausalConv(3 * hk, cfg.conv_width, param_dtype=param_dtype, rngs=rngs)
+    self.qkv_conv = CausalConv(3 * hk, cfg.conv_width, activation="silu",
+                               param_dtype=param_dtype, rngs=rngs)
     self.out_norm_scale = nnx.Param(jnp.ones((n_heads, head_dim), param_dtype))
     n_gates = 3 if cfg.momentum else 2
     # Small gate weights: the gates start near their biases whatever the input.
@@ -307,8 +308,8 @@ class TitansLayer(nnx.Module):
     wqkv = jnp.concatenate([w(self.wq), w(self.wk), w(self.wv)], axis=1)  # [D, 3H, K]
     qkv_BxTxC = jnp.einsum("btd,dhk->bthk", record_input(x, self.wq, self.wk, self.wv),
                            wqkv).reshape(b, t, 3 * h * k)
+    # The conv, then SiLU (fused in the conv's backward).
     qkv_BxTxC, conv_state = self.qkv_conv(qkv_BxTxC, segment_ids_BxT, state["conv"])
-    qkv_BxTxC = jax.nn.silu(qkv_BxTxC)
     q, kk, v = jnp.split(qkv_BxTxC.reshape(b, t, 3 * h, k), 3, axis=2)
     q, kk = l2_normalize(q), l2_normalize(kk)
     if self.value_norm == "l2":

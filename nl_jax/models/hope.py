@@ -137,6 +137,12 @@ _SMT_RENAMED = {
     "memory_implementation": "smt.implementation"}
 
 
+# chunk_remat_group=None: the CMS levels keep their fast state about every sqrt(n) chunks,
+# the self-modifying Titans memories every chunk (see _CMSFields).
+CMS_REMAT_GROUP = 0
+SMT_REMAT_GROUP = 1
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _CMSFields(LMConfig):
   """CMS fields shared by Hope and Hope-Attention (mlp_hidden = hidden width of each level).
@@ -162,12 +168,18 @@ class _CMSFields(LMConfig):
       which rematerialises whole blocks). Without it the backward keeps every segment's
       per-sequence CMS weights and intermediates (Hope small at T=512, B=16 asked XLA for
       48 GB on CPU).
-    chunk_remat_group: with chunk_remat, the backward of every chunk scan (CMS levels, the
-      self-modifying Titans memories) keeps the fast state only every this many chunks
-      (1: every chunk; 0: about sqrt(chunks) per scan, two-level checkpointing) and runs the
-      chunks between forward again: the saved fast state falls from n copies to about
-      2 sqrt(n), for one more forward of the chunk loops (nl_jax.memory.remat_scan;
-      measured in experiments/BENCHMARKS.md).
+    chunk_remat_group: with chunk_remat, the backward of a chunk scan keeps the fast state
+      only every this many chunks (1: every chunk; 0: about sqrt(chunks) per scan, two-level
+      checkpointing) and runs the chunks between forward again: the saved fast state falls
+      from n copies to about 2 sqrt(n), for one more forward of those chunks
+      (nl_jax.memory.remat_scan). An int applies to every chunk scan (CMS levels, the
+      self-modifying Titans memories). None (default) chooses per layer: the CMS levels 0,
+      the self-modifying Titans memories 1 (CMS_REMAT_GROUP, SMT_REMAT_GROUP). A CMS level's
+      fast weights are ~13x its chunk's inputs at ``small`` (3 x 512 x 544 against 128 x 512
+      per sequence), so keeping them at every chunk costs far more memory than running its
+      chunks again costs time; a memory's state is about its chunk's inputs
+      (experiments/BENCHMARKS.md, "the CMS state kept every sqrt(n) chunks"). The tiny
+      presets set 1: at their sizes time binds, not memory.
   """
   # profile -> the values of the profile fields left unset (dotted field names).
   PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
@@ -179,21 +191,29 @@ class _CMSFields(LMConfig):
   profile: str = "default"
   cms: CMSConfig = dataclasses.field(default_factory=_unset_cms)
   chunk_remat: bool = True
-  chunk_remat_group: int = 1
+  chunk_remat_group: int | None = None
 
   def __post_init__(self):
     super().__post_init__()
     if self.profile not in self.PROFILES:
       raise ValueError(f"{type(self).__name__}.profile={self.profile!r} is not one of "
                        f"{tuple(self.PROFILES)}")
-    remat_scan.check_group(f"{type(self).__name__}.chunk_remat_group", self.chunk_remat_group)
+    if self.chunk_remat_group is not None:
+      remat_scan.check_group(f"{type(self).__name__}.chunk_remat_group",
+                             self.chunk_remat_group)
     self.cms_config()  # validates the CMS fields (ValueError naming the field)
 
   def derived(self, layer: str) -> dict[str, Any]:
     if layer != "cms":
       return super().derived(layer)
     return dict(d_model=self.d_model, hidden=self.mlp_hidden, remat=self.chunk_remat,
-                remat_group=self.chunk_remat_group, norm_eps=self.norm_eps, dtype=self.dtype)
+                remat_group=self.remat_group("cms"), norm_eps=self.norm_eps, dtype=self.dtype)
+
+  def remat_group(self, layer: str) -> int:
+    """The chunk_remat_group of layer "cms" or "smt" (the field, or the layer's default)."""
+    if self.chunk_remat_group is not None:
+      return self.chunk_remat_group
+    return {"cms": CMS_REMAT_GROUP, "smt": SMT_REMAT_GROUP}[layer]
 
   def choice(self, name: str) -> Any:
     """The value the model uses for profile field `name` (dotted, e.g. "cms.objective"): the
@@ -228,7 +248,8 @@ class HopeConfig(_CMSFields):
   Presets (layers x width x heads; parameter counts from registry.count_params, size-matched
   to TransformerPP/Titans at "small", within 5% of the name for 760m / 1_3b; a test checks):
 
-  * tiny: 2 x 64, 4 heads x 16, CMS 2 levels x 96 (chunks 8, 32), SMT chunks 8 (CPU).
+  * tiny: 2 x 64, 4 heads x 16, CMS 2 levels x 96 (chunks 8, 32), SMT chunks 8 (CPU; every
+    chunk's state kept, chunk_remat_group=1: at these sizes time binds, not memory).
   * small: 6 x 512, 8 heads x 64, CMS 2 levels x 544 (chunks 128, 512), SMT chunks 64 (~19.45M).
   * 760m: 24 x 1536, 12 heads x 128, CMS 2 levels x 1600 (chunks 64, 512), untied 32K vocab.
   * 1_3b: 24 x 2048, 16 heads x 128, CMS 2 levels x 2240 (chunks 64, 512), tied 32K vocab.
@@ -250,7 +271,7 @@ class HopeConfig(_CMSFields):
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
                    mlp_hidden=96, cms=dict(chunk_sizes=(8, 32)),
-                   smt=dict(chunk_size=8, proj_chunk_size=8)),
+                   smt=dict(chunk_size=8, proj_chunk_size=8), chunk_remat_group=1),
       "small": dict(vocab_size=259, d_model=512, n_layers=6, n_heads=8, head_dim=64,
                     mlp_hidden=544, cms=dict(chunk_sizes=(128, 512)),
                     smt=dict(chunk_size=64, proj_chunk_size=64)),
@@ -286,7 +307,7 @@ class HopeConfig(_CMSFields):
     if layer != "smt":
       return super().derived(layer)
     return dict(d_model=self.d_model, n_heads=self.n_heads, head_dim=self.head_dim,
-                remat=self.chunk_remat, remat_group=self.chunk_remat_group, dtype=self.dtype,
+                remat=self.chunk_remat, remat_group=self.remat_group("smt"), dtype=self.dtype,
                 param_dtype=self.param_dtype)
 
   def smt_config(self) -> SelfModifyingTitansConfig:
@@ -305,7 +326,8 @@ class HopeAttentionConfig(_CMSFields):
 
   Presets (size-matched to TransformerPP: its SwiGLU of width F becomes 2 CMS levels of F / 2):
 
-  * tiny: 2 x 64, 4 heads x 16, CMS 2 levels x 96 (chunks 8, 32).
+  * tiny: 2 x 64, 4 heads x 16, CMS 2 levels x 96 (chunks 8, 32), chunk_remat_group=1 (as
+    Hope's).
   * small: 6 x 512, 8 heads x 64, CMS 2 levels x 704 (chunks 128, 512) (~19.4M).
   * 760m: 24 x 1536, 12 heads x 128, CMS 2 levels x 2048 (chunks 64, 512), untied.
   * 1_3b: 24 x 2048, 16 heads x 128, CMS 2 levels x 2816 (chunks 64, 512), tied.
@@ -316,7 +338,7 @@ class HopeAttentionConfig(_CMSFields):
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,
-                   mlp_hidden=96, cms=dict(chunk_sizes=(8, 32))),
+                   mlp_hidden=96, cms=dict(chunk_sizes=(8, 32)), chunk_remat_group=1),
       "small": dict(vocab_size=259, d_model=512, n_layers=6, n_heads=8, head_dim=64,
                     mlp_hidden=704, cms=dict(chunk_sizes=(128, 512))),
       "760m": dict(vocab_size=32000, d_model=1536, n_layers=24, n_heads=12, head_dim=128,

@@ -63,6 +63,20 @@ def test_group_size_nests_only_when_it_saves():
     registry.model_config("hope", "tiny", chunk_remat_group=-1)
 
 
+def test_chunk_remat_group_default_chooses_per_layer():
+  """None: the CMS levels group (about sqrt(n)), the self-modifying Titans keep every chunk
+  (the tiny presets set 1); an int applies to both (the command line's spelling:
+  tests/models/test_paper_profile.py)."""
+  for name in ("hope", "hope_attention"):
+    assert registry.model_config(name, "small").cms_config().remat_group == 0
+    assert registry.model_config(name, "tiny").cms_config().remat_group == 1  # preset's
+  cfg = registry.model_config("hope", "small")
+  assert cfg.chunk_remat_group is None and cfg.smt_config().remat_group == 1
+  for group in (0, 1, 3):
+    cfg = registry.model_config("hope", "small", chunk_remat_group=group)
+    assert cfg.cms_config().remat_group == cfg.smt_config().remat_group == group
+
+
 @pytest.mark.parametrize("group", [3, pytest.param(0, marks=pytest.mark.slow)])
 def test_cms_levels_grouped_equal_flat_float64(group):
   """A CMS of chunks (2, 6) over 25 tokens from position 1 with a document start inside:

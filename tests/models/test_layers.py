@@ -129,6 +129,11 @@ def _reference_conv(x, kernel, seg):
   return y
 
 
+def test_causal_conv_refuses_an_unknown_activation():
+  with pytest.raises(ValueError, match="activation='gelu'"):
+    conv.CausalConv(5, 4, activation="gelu", rngs=nnx.Rngs(0))
+
+
 def test_causal_conv_matches_reference_and_streams():
   layer = conv.CausalConv(5, 4, rngs=nnx.Rngs(0))
   layer.kernel[...] = jax.random.normal(jax.random.key(5), (4, 5))
@@ -145,10 +150,12 @@ def test_causal_conv_matches_reference_and_streams():
     jax.tree.map(lambda a, c: np.testing.assert_array_equal(a, c), s2, state)
 
 
+@pytest.mark.parametrize("activation", ["identity", "silu"])
 @pytest.mark.parametrize("b,t,d,w", [(2, 9, 5, 4), (2, 2, 3, 4), (1, 7, 4, 1), (3, 16, 6, 3)])
-def test_causal_conv_hand_written_backward_equals_autodiff_float64(b, t, d, w):
+def test_causal_conv_hand_written_backward_equals_autodiff_float64(b, t, d, w, activation):
   """Gradients wrt x, kernel and the carried inputs, through y and the new state, with
-  segment boundaries inside the call and in the state, T < W - 1 included."""
+  segment boundaries inside the call and in the state, T < W - 1 included; the fused SiLU's
+  forward is the unfused conv followed by jax.nn.silu."""
   with jax.enable_x64(True):
     ks = jax.random.split(jax.random.key(t * d + w), 5)
     x = jax.random.normal(ks[0], (b, t, d), jnp.float64)
@@ -161,13 +168,17 @@ def test_causal_conv_hand_written_backward_equals_autodiff_float64(b, t, d, w):
 
     def loss(fn):
       def f(x, kernel, state_x):
-        y, new = fn(x, kernel, seg, conv.ConvState(state_x, state_seg))
+        y, new = fn(x, kernel, seg, conv.ConvState(state_x, state_seg), activation)
         return jnp.sum(y * w_y) + jnp.sum(new.x * w_s)
       return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
 
     state_x = jax.random.normal(ks[2], (b, w - 1, d), jnp.float64)
     value, grads = loss(conv.causal_conv)(x, kernel, state_x)
-    ref_value, ref_grads = loss(conv._conv_forward)(x, kernel, state_x)  # noqa: SLF001
+    def reference(x, kernel, seg, state, activation):  # autodiff of the unfused forward
+      y, new = conv._conv_forward(x, kernel, seg, state)  # noqa: SLF001
+      return (jax.nn.silu(y) if activation == "silu" else y), new
+
+    ref_value, ref_grads = loss(reference)(x, kernel, state_x)
     np.testing.assert_allclose(value, ref_value, rtol=1e-13)
     for g, r in zip(grads, ref_grads, strict=True):
       np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
