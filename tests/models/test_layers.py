@@ -174,6 +174,7 @@ def test_causal_conv_hand_written_backward_equals_autodiff_float64(b, t, d, w, a
 
     state_x = jax.random.normal(ks[2], (b, w - 1, d), jnp.float64)
     value, grads = loss(conv.causal_conv)(x, kernel, state_x)
+
     def reference(x, kernel, seg, state, activation):  # autodiff of the unfused forward
       y, new = conv._conv_forward(x, kernel, seg, state)  # noqa: SLF001
       return (jax.nn.silu(y) if activation == "silu" else y), new
