@@ -37,13 +37,17 @@ Chunk-parallel anchored semantics (spec 5.4): inside a chunk every k, v, eta, al
 comes from the memories' anchor (the state at the end of the previous chunk, a causal reading
 of eq. 90's index), and so do the inner gradients; the decays (alpha and the rank-1 erase)
 and momentum stay per token and are solved in closed form by MLPMemory's chunk algebra. The
-projection memories do not depend on the output memory, so the layer runs two scans: one over
-proj_chunk_size chunks that produces k, v, (q,) eta, alpha and updates the projection
-memories, then one over chunk_size chunks for the output memory. ``implementation=
-"sequential"`` is the executable spec: a token loop in which every memory takes
-MLPMemory.token_step (eq. 88: jax.grad of the inner loss at the anchor, decay, momentum; the
-rule is written once, there, and tested against its closed-form chunks in nl_jax.memory) with
-the same anchoring; with both chunk sizes 1 it is the per-token recurrence of eqs. 83-88.
+projection memories do not depend on the output memory, so with two chunk sizes the layer
+runs two scans: one over proj_chunk_size chunks that produces k, v, (q,) eta, alpha and
+updates the projection memories, then one over chunk_size chunks for the output memory. With
+one chunk size (every preset) both run in one scan, chunk by chunk (``one_scan``): the same
+operations, without stacking k, v, q over the sequence between the scans (nor their
+cotangents in the backward), 97 MiB less step memory at ``small``, T=2048, for 1.1-1.25x the
+compile time (experiments/BENCHMARKS.md). ``implementation="sequential"`` is the executable
+spec: a token loop in which every memory takes MLPMemory.token_step (eq. 88: jax.grad of the
+inner loss at the anchor, decay, momentum; the rule is written once, there, and tested
+against its closed-form chunks in nl_jax.memory) with the same anchoring; with both chunk
+sizes 1 it is the per-token recurrence of eqs. 83-88.
 
 Chunks are aligned to global stream positions (state.position), so a stream split across calls
 at any point gives the same result as one call (a call that starts mid-chunk is front-padded
@@ -175,42 +179,64 @@ def _out_loss(cfg, anchor, k, vhat):
 # Chunk-parallel path
 # ----------------------------------------------------------------------------------------
 
-def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanChunks, dtype):
-  """Scan 1 (chunks of proj_chunk_size): k, v, q, eta, alpha [B, H, T, ...] from the projection
-  and gate memories' anchors, and those memories' new states."""
+def _proj_xs(cfg, inp: SMTInputs, chunks: ScanChunks, dtype):
+  """The projection scan's per-chunk inputs: xk, xv, xq, valid, reset (and mu)."""
   xs = dict(xk=chunks.split(inp.xk.astype(dtype)), xv=chunks.split(inp.xv.astype(dtype)),
             xq=chunks.split(inp.xq.astype(dtype)),
             valid=chunks.split(jnp.ones(inp.reset.shape, dtype), time_axis=1),
             reset=chunks.split(inp.reset, False, time_axis=1))
   if cfg.momentum:
     xs["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
+  return xs
 
+
+def _proj_chunk(cfg, params, anchors0, carried, ch, i):
+  """One chunk of the projection and gate memories: their new states and the chunk's k, v, q,
+  eta, alpha (gates of padded slots already no-op writes, padded keys zero)."""
+  carry = tuple(groups.scan_anchor(st, a0, i == 0) for st, a0 in zip(carried, anchors0,
+                                                                     strict=True))
+  at_start, inside = reset_flags(ch["reset"], ch["valid"])
+  pst = groups.reset_rows(carry[0], params.proj_init, at_start)
+  gst = groups.reset_rows(carry[1], params.gate_init, at_start)
+  k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
+      cfg, params, pst.anchor, gst.anchor, ch["xk"], ch["xv"], ch["xq"])
+  eta, alpha, mu = groups.mask_padding(ch["valid"], eta, alpha, ch.get("mu"))
+  k = jnp.where(ch["valid"][:, None, :, None] > 0, k, 0.0)
+  _, pst = groups.write_chunk(cfg.proj_memory, pst, k, vhat_p, eta, alpha, mu, None,
+                              ch["valid"])
+  _, gst = groups.write_chunk(cfg.gate_memory, gst, k, vhat_g, eta, alpha, mu, None,
+                              ch["valid"])
+  pst = groups.reset_rows(pst, params.proj_init, inside)
+  gst = groups.reset_rows(gst, params.gate_init, inside)
+  new = tuple(groups.keep_anchor_if_empty(n, c, ch["valid"])
+              for n, c in zip((pst, gst), carried, strict=True))
+  return new, (k, v, q, eta, alpha)
+
+
+def _out_chunk(cfg, params, anchor0, carried, ch, i):
+  """One chunk of the output memory (ch: k, v, q, eta, alpha, valid, reset, mu): its new state
+  and the chunk's reads o, inner loss (summed) and squared norm of its targets."""
+  at_start, inside = reset_flags(ch["reset"], ch["valid"])
+  ost = groups.scan_anchor(carried, anchor0, i == 0)
+  ost = groups.reset_rows(ost, params.out_init, at_start)
+  vhat = _out_target(cfg, ost.anchor, ch["v"])
+  loss = jnp.sum(_out_loss(cfg, ost.anchor, ch["k"], vhat) * ch["valid"][:, None, :])
+  eta_c, alpha_c, mu_c = groups.mask_padding(ch["valid"], ch["eta"], ch["alpha"], ch.get("mu"))
+  out, ost = groups.write_chunk(cfg.out_memory, ost, ch["k"], vhat[:, None], eta_c, alpha_c,
+                                mu_c, ch["q"], ch["valid"])
+  vhat_sq = jnp.sum(jax.lax.stop_gradient(vhat) ** 2 * ch["valid"][:, None, :, None])
+  ost = groups.reset_rows(ost, params.out_init, inside)
+  return groups.keep_anchor_if_empty(ost, carried, ch["valid"]), (out[:, 0], loss, vhat_sq)
+
+
+def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanChunks, dtype):
+  """Scan 1 (chunks of proj_chunk_size): k, v, q, eta, alpha [B, H, T, ...] from the projection
+  and gate memories' anchors, and those memories' new states."""
   anchors0 = (state.proj.anchor, state.gates.anchor)
-
-  def body(carried, inp):
-    ch, i = inp
-    carry = tuple(groups.scan_anchor(st, a0, i == 0) for st, a0 in zip(carried, anchors0,
-                                                                       strict=True))
-    at_start, inside = reset_flags(ch["reset"], ch["valid"])
-    pst = groups.reset_rows(carry[0], params.proj_init, at_start)
-    gst = groups.reset_rows(carry[1], params.gate_init, at_start)
-    k, v, q, eta, alpha, vhat_p, vhat_g = _projections(
-        cfg, params, pst.anchor, gst.anchor, ch["xk"], ch["xv"], ch["xq"])
-    eta, alpha, mu = groups.mask_padding(ch["valid"], eta, alpha, ch.get("mu"))
-    k = jnp.where(ch["valid"][:, None, :, None] > 0, k, 0.0)
-    _, pst = groups.write_chunk(cfg.proj_memory, pst, k, vhat_p, eta, alpha, mu, None,
-                                ch["valid"])
-    _, gst = groups.write_chunk(cfg.gate_memory, gst, k, vhat_g, eta, alpha, mu, None,
-                                ch["valid"])
-    pst = groups.reset_rows(pst, params.proj_init, inside)
-    gst = groups.reset_rows(gst, params.gate_init, inside)
-    new = tuple(groups.keep_anchor_if_empty(n, c, ch["valid"])
-                for n, c in zip((pst, gst), carried, strict=True))
-    return new, (k, v, q, eta, alpha)
-
-  (pst, gst), per_token = remat_scan.remat_scan(body, (state.proj, state.gates),
-                                                (xs, jnp.arange(chunks.n)), remat=cfg.remat,
-                                                group=cfg.remat_group)
+  body = lambda carried, inp: _proj_chunk(cfg, params, anchors0, carried, *inp)  # noqa: E731
+  (pst, gst), per_token = remat_scan.remat_scan(
+      body, (state.proj, state.gates), (_proj_xs(cfg, inp, chunks, dtype), jnp.arange(chunks.n)),
+      remat=cfg.remat, group=cfg.remat_group)
   return pst, gst, tuple(chunks.join(z) for z in per_token)
 
 
@@ -224,36 +250,55 @@ def _out_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanCh
             reset=chunks.split(inp.reset, False, time_axis=1))
   if cfg.momentum:
     ys["mu"] = chunks.split(inp.mu.astype(dtype), 1.0)
-
-  def body(carried, inp):
-    ch, i = inp
-    at_start, inside = reset_flags(ch["reset"], ch["valid"])
-    ost = groups.scan_anchor(carried, state.out.anchor, i == 0)
-    ost = groups.reset_rows(ost, params.out_init, at_start)
-    vhat = _out_target(cfg, ost.anchor, ch["v"])
-    loss = jnp.sum(_out_loss(cfg, ost.anchor, ch["k"], vhat) * ch["valid"][:, None, :])
-    eta_c, alpha_c, mu_c = groups.mask_padding(ch["valid"], ch["eta"], ch["alpha"], ch.get("mu"))
-    out, ost = groups.write_chunk(cfg.out_memory, ost, ch["k"], vhat[:, None], eta_c, alpha_c,
-                                  mu_c, ch["q"], ch["valid"])
-    vhat_sq = jnp.sum(jax.lax.stop_gradient(vhat) ** 2 * ch["valid"][:, None, :, None])
-    ost = groups.reset_rows(ost, params.out_init, inside)
-    return groups.keep_anchor_if_empty(ost, carried, ch["valid"]), (out[:, 0], loss, vhat_sq)
-
+  body = lambda carried, inp: _out_chunk(cfg, params, state.out.anchor, carried, *inp)  # noqa: E731
   ost, (o, loss, vhat_sq) = remat_scan.remat_scan(body, state.out, (ys, jnp.arange(chunks.n)),
                                                   remat=cfg.remat, group=cfg.remat_group)
   return chunks.join(o), ost, jnp.sum(loss), jnp.sum(vhat_sq)
+
+
+def _one_scan(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanChunks, dtype):
+  """Both scans as one, for chunk_size == proj_chunk_size: chunk i's k, v, q, eta, alpha go
+  from the projection memories straight to the output memory's write, so they are never
+  stacked over the sequence, nor are their cotangents in the backward. The same chunks and
+  operations as the two passes; the padded slots' v and q (zeros there) are the projections
+  of padded inputs here, which the output memory's write ignores (eta 0, k 0) and whose reads
+  are dropped. Returns o, the three new states, eta, alpha [B, H, T], the output memory's
+  inner loss and target norm (summed) and the squared norm of v over the tokens."""
+  anchors0 = (state.proj.anchor, state.gates.anchor)
+
+  def body(carried, inp):
+    ch, i = inp
+    pg, ost = carried
+    pg, (k, v, q, eta, alpha) = _proj_chunk(cfg, params, anchors0, pg, ch, i)
+    och = dict(k=k, v=v, q=q, eta=eta, alpha=alpha, valid=ch["valid"], reset=ch["reset"])
+    if "mu" in ch:
+      och["mu"] = ch["mu"]
+    ost, (o, loss, vhat_sq) = _out_chunk(cfg, params, state.out.anchor, ost, och, i)
+    v_sq = jnp.sum(jax.lax.stop_gradient(v) ** 2 * ch["valid"][:, None, :, None])
+    return (pg, ost), (o, eta, alpha, loss, vhat_sq, v_sq)
+
+  ((pst, gst), ost), (o, eta, alpha, loss, vhat_sq, v_sq) = remat_scan.remat_scan(
+      body, ((state.proj, state.gates), state.out),
+      (_proj_xs(cfg, inp, chunks, dtype), jnp.arange(chunks.n)),
+      remat=cfg.remat, group=cfg.remat_group)
+  return (chunks.join(o), pst, gst, ost, chunks.join(eta), chunks.join(alpha), jnp.sum(loss),
+          jnp.sum(vhat_sq), jnp.sum(v_sq))
 
 
 def _chunked(cfg, params, state: SMTMemoryState, inp: SMTInputs, start_aligned: bool = False):
   t = inp.xk.shape[2]
   dtype = jax.tree.leaves(state.out.memory)[0].dtype
   chunks = lambda c: ScanChunks.make(c, t, state.position, start_aligned)  # noqa: E731
-  pst, gst, (k, v, q, eta, alpha) = _proj_pass(cfg, params, state, inp,
-                                               chunks(cfg.proj_chunk_size), dtype)
-  o, ost, loss, vhat_sq = _out_pass(cfg, params, state, inp, chunks(cfg.chunk_size), k, v, q,
-                                    eta, alpha, dtype)
-  stats = dict(inner_loss_sum=loss, eta=eta, alpha=alpha,
-               v_sq_sum=jnp.sum(jax.lax.stop_gradient(v) ** 2), vhat_sq_sum=vhat_sq)
+  if cfg.one_scan and cfg.chunk_size == cfg.proj_chunk_size:
+    o, pst, gst, ost, eta, alpha, loss, vhat_sq, v_sq = _one_scan(
+        cfg, params, state, inp, chunks(cfg.chunk_size), dtype)
+  else:
+    pst, gst, (k, v, q, eta, alpha) = _proj_pass(cfg, params, state, inp,
+                                                 chunks(cfg.proj_chunk_size), dtype)
+    o, ost, loss, vhat_sq = _out_pass(cfg, params, state, inp, chunks(cfg.chunk_size), k, v,
+                                      q, eta, alpha, dtype)
+    v_sq = jnp.sum(jax.lax.stop_gradient(v) ** 2)
+  stats = dict(inner_loss_sum=loss, eta=eta, alpha=alpha, v_sq_sum=v_sq, vhat_sq_sum=vhat_sq)
   advance = lambda st: st._replace(position=st.position + t)  # noqa: E731
   return o, SMTMemoryState(advance(pst), advance(gst), advance(ost), state.position + t), stats
 

@@ -65,7 +65,8 @@ Choices the paper leaves open (spec 9A), each a field of SelfModifyingTitansConf
   target, the one reading that keeps every memory adaptive (spec 5.2, an open choice).
   stop_target_grad then stops the outer gradient through that shared copy of v.
 * Two chunk sizes (9.9): ``chunk_size`` for the output memory, ``proj_chunk_size`` for the
-  k, v, (q,) eta and alpha memories.
+  k, v, (q,) eta and alpha memories. Equal (every preset), every memory runs in one chunk
+  scan (``one_scan``, default); different, in two (the projection scan first).
 * anchored_step (eq. 90 has no 1/C): ``"mean"`` (default) divides the anchored gradient step
   of every token by its memory's chunk size (a chunk's C gradients, all taken at the same
   anchor, are averaged like a TTT / Titans mini-batch), ``"sum"`` takes eq. 90's step
@@ -142,8 +143,12 @@ class SelfModifyingTitansConfig:
       no 1/C). See the module docstring.
     targets: "self" (default: vhat = M(v), eqs. 84-85) or "shared" (the fully adaptive
       memory of eqs. 79-82: the vector memories regress onto v). See the module docstring.
-    chunk_backward: "manual" (default: the memories' chunks use nl_jax.memory.mlp_chunk's
-      hand-written backward where it applies, see MLPMemory) or "autodiff" (the reference).
+    chunk_backward: "autodiff" (default, the reference) or "manual" (the memories' chunks use
+      nl_jax.memory.mlp_chunk's hand-written backward where it applies, see MLPMemory).
+    one_scan: with chunk_size == proj_chunk_size, run every memory in one chunk scan (default:
+      the same values as two scans, without stacking k, v, q over the sequence between them:
+      less step memory, 1.1-1.25x the compile time); False: two scans, the projection scan
+      first (always, when the chunk sizes differ).
     conv_width: width of the causal depthwise conv on the q/k/v branch.
     implementation: auto (chunked when the call has at least one full chunk) | chunked |
       sequential.
@@ -187,6 +192,7 @@ class SelfModifyingTitansConfig:
   output_error: str = "anchor"
   targets: str = "self"
   chunk_backward: str = "autodiff"
+  one_scan: bool = True
   conv_width: int = 4
   implementation: str = "auto"
   remat: bool | None = True

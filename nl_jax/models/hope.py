@@ -266,7 +266,8 @@ class HopeConfig(_CMSFields):
       ``memory_hidden``, ``gate_hidden``, ``activation`` (sigma of eq. 89), ``eta_max``,
       ``alpha_min``, ``mu_max``, ``memory_init_scale``, ``eta_bias_init``,
       ``alpha_bias_init`` ((8) in the module docstring), ``stop_target_grad``, ``conv_width``,
-      ``implementation``.
+      ``implementation``, ``one_scan`` (equal chunk sizes: every memory in one chunk scan,
+      less memory for more compile time; False: two).
   """
   PRESETS = {
       "tiny": dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16,

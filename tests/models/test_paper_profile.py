@@ -199,6 +199,7 @@ EVERY_FIELD = {
     "smt.stop_target_grad": "True",
     "smt.value_norm": "l2", "smt.anchored_step": "mean_all", "smt.output_error": "current",
     "smt.targets": "shared", "smt.chunk_backward": "manual", "smt.conv_width": "2",
+    "smt.one_scan": "False",
     "smt.implementation": "sequential", "sliding_window": "32", "attention_block_size": "64",
     "titans.memory_depth": "1", "titans.memory_expansion": "3",
     "titans.memory_activation": "gelu", "titans.inner_rule": "dgd",

@@ -92,6 +92,38 @@ def test_output_error_current_and_mean_all_chunked_equals_sequential_float64():
     assert float(jnp.max(jnp.abs(o - o_anchor))) > 1e-3  # the option reaches the memories
 
 
+@pytest.mark.parametrize("opts", [
+    dict(momentum=True, adaptive_q=True, rule="paper_l2", read_at="post", eta_max=0.4,
+         chunk_size=4, proj_chunk_size=4),
+    dict(targets="shared", output_error="current", chunk_size=2, proj_chunk_size=2,
+         remat_group=2),                                         # 7 chunks, grouped in 2s
+])
+def test_one_scan_equals_two_passes_and_sequential_float64(opts):
+  """Equal chunk sizes run the projection and output memories in one scan; forward, state and
+  gradient equal the two passes' and the token loop's, with a stream that starts mid-chunk,
+  a reset on a chunk start and padded slots at both ends."""
+  with jax.enable_x64(True):
+    cfg, params, inp = _setup(4, **opts)
+    state = init_memory_state(cfg, params, 2)
+    state = state._replace(position=jnp.array([3, 3], jnp.int32))
+    inp = inp._replace(reset=inp.reset.at[1, 1].set(True))  # global position 4
+    _compare(cfg, params, inp, state)
+
+    def run(one_scan):
+      c = dataclasses.replace(cfg, one_scan=one_scan)
+
+      def loss(params, xk, xv):
+        o, st, stats = memory_scan(c, params, state, inp._replace(xk=xk, xv=xv), "chunked")
+        w = jnp.cos(jnp.arange(o.size, dtype=o.dtype)).reshape(o.shape)
+        return jnp.sum(o * w) + 0.1 * stats["inner_loss_sum"], (o, st, stats)
+      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+          params, inp.xk, inp.xv)
+
+    one, two = run(True), run(False)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("opts", [
     dict(),                                                      # dgd, pre reads

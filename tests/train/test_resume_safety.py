@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -104,7 +103,7 @@ def test_second_trainer_refuses_then_takes_over_a_stale_lock(tmp_path, compile_c
   with caplog.at_level("WARNING"):
     result = loop.train_and_evaluate(tiny_config(steps=2), work)
   assert result["step"] == 2
-  assert any(f"taking over the stale lock of host" in r.getMessage() and
+  assert any("taking over the stale lock of host" in r.getMessage() and
              f"pid {holder.pid}" in r.getMessage() for r in caplog.records)
   with open(os.path.join(work, workdir_lib.LOCK_FILE)) as f:
     assert f.read() == ""  # Released on exit.
