@@ -42,8 +42,8 @@ runs two scans: one over proj_chunk_size chunks that produces k, v, (q,) eta, al
 updates the projection memories, then one over chunk_size chunks for the output memory. With
 one chunk size (every preset) both run in one scan, chunk by chunk (``one_scan``): the same
 operations, without stacking k, v, q over the sequence between the scans (nor their
-cotangents in the backward), 97 MiB less step memory at ``small``, T=2048, for 1.1-1.25x the
-compile time (experiments/BENCHMARKS.md). ``implementation="sequential"`` is the executable
+cotangents in the backward), 97 MiB less step memory at ``small``, T=2048, for up to 1.24x
+the compile time (experiments/BENCHMARKS.md). ``implementation="sequential"`` is the executable
 spec: a token loop in which every memory takes MLPMemory.token_step (eq. 88: jax.grad of the
 inner loss at the anchor, decay, momentum; the rule is written once, there, and tested
 against its closed-form chunks in nl_jax.memory) with the same anchoring; with both chunk
@@ -260,7 +260,7 @@ def _one_scan(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanCh
   """Both scans as one, for chunk_size == proj_chunk_size: chunk i's k, v, q, eta, alpha go
   from the projection memories straight to the output memory's write, so they are never
   stacked over the sequence, nor are their cotangents in the backward. The same chunks and
-  operations as the two passes; the padded slots' v and q (zeros there) are the projections
+  operations as the two scans; the padded slots' v and q (zeros there) are the projections
   of padded inputs here, which the output memory's write ignores (eta 0, k 0) and whose reads
   are dropped. Returns o, the three new states, eta, alpha [B, H, T], the output memory's
   inner loss and target norm (summed) and the squared norm of v over the tokens."""

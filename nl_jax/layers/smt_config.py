@@ -147,8 +147,8 @@ class SelfModifyingTitansConfig:
       nl_jax.memory.mlp_chunk's hand-written backward where it applies, see MLPMemory).
     one_scan: with chunk_size == proj_chunk_size, run every memory in one chunk scan (default:
       the same values as two scans, without stacking k, v, q over the sequence between them:
-      less step memory, 1.1-1.25x the compile time); False: two scans, the projection scan
-      first (always, when the chunk sizes differ).
+      less step memory, up to 1.24x the compile time); False: two scans, the projection
+      scan first (always, when the chunk sizes differ).
     conv_width: width of the causal depthwise conv on the q/k/v branch.
     implementation: auto (chunked when the call has at least one full chunk) | chunked |
       sequential.
