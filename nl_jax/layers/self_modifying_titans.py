@@ -202,20 +202,25 @@ def _proj_chunk(cfg, params, anchors0, carried, ch, i):
       cfg, params, pst.anchor, gst.anchor, ch["xk"], ch["xv"], ch["xq"])
   eta, alpha, mu = groups.mask_padding(ch["valid"], eta, alpha, ch.get("mu"))
   k = jnp.where(ch["valid"][:, None, :, None] > 0, k, 0.0)
+  # The decay kernels and erase system once for both groups (and the output memory's chunk
+  # in one scan): they share k, the gates and the rule.
+  shared = groups.shared_chunk(cfg.proj_memory, k, eta, alpha, mu, ch["valid"],
+                               jax.tree.leaves(pst.memory)[0].dtype)
   _, pst = groups.write_chunk(cfg.proj_memory, pst, k, vhat_p, eta, alpha, mu, None,
-                              ch["valid"])
+                              ch["valid"], shared)
   _, gst = groups.write_chunk(cfg.gate_memory, gst, k, vhat_g, eta, alpha, mu, None,
-                              ch["valid"])
+                              ch["valid"], shared)
   pst = groups.reset_rows(pst, params.proj_init, inside)
   gst = groups.reset_rows(gst, params.gate_init, inside)
   new = tuple(groups.keep_anchor_if_empty(n, c, ch["valid"])
               for n, c in zip((pst, gst), carried, strict=True))
-  return new, (k, v, q, eta, alpha)
+  return new, (k, v, q, eta, alpha), shared
 
 
-def _out_chunk(cfg, params, anchor0, carried, ch, i):
+def _out_chunk(cfg, params, anchor0, carried, ch, i, shared=None):
   """One chunk of the output memory (ch: k, v, q, eta, alpha, valid, reset, mu): its new state
-  and the chunk's reads o, inner loss (summed) and squared norm of its targets."""
+  and the chunk's reads o, inner loss (summed) and squared norm of its targets. shared: the
+  projection chunk's decay kernels and erase system, when the chunk sizes agree (one scan)."""
   at_start, inside = reset_flags(ch["reset"], ch["valid"])
   ost = groups.scan_anchor(carried, anchor0, i == 0)
   ost = groups.reset_rows(ost, params.out_init, at_start)
@@ -223,7 +228,7 @@ def _out_chunk(cfg, params, anchor0, carried, ch, i):
   loss = jnp.sum(_out_loss(cfg, ost.anchor, ch["k"], vhat) * ch["valid"][:, None, :])
   eta_c, alpha_c, mu_c = groups.mask_padding(ch["valid"], ch["eta"], ch["alpha"], ch.get("mu"))
   out, ost = groups.write_chunk(cfg.out_memory, ost, ch["k"], vhat[:, None], eta_c, alpha_c,
-                                mu_c, ch["q"], ch["valid"])
+                                mu_c, ch["q"], ch["valid"], shared)
   vhat_sq = jnp.sum(jax.lax.stop_gradient(vhat) ** 2 * ch["valid"][:, None, :, None])
   ost = groups.reset_rows(ost, params.out_init, inside)
   return groups.keep_anchor_if_empty(ost, carried, ch["valid"]), (out[:, 0], loss, vhat_sq)
@@ -233,7 +238,7 @@ def _proj_pass(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanC
   """Scan 1 (chunks of proj_chunk_size): k, v, q, eta, alpha [B, H, T, ...] from the projection
   and gate memories' anchors, and those memories' new states."""
   anchors0 = (state.proj.anchor, state.gates.anchor)
-  body = lambda carried, inp: _proj_chunk(cfg, params, anchors0, carried, *inp)  # noqa: E731
+  body = lambda carried, inp: _proj_chunk(cfg, params, anchors0, carried, *inp)[:2]  # noqa: E731
   (pst, gst), per_token = remat_scan.remat_scan(
       body, (state.proj, state.gates), (_proj_xs(cfg, inp, chunks, dtype), jnp.arange(chunks.n)),
       remat=cfg.remat, group=cfg.remat_group)
@@ -269,11 +274,11 @@ def _one_scan(cfg, params, state: SMTMemoryState, inp: SMTInputs, chunks: ScanCh
   def body(carried, inp):
     ch, i = inp
     pg, ost = carried
-    pg, (k, v, q, eta, alpha) = _proj_chunk(cfg, params, anchors0, pg, ch, i)
+    pg, (k, v, q, eta, alpha), shared = _proj_chunk(cfg, params, anchors0, pg, ch, i)
     och = dict(k=k, v=v, q=q, eta=eta, alpha=alpha, valid=ch["valid"], reset=ch["reset"])
     if "mu" in ch:
       och["mu"] = ch["mu"]
-    ost, (o, loss, vhat_sq) = _out_chunk(cfg, params, state.out.anchor, ost, och, i)
+    ost, (o, loss, vhat_sq) = _out_chunk(cfg, params, state.out.anchor, ost, och, i, shared)
     v_sq = jnp.sum(jax.lax.stop_gradient(v) ** 2 * ch["valid"][:, None, :, None])
     return (pg, ost), (o, eta, alpha, loss, vhat_sq, v_sq)
 

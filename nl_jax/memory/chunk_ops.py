@@ -141,6 +141,21 @@ def _blocked_unit_lower_inverse(a_CxC: jax.Array) -> jax.Array:
   return inv[0, :c, :c]
 
 
+class EraseSystem(NamedTuple):
+  """The triangular system of a chunk with known writes: the keys' Gram matrix and
+  ``(I + a)^-1``. It depends on the keys, gates and erase coefficients alone, so every weight
+  written with them (the first layers of memories that share their keys) solves with one."""
+  gram_CxC: jax.Array
+  inverse_CxC: jax.Array
+
+
+def erase_system(kern: ChunkKernels, keys_CxK: jax.Array, beta_C: jax.Array) -> EraseSystem:
+  """The known-writes system of ``solve_chunk`` (a strictly lower, so I + a unit lower)."""
+  gram_CxC = keys_CxK @ keys_CxK.T
+  a_CxC = shift_rows(kern.ke_CxC, 0.0) * beta_C[None, :] * gram_CxC
+  return EraseSystem(gram_CxC, unit_lower_inverse(a_CxC))
+
+
 class ChunkSolution(NamedTuple):
   writes_CxV: jax.Array   # w_i
   erased_CxV: jax.Array   # beta_i p_i
@@ -149,11 +164,13 @@ class ChunkSolution(NamedTuple):
 def solve_chunk(kern: ChunkKernels, m0: jax.Array, s0: jax.Array | None, keys_CxK: jax.Array,
                 beta_C: jax.Array | None, *, writes_CxV: jax.Array | None = None,
                 values_CxV: jax.Array | None = None, lr_C: jax.Array | None = None,
-                g_C: jax.Array | None = None) -> ChunkSolution:
+                g_C: jax.Array | None = None, system: EraseSystem | None = None
+                ) -> ChunkSolution:
   """Solves for the in-chunk predictions p_i = M_{i-1} k_i and the writes.
 
   Pass writes_CxV (anchored: known writes) or values_CxV, lr_C, g_C (exact: writes
-  lr_i (v_i - g_i p_i) that depend on the predictions).
+  lr_i (v_i - g_i p_i) that depend on the predictions). With known writes, ``system`` is
+  ``erase_system(kern, keys_CxK, beta_C)`` when the caller shares it between weights.
   """
   exact = writes_CxV is None
   if beta_C is None and not exact:
@@ -161,20 +178,22 @@ def solve_chunk(kern: ChunkKernels, m0: jax.Array, s0: jax.Array | None, keys_Cx
     return ChunkSolution(writes_CxV, jnp.zeros_like(writes_CxV))
   beta_C = jnp.zeros_like(lr_C) if beta_C is None else beta_C
   kwp = shift_rows(kern.kw_CxC, 0.0)
-  kep = shift_rows(kern.ke_CxC, 0.0)
   gammap = shift_rows(kern.gamma_C, 1.0)
-  gram_CxC = keys_CxK @ keys_CxK.T
   rhs_CxV = gammap[:, None] * (keys_CxK @ m0.T)
   if kern.rho_C is not None:
     rhs_CxV = rhs_CxV + shift_rows(kern.rho_C, 0.0)[:, None] * (keys_CxK @ s0.T)
   if exact:
+    gram_CxC = keys_CxK @ keys_CxK.T
+    kep = shift_rows(kern.ke_CxC, 0.0)
     a_CxC = (kwp * (lr_C * g_C)[None, :] + kep * beta_C[None, :]) * gram_CxC
     rhs_CxV = rhs_CxV + (kwp * lr_C[None, :] * gram_CxC) @ values_CxV
+    # a_CxC is strictly lower triangular (shifted kernels), so I + a is unit lower triangular.
+    inverse_CxC = unit_lower_inverse(a_CxC)
   else:
-    a_CxC = kep * beta_C[None, :] * gram_CxC
-    rhs_CxV = rhs_CxV + (kwp * gram_CxC) @ writes_CxV
-  # a_CxC is strictly lower triangular (shifted kernels), so I + a is unit lower triangular.
-  p_CxV = unit_lower_inverse(a_CxC) @ rhs_CxV
+    system = erase_system(kern, keys_CxK, beta_C) if system is None else system
+    rhs_CxV = rhs_CxV + (kwp * system.gram_CxC) @ writes_CxV
+    inverse_CxC = system.inverse_CxC
+  p_CxV = inverse_CxC @ rhs_CxV
   if exact:
     writes_CxV = lr_C[:, None] * (values_CxV - g_C[:, None] * p_CxV)
   return ChunkSolution(writes_CxV, beta_C[:, None] * p_CxV)

@@ -26,26 +26,35 @@ rate eta_t, retention alpha_t and momentum decay mu_t, and one regression target
 
 ``write_chunk`` vmaps MLPMemory.chunk_step over the group with the shared inputs unmapped, so
 what depends on them alone (the rule coefficients, decay kernels, the keys' Gram matrix and the
-chunk's triangular inverse) is computed once per chunk and head. ``token_write`` is the
-token-loop reference of the same group write (MLPMemory.token_step per memory).
+chunk's triangular inverse) is computed once per chunk and head; ``shared_chunk`` computes the
+last three once for several groups written with the same keys and gates (pass it to each
+``write_chunk``). ``token_write`` is the token-loop reference of the same group write
+(MLPMemory.token_step per memory).
 """
 
 import jax
 import jax.numpy as jnp
 
 from nl_jax.memory.aligned_chunks import broadcast_like, where_rows
-from nl_jax.memory.mlp import MLPMemory, MLPWeights
+from nl_jax.memory.mlp import MLPMemory, MLPWeights, SharedChunk
 from nl_jax.memory.types import MemoryInputs, MemoryState
 
 
 def reset_rows(st: MemoryState, init: MLPWeights, flag_B: jax.Array) -> MemoryState:
-  """Memory and anchor back to ``init`` (no batch axis) and momentum to zero where flag_B."""
-  init_b = broadcast_like(init, st.memory)
-  memory = where_rows(flag_B, init_b, st.memory)
-  anchor = None if st.anchor is None else where_rows(flag_B, init_b, st.anchor)
-  momentum = None if st.momentum is None else where_rows(
-      flag_B, jax.tree.map(jnp.zeros_like, st.momentum), st.momentum)
-  return st._replace(memory=memory, anchor=anchor, momentum=momentum)
+  """Memory and anchor back to ``init`` (no batch axis) and momentum to zero where flag_B.
+
+  Most chunks hold no document start, so the selects (and in the backward the cotangent of
+  ``init`` summed over the batch) run only when some sequence resets (lax.cond; under a vmap
+  over flag_B both branches run, as a select).
+  """
+  def reset(st):
+    init_b = broadcast_like(init, st.memory)
+    memory = where_rows(flag_B, init_b, st.memory)
+    anchor = None if st.anchor is None else where_rows(flag_B, init_b, st.anchor)
+    momentum = None if st.momentum is None else where_rows(
+        flag_B, jax.tree.map(jnp.zeros_like, st.momentum), st.momentum)
+    return st._replace(memory=memory, anchor=anchor, momentum=momentum)
+  return jax.lax.cond(jnp.any(flag_B), reset, lambda st: st, st)
 
 
 def scan_anchor(st: MemoryState, anchor0, first: jax.Array) -> MemoryState:
@@ -77,24 +86,41 @@ def mask_padding(valid_BxC: jax.Array, eta, alpha, mu):
           None if mu is None else jnp.where(vm, mu, 1.0))
 
 
-def write_chunk(mem: MLPMemory, st: MemoryState, k, v, eta, alpha, mu, q, valid_BxC):
+def _chunk_tokens(mem: MLPMemory, k, v, eta, alpha, mu, q, valid_BxC, dtype):
+  inputs = MemoryInputs(keys=k, values=v, eta=eta, queries=q, alpha=alpha, momentum=mu)
+  tok = {n: x for n, x in mem.chunk_tokens(inputs, dtype).items() if x is not None}
+  tok["valid"] = jnp.broadcast_to(valid_BxC[:, None, :], eta.shape).astype(eta.dtype)
+  return tok
+
+
+def shared_chunk(mem: MLPMemory, k, eta, alpha, mu, valid_BxC, dtype) -> SharedChunk:
+  """The decay kernels and erase system of a chunk (MLPMemory.chunk_shared), leaves [B, H,
+  ...], for every group written with these keys and gates by memories of ``mem``'s rule,
+  momentum and chunk size: pass it to each group's `write_chunk`. Inputs as there, masked."""
+  tok = _chunk_tokens(mem, k, None, eta, alpha, mu, None, valid_BxC, dtype)
+  return jax.vmap(jax.vmap(mem.chunk_shared))(tok)
+
+
+def write_chunk(mem: MLPMemory, st: MemoryState, k, v, eta, alpha, mu, q, valid_BxC,
+                shared: SharedChunk | None = None):
   """One anchored chunk of a group (state leaves [B, G, H, ...], or [B, H, ...] for one memory).
 
   v [B, G, H, C, d_out] (one target per memory); k, q [B, H, C, d_in] and eta, alpha, mu
   [B, H, C] are shared; valid [B, C]. Padded slots must come through ``mask_padding``; they
   leave the state unchanged. The anchor moves to the new weights when the chunk is complete.
-  Returns (reads [B, G, H, C, d_out] or None, new MemoryState).
+  shared: `shared_chunk` of the same inputs, when several groups share it (None: computed
+  once for this group). Returns (reads [B, G, H, C, d_out] or None, new MemoryState).
   """
-  inputs = MemoryInputs(keys=k, values=v, eta=eta, queries=q, alpha=alpha, momentum=mu)
-  tok = mem.chunk_tokens(inputs, jax.tree.leaves(st.memory)[0].dtype)
-  tok["valid"] = jnp.broadcast_to(valid_BxC[:, None, :], eta.shape).astype(eta.dtype)
+  dtype = jax.tree.leaves(st.memory)[0].dtype
+  tok = _chunk_tokens(mem, k, v, eta, alpha, mu, q, valid_BxC, dtype)
   fn = jax.vmap(mem.chunk_step)  # heads
-  fn = jax.vmap(fn, in_axes=(0, {name: 0 if name == "v" else None for name in tok}))  # group
+  fn = jax.vmap(fn, in_axes=(0, {name: 0 if name == "v" else None for name in tok},
+                             None))  # group
   fn = jax.vmap(fn)  # batch
   grouped = v.ndim == jax.tree.leaves(st.memory)[0].ndim
   lift = (lambda z: z) if grouped else (lambda z: jax.tree.map(lambda a: a[:, None], z))
   drop = (lambda z: z) if grouped else (lambda z: jax.tree.map(lambda a: a[:, 0], z))
-  out, (memory, momentum) = fn(lift((st.memory, st.momentum, st.anchor)), tok)
+  out, (memory, momentum) = fn(lift((st.memory, st.momentum, st.anchor)), tok, shared)
   memory, momentum = drop((memory, momentum))
   anchor = where_rows(valid_BxC[:, -1] > 0, memory, st.anchor)
   return out, MemoryState(memory, momentum, anchor, st.position)
@@ -122,4 +148,5 @@ def token_write(mem: MLPMemory, carry, k, vhat, eta, alpha, mu):
   return per_group(w, s, a, k, vhat, eta, alpha, mu)
 
 
-__all__ = ["mask_padding", "reset_rows", "token_reset", "token_write", "write_chunk"]
+__all__ = ["mask_padding", "reset_rows", "shared_chunk", "token_reset", "token_write",
+           "write_chunk"]

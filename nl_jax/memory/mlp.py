@@ -96,6 +96,14 @@ class MLPWeights(NamedTuple):
   w2: jax.Array
 
 
+class SharedChunk(NamedTuple):
+  """What a chunk's write computes from the keys, gates and rule alone: the decay kernels and
+  the input-side weight's erase system (None under gd). Memories that share those (a
+  self-modifying Titans' groups) compute it once per chunk and head (``chunk_shared``)."""
+  kern: chunk_ops.ChunkKernels
+  system: chunk_ops.EraseSystem | None
+
+
 class MLPMemoryParams(NamedTuple):
   """Outer parameters: the meta-learned initial weights."""
   initial: MLPWeights
@@ -287,25 +295,39 @@ class MLPMemory(FastLevel):
       tok["log_mu"] = gates.safe_log_gate(tok["mu"])
     return tok
 
-  def chunk_step(self, carry, chunk: dict[str, jax.Array]):
+  def chunk_step(self, carry, chunk: dict[str, jax.Array], shared: SharedChunk | None = None):
     """One anchored chunk of one sequence and head.
 
     Args:
       carry: (weights, momentum or None, anchor), MLPWeights without batch axes.
       chunk: ``chunk_tokens``' entries for C tokens, plus ``valid`` [C] (0 for padding, which
         must come with eta = 0 and alpha = mu = 1).
+      shared: ``chunk_shared(chunk)``, computed once by a caller that writes several memories
+        with the same keys, gates and rule (None: computed here). The hand-written backward
+        (``chunk_backward="manual"``) computes its own.
 
     Returns:
       (reads [C, d_out] or None without queries, (weights, momentum) after the chunk).
     """
-    return self._chunk(carry, chunk)
+    return self._chunk(carry, chunk, shared)
+
+  def chunk_shared(self, chunk: dict[str, jax.Array]) -> SharedChunk:
+    """The decay kernels and the input-side weight's erase system of one chunk and head
+    (``chunk``: k, erase, log_a, log_mu under momentum, valid); see SharedChunk."""
+    kern = chunk_ops.decay_kernels(chunk["log_a"], chunk.get("log_mu"), chunk["valid"])
+    beta = self._beta(chunk)
+    system = None if beta is None else chunk_ops.erase_system(kern, chunk["k"], beta)
+    return SharedChunk(kern, system)
+
+  def _beta(self, chunk):
+    return None if self.rule == "gd" else chunk["erase"] * self._erase_scale
 
   @property
   def _manual_chunk(self) -> bool:
     return (self.chunk_backward == "manual" and not self.momentum and not self.first_order
             and self.output_error == "anchor")
 
-  def _chunk(self, carry, ch):
+  def _chunk(self, carry, ch, shared=None):
     w0, s0, anchor = carry
     if self._manual_chunk:
       read = None if "q" not in ch or self.read_at == "anchor" else self.read_at
@@ -321,8 +343,10 @@ class MLPMemory(FastLevel):
     if fo:
       w0c, s0c, anchor_c = jax.tree.map(sg, (w0, s0, anchor))
       ch = {name: (x if name == "q" else sg(x)) for name, x in ch.items()}
+      shared = None if shared is None else jax.tree.map(sg, shared)
     else:
       w0c, s0c, anchor_c = w0, s0, anchor
+    shared = self.chunk_shared(ch) if shared is None else shared
     k, v, lr = ch["k"], ch["v"], ch["lr"]
     # Inner gradients of every token at the anchor, in rank-1 form (no [C, h, d] tensors).
     z_CxH = k @ anchor_c.w2.T
@@ -330,12 +354,12 @@ class MLPMemory(FastLevel):
     y_CxV = h_CxH @ anchor_c.w1.T + (k if self.residual else 0.0)
     err_CxV = y_CxV - v
     (dz_CxH,) = act_vjp(err_CxV @ anchor_c.w1)
-    kern = chunk_ops.decay_kernels(ch["log_a"], ch.get("log_mu"), ch["valid"])
+    kern = shared.kern
     s1 = None if s0c is None else s0c.w1
     s2 = None if s0c is None else s0c.w2
-    beta = None if self.rule == "gd" else ch["erase"] * self._erase_scale
-    sol2 = chunk_ops.solve_chunk(kern, w0c.w2, s2, k, beta,
-                                 writes_CxV=-(lr * self._step_scale)[:, None] * dz_CxH)
+    sol2 = chunk_ops.solve_chunk(kern, w0c.w2, s2, k, self._beta(ch),
+                                 writes_CxV=-(lr * self._step_scale)[:, None] * dz_CxH,
+                                 system=shared.system)
     if self.output_error == "current":  # writes lr1 (v - k - W1_{i-1} h_i): chunk_ops' exact form
       lr1 = self._hidden_lr(ch["eta"], lr, h_CxH, scaled=False)
       sol1 = chunk_ops.solve_chunk(kern, w0c.w1, s1, h_CxH, None,

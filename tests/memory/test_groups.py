@@ -114,3 +114,40 @@ def test_scan_chunks_round_trip(time_axis):
     assert y.shape[0] == chunks.n and y.shape[1] == 2 and y.shape[time_axis + 1] == c
     np.testing.assert_array_equal(chunks.join(y, time_axis), x)
 
+
+
+@pytest.mark.parametrize("rule,momentum,step", [("dgd", False, "mean_all"), ("dgd", True, "mean"),
+                                               ("gd", False, "mean")])
+def test_groups_sharing_one_chunk_solve_equal_groups_alone_with_gradients(rule, momentum, step):
+  """Two groups of different shapes (vector memories with reads; scalar, non-residual ones, as
+  the self-modifying Titans' gates) written with one shared_chunk: the same reads, states and
+  gradients (keys, gates, targets, states) as each group computing its own."""
+  with jax.enable_x64(True):
+    vec = MLPMemory(in_dim=D, hidden_dim=6, rule=rule, semantics="anchored", chunk_size=C,
+                    momentum=momentum, read_at="post", anchored_step=step)
+    sca = MLPMemory(in_dim=D, hidden_dim=3, out_dim=1, residual=False, rule=rule,
+                    semantics="anchored", chunk_size=C, momentum=momentum, anchored_step=step)
+    states = [m.init_state(m.init_params(jax.random.key(i), (g, H), dtype=jnp.float64),
+                           (B, g, H))._replace(position=None)  # differentiable leaves only
+              for i, (m, g) in enumerate(((vec, G), (sca, 2)))]
+    inp = random_inputs(jax.random.key(5), (B, H), C, D, D, jnp.float64, momentum=momentum)
+    vs = (jax.random.normal(jax.random.key(6), (B, G, H, C, D), jnp.float64),
+          jax.random.normal(jax.random.key(7), (B, 2, H, C, 1), jnp.float64))
+    valid = jnp.ones((B, C), jnp.float64).at[1, -1].set(0.0)
+    eta, alpha, mu = groups.mask_padding(valid, inp.eta, inp.alpha, inp.momentum)
+
+    def run(diff, share):
+      states, k, eta, alpha, vs = diff
+      shared = (groups.shared_chunk(vec, k, eta, alpha, mu, valid, jnp.float64) if share
+                else None)
+      outs = [groups.write_chunk(m, st, k, v, eta, alpha, mu, q, valid, shared)
+              for m, st, v, q in zip((vec, sca), states, vs, (inp.queries, None), strict=True)]
+      loss = jnp.sum(outs[0][0] ** 2) + sum(
+          jnp.sum(jax.tree.leaves(o[1].memory)[0] ** 2) for o in outs)
+      return loss, outs
+
+    diff = (states, inp.keys, eta, alpha, vs)
+    (_, shared_out), shared_grad = jax.value_and_grad(run, has_aux=True)(diff, True)
+    (_, alone_out), alone_grad = jax.value_and_grad(run, has_aux=True)(diff, False)
+    assert_trees_close(shared_out, alone_out, 1e-12, "reads and states")
+    assert_trees_close(shared_grad, alone_grad, 1e-12, "gradients")
