@@ -31,7 +31,10 @@ Every memory M is nl_jax.memory.MLPMemory's residual two-layer fast weight
 The options (the paper's open choices and where the defaults depart from it) are the fields
 of SelfModifyingTitansConfig, each documented in nl_jax.layers.smt_config. The memories of
 one kind share k, eta, alpha and mu and run as groups (nl_jax.memory.groups): the k, v, (q)
-memories, the two scalar (eta, alpha) memories, and the output memory.
+memories, the two scalar (eta, alpha) memories, and the output memory. All five share the
+keys and gates too, so a chunk's decay kernels and erase system (the keys' Gram matrix and the
+triangular inverse) are computed once per chunk and head for the three groups
+(groups.shared_chunk; the output memory's only in one scan, where its chunks are the same).
 
 Chunk-parallel anchored semantics (spec 5.4): inside a chunk every k, v, eta, alpha and vhat
 comes from the memories' anchor (the state at the end of the previous chunk, a causal reading

@@ -80,3 +80,15 @@ def test_bench_layers_quick_runs(capsys):
   assert "x ref" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="unknown layer"):
     bench.main(["--quick", "--layers", "conv"])
+
+
+def test_profile_layer_attributes_the_time_to_source_lines(capsys):
+  """The layer profile's smoke run: most of the CMS's thunk time lands on named source lines,
+  its levels' chunk among them."""
+  out = _load("profile_layer").main(["--preset", "tiny", "--layer", "cms", "--length", "32",
+                                     "--tokens", "64", "--calls", "1"])
+  assert out["total_ms"] > 0
+  named = sum(us for src, us in out["by_source"].items() if src.endswith(tuple("0123456789")))
+  assert named > 0.5 * sum(out["by_source"].values()), out["by_source"]
+  assert any(src.startswith("cms_chunk.py:") for src in out["by_source"]), out["by_source"]
+  assert "thunk kind" in capsys.readouterr().out
