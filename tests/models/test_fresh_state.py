@@ -50,7 +50,9 @@ def test_fresh_call_equals_explicit_fresh_state_with_fewer_chunks(name, override
 
   # Outputs, states and gradients from one program per call kind (half the compiles).
   def run_and_grad(params, explicit):
-    loss = lambda p: (jnp.mean(run(p, explicit)[0] ** 2), run(p, explicit))  # noqa: E731
+    def loss(p):
+      out = run(p, explicit)
+      return jnp.mean(out[0] ** 2), out
     (_, out), grad = jax.value_and_grad(loss, has_aux=True)(params)
     return out, grad
 
