@@ -87,6 +87,7 @@ def mask_padding(valid_BxC: jax.Array, eta, alpha, mu):
 
 
 def _chunk_tokens(mem: MLPMemory, k, v, eta, alpha, mu, q, valid_BxC, dtype):
+  """MLPMemory.chunk_tokens of a group's chunk (absent inputs dropped) plus ``valid``."""
   inputs = MemoryInputs(keys=k, values=v, eta=eta, queries=q, alpha=alpha, momentum=mu)
   tok = {n: x for n, x in mem.chunk_tokens(inputs, dtype).items() if x is not None}
   tok["valid"] = jnp.broadcast_to(valid_BxC[:, None, :], eta.shape).astype(eta.dtype)

@@ -115,7 +115,6 @@ def test_scan_chunks_round_trip(time_axis):
     np.testing.assert_array_equal(chunks.join(y, time_axis), x)
 
 
-
 @pytest.mark.parametrize("rule,momentum,step", [("dgd", False, "mean_all"), ("dgd", True, "mean"),
                                                ("gd", False, "mean")])
 def test_groups_sharing_one_chunk_solve_equal_groups_alone_with_gradients(rule, momentum, step):
