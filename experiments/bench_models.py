@@ -141,6 +141,9 @@ def main(argv=None) -> list[dict]:
                       help="B = tokens_per_step / T (default 8192; 256 with --quick)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--remat", action="store_true", help="rematerialise every block")
+  parser.add_argument("--remat_policy", default=None,
+                      help="with --remat: what a block keeps (LMConfig.remat_policy; "
+                           "default: the config's, 'full')")
   parser.add_argument("--scan_layers", action="store_true", help="blocks under one scan")
   parser.add_argument("--chunk_remat_group", type=int, default=None,
                       help="Hope models: keep the chunk scans' fast state every this many "
@@ -158,12 +161,17 @@ def main(argv=None) -> list[dict]:
   if "transformer_pp" in names:  # the reference row of every T comes first
     names = ["transformer_pp"] + [n for n in names if n != "transformer_pp"]
   overrides = {"remat": True} if args.remat else {}
+  if args.remat_policy is not None:
+    if not args.remat:
+      parser.error("--remat_policy applies with --remat")
+    overrides["remat_policy"] = args.remat_policy
   if args.scan_layers:
     overrides["scan_layers"] = True
   if args.chunk_remat_group is not None:
     overrides["chunk_remat_group"] = args.chunk_remat_group
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
         f"preset={preset}, {per_step} tokens/step, remat={args.remat}, "
+        f"remat_policy={args.remat_policy or 'full'}, "
         f"scan_layers={args.scan_layers}, chunk_remat_group={args.chunk_remat_group}, "
         f"median of {repeats}")
   if args.depths:

@@ -23,6 +23,13 @@ their own backward. The saved state falls from n copies to about n / g + g (2 sq
 ``group=0``, which picks g = sqrt(n) per scan) for one more forward of the chunk loop. The
 chunks, their order and every operation are those of the flat scan, so the outputs and
 gradients are the same.
+
+Inside a block that is itself rematerialised (``LMConfig.remat``), the block's backward first
+runs its forward again, chunk loops included, only to rebuild the states that the chunk
+scans' own backward then reruns from. The scans name those states (`STATE_NAME`: the carry
+at each point their backward keeps one, and the last) and their outputs (`OUTPUT_NAME`); the block remat
+policy `save_scan_states` keeps exactly these, so the block's recomputation skips the chunk
+loops (``LMConfig.remat_policy="memory_states"``). Without that policy the names do nothing.
 """
 
 import math
@@ -31,6 +38,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+STATE_NAME = "memory_scan_state"
+OUTPUT_NAME = "memory_scan_outputs"
+
+
+def save_scan_states():
+  """The ``jax.checkpoint`` policy that keeps the chunk scans' named states and outputs (and
+  nothing else) for the backward of an enclosing rematerialised block."""
+  return jax.checkpoint_policies.save_only_these_names(STATE_NAME, OUTPUT_NAME)
 
 
 def check_group(owner: str, group: int) -> None:
@@ -59,22 +76,27 @@ def remat_scan(body: Callable, carry: Any, xs: Any, *, remat: bool, group: int =
   the last whole group run as a flat scan after the groups."""
   if not remat:
     return jax.lax.scan(body, carry, xs)
-  body = jax.checkpoint(body)
+  chunk = jax.checkpoint(body)
+
+  def kept(f):  # f's carry is one the backward keeps: named for an enclosing remat policy
+    return lambda c, x: f(checkpoint_name(c, STATE_NAME), x)
+
   n = jax.tree.leaves(xs)[0].shape[0]
   g = group_size(group, n)
   if g is None:
-    return jax.lax.scan(body, carry, xs)
+    carry, ys = jax.lax.scan(kept(chunk), carry, xs)
+    return checkpoint_name(carry, STATE_NAME), checkpoint_name(ys, OUTPUT_NAME)
   m = n // g
   head = jax.tree.map(lambda x: x[:m * g].reshape((m, g) + x.shape[1:]), xs)
   tail = jax.tree.map(lambda x: x[m * g:], xs)
 
   @jax.checkpoint
   def one_group(c, xs_g):
-    return jax.lax.scan(body, c, xs_g)
+    return jax.lax.scan(chunk, c, xs_g)
 
-  carry, ys = jax.lax.scan(one_group, carry, head)
+  carry, ys = jax.lax.scan(kept(one_group), carry, head)
   ys = jax.tree.map(lambda y: y.reshape((m * g,) + y.shape[2:]), ys)
   if n > m * g:
-    carry, ys_tail = jax.lax.scan(body, carry, tail)
+    carry, ys_tail = jax.lax.scan(kept(chunk), carry, tail)
     ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), ys, ys_tail)
-  return carry, ys
+  return checkpoint_name(carry, STATE_NAME), checkpoint_name(ys, OUTPUT_NAME)

@@ -75,9 +75,11 @@ from nl_jax import config_tree
 from nl_jax.layers.embed import Embed
 from nl_jax.layers.mlp import dense_init
 from nl_jax.layers.norms import RMSNorm
+from nl_jax.memory import remat_scan
 from nl_jax.optim.partition import STACKED_BLOCKS
 
 DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("full", "memory_states")
 
 # Sharding of the [B, T, D] residual stream while a train / eval step is traced (None: leave
 # it to XLA). Without it the SPMD partitioner may pick a replicated batch for activations
@@ -137,6 +139,13 @@ class LMConfig:
     dtype: activation dtype, "float32" or "bfloat16" (logits and memory states stay float32).
     param_dtype: parameter storage dtype.
     remat: rematerialise each block in the backward pass (memory ~ one block's activations).
+    remat_policy: what a rematerialised block keeps for its backward (with ``remat=True``):
+      "full" keeps only the block's input and runs the whole block again; "memory_states"
+      also keeps what the memory layers' chunk scans keep for their own backward (their fast
+      state every few chunks, and their outputs), so the block's recomputation skips the chunk
+      loops (nl_jax.memory.remat_scan; Hope `small`, T=2048: 0.89x the step time for 2.2x
+      the step memory, experiments/BENCHMARKS.md). A model without chunk scans, or with
+      ``chunk_remat=False``, keeps nothing more.
     scan_layers: run the blocks under one ``jax.lax.scan`` over parameters stacked on a
       leading "layers" axis (``scanned_blocks/...`` [n_layers, ...] instead of
       ``blocks/<i>/...``): the step compiles one block instead of n_layers, and with ``remat``
@@ -164,6 +173,7 @@ class LMConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  remat_policy: str = "full"
   scan_layers: bool = False
   tie_embeddings: bool = True
   norm_eps: float = 1e-6
@@ -173,7 +183,11 @@ class LMConfig:
     name = type(self).__name__
     config_tree.check_positive_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads",
                                            "head_dim", "mlp_hidden"))
-    config_tree.check_choices(self, {"dtype": DTYPES, "param_dtype": DTYPES})
+    config_tree.check_choices(self, {"dtype": DTYPES, "param_dtype": DTYPES,
+                                     "remat_policy": REMAT_POLICIES})
+    if self.remat_policy != "full" and not self.remat:
+      raise ValueError(f"{name}.remat_policy={self.remat_policy!r} applies to rematerialised "
+                       "blocks: set remat=True too, or leave remat_policy='full'")
     if self.head_dim % 2:
       raise ValueError(f"{name}.head_dim must be even (RoPE pairs channels), got {self.head_dim}")
     for layer in self.layer_fields():
@@ -211,6 +225,11 @@ class LMConfig:
       return dataclasses.replace(getattr(self, layer), **self.derived(layer), **resolved)
     except ValueError as e:
       raise ValueError(f"{type(self).__name__}.{layer}: {e}") from e
+
+  @property
+  def checkpoint_policy(self):
+    """The ``jax.checkpoint`` policy of a rematerialised block (`remat_policy`)."""
+    return remat_scan.save_scan_states() if self.remat_policy == "memory_states" else None
 
   @property
   def jnp_dtype(self):
@@ -515,7 +534,7 @@ class CausalLM(nnx.Module):
         return blk(x, s, c)
 
       if self.config.remat:
-        fn = nnx.remat(fn)
+        fn = nnx.remat(fn, policy=self.config.checkpoint_policy)
       x, block_state, block_aux = fn(block, x, block_state, ctx)
       x = constrain_activations(x)
       if self.stateful:
@@ -559,7 +578,7 @@ class CausalLM(nnx.Module):
     if self.config.remat:
       # The scan saves each block's input; the block's insides are recomputed (nnx.remat's
       # policy in the unrolled layout).
-      body = jax.checkpoint(body, prevent_cse=False)
+      body = jax.checkpoint(body, prevent_cse=False, policy=self.config.checkpoint_policy)
     x, (states, auxs) = jax.lax.scan(body, constrain_activations(x_BxTxD), (params, states_in))
     new_state = {}
     if self.stateful:

@@ -123,3 +123,62 @@ def test_hope_chunk_scans_grouped_equal_flat():
     for a, b in zip(jax.tree.leaves((grads, state)), jax.tree.leaves((want, want_state)),
                     strict=True):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+
+
+def _whiles(fn, *args) -> int:
+  return jax.jit(fn).lower(*args).as_text().count("stablehlo.while")
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_block_policy_keeps_scan_states_instead_of_rerunning_the_scan(group):
+  """Inside an enclosing jax.checkpoint, `save_scan_states` keeps the named states and outputs:
+  the same values and gradients (float64), and the backward runs no forward of the chunk loop
+  only to rebuild them (fewer loops in the program than with the enclosing remat's default)."""
+  with jax.enable_x64(True):
+    n = 11
+    xs = {"w": jax.random.normal(jax.random.key(4), (n, 4, 4), jnp.float64) / 2,
+          "i": jnp.arange(n, dtype=jnp.float64)[:, None] * 0.01}
+    c0 = jnp.linspace(-1.0, 1.0, 4, dtype=jnp.float64)
+
+    def block(policy):
+      # sin(c0) so that the scan's inputs are themselves recomputed in the backward.
+      f = jax.checkpoint(lambda c, xs: _toy(jnp.sin(c), xs, group), policy=policy)
+      return jax.value_and_grad(f, argnums=(0, 1))
+
+    want = jax.value_and_grad(lambda c, xs: _toy(jnp.sin(c), xs, 1, False),
+                              argnums=(0, 1))(c0, xs)
+    kept = block(remat_scan.save_scan_states())
+    for a, b in zip(jax.tree.leaves(jax.jit(kept)(c0, xs)), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-15)
+    assert _whiles(kept, c0, xs) < _whiles(block(None), c0, xs)
+
+
+@pytest.mark.parametrize("scan_layers", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_hope_remat_policy_memory_states_same_gradients_fewer_loops(scan_layers):
+  """Hope tiny, blocks rematerialised (scanned, or unrolled under nnx.remat):
+  remat_policy="memory_states" gives the default's loss and gradients, with the chunk loops'
+  forward left out of the backward."""
+  tokens = jax.random.randint(jax.random.key(5), (2, 64), 0, 259, jnp.int32)
+  runs = []
+  for policy in ("full", "memory_states"):
+    cfg = registry.model_config("hope", "tiny", scan_layers=scan_layers, remat=True,
+                                remat_policy=policy)
+    graphdef, params = nnx.split(registry.build_model(cfg, rngs=nnx.Rngs(0)))
+
+    def loss(params, graphdef=graphdef):
+      logits = nnx.merge(graphdef, params)(tokens, None)[0]
+      return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[..., 0])
+
+    step = jax.value_and_grad(loss)
+    runs.append((jax.jit(step)(params), _whiles(step, params)))
+  (want, full_loops), (got, kept_loops) = runs
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  assert kept_loops < full_loops, (kept_loops, full_loops)
+
+
+def test_remat_policy_is_checked():
+  with pytest.raises(ValueError, match=r"remat_policy='memory_states'.*remat=True"):
+    registry.model_config("hope", "tiny", remat_policy="memory_states")
+  with pytest.raises(ValueError, match=r"HopeConfig.remat_policy='all' is not one of"):
+    registry.model_config("hope", "tiny", remat=True, remat_policy="all")

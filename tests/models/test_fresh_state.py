@@ -28,8 +28,10 @@ from tests.memory.test_aligned_chunks import _scan_lengths
 @pytest.mark.parametrize("name,overrides", [
     ("hope", dict(n_layers=1, cms=dict(chunk_sizes=(4, 8)),
                   smt=dict(chunk_size=8, proj_chunk_size=4))),
-    ("hope", dict(n_layers=1, cms=dict(objective="ntp", chunk_sizes=(8, 16)),
-                  smt=dict(chunk_size=8, proj_chunk_size=4))),
+    # The next-token CMS driver (~35 s; its own default tests: test_cms_ntp.py).
+    pytest.param("hope", dict(n_layers=1, cms=dict(objective="ntp", chunk_sizes=(8, 16)),
+                              smt=dict(chunk_size=8, proj_chunk_size=4)),
+                 marks=pytest.mark.slow),
     ("titans", dict(n_layers=1)),
     # Scanned blocks build a fresh state inside the layer scan (CausalLM._fresh_block_state).
     ("hope", dict(n_layers=2, scan_layers=True, remat=True, cms=dict(chunk_sizes=(4, 8)),

@@ -185,6 +185,7 @@ def test_every_profile_field_round_trips_through_the_command_line(monkeypatch, n
 EVERY_FIELD = {
     "vocab_size": "300", "d_model": "96", "n_layers": "3", "n_heads": "2", "head_dim": "24",
     "mlp_hidden": "80", "dtype": "bfloat16", "param_dtype": "bfloat16", "remat": "True",
+    "remat_policy": "memory_states",
     "scan_layers": "True", "tie_embeddings": "False", "norm_eps": "1e-5",
     "rope_theta": "500.0", "profile": "paper", "chunk_remat": "False", "chunk_remat_group": "0",
     "cms.chunk_sizes": "(4, 16, 64)", "cms.learning_rates": "(0.1, 0.2, 0.0)",
