@@ -27,9 +27,10 @@ gradients are the same.
 Inside a block that is itself rematerialised (``LMConfig.remat``), the block's backward first
 runs its forward again, chunk loops included, only to rebuild the states that the chunk
 scans' own backward then reruns from. The scans name those states (`STATE_NAME`: the carry
-at each point their backward keeps one, and the last) and their outputs (`OUTPUT_NAME`); the block remat
-policy `save_scan_states` keeps exactly these, so the block's recomputation skips the chunk
-loops (``LMConfig.remat_policy="memory_states"``). Without that policy the names do nothing.
+at each point their backward keeps one, and the last) and their outputs (`OUTPUT_NAME`); the
+block remat policy `save_scan_states` keeps exactly these, so the block's recomputation skips
+the chunk loops (``LMConfig.remat_policy="memory_states"``). Without that policy the names do
+nothing.
 """
 
 import math
