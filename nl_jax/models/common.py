@@ -143,9 +143,11 @@ class LMConfig:
       "full" keeps only the block's input and runs the whole block again; "memory_states"
       also keeps what the memory layers' chunk scans keep for their own backward (their fast
       state every few chunks, and their outputs), so the block's recomputation skips the chunk
-      loops (nl_jax.memory.remat_scan; Hope `small`, T=2048: 0.89x the step time for 2.2x
-      the step memory, experiments/BENCHMARKS.md). A model without chunk scans, or with
-      ``chunk_remat=False``, keeps nothing more.
+      loops (nl_jax.memory.remat_scan; Hope `small`, T=512-8192: 0.87-0.88x the step time
+      for 2.0-2.4x the step memory, experiments/BENCHMARKS.md). Only the chunk scans of
+      ``remat_scan`` (the CMS levels, the self-modifying Titans memories, with
+      ``chunk_remat``) name anything: elsewhere (Transformer++, the Titans baseline's matrix
+      memory) the two policies are the same.
     scan_layers: run the blocks under one ``jax.lax.scan`` over parameters stacked on a
       leading "layers" axis (``scanned_blocks/...`` [n_layers, ...] instead of
       ``blocks/<i>/...``): the step compiles one block instead of n_layers, and with ``remat``
