@@ -125,8 +125,8 @@ def test_hope_chunk_scans_grouped_equal_flat():
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
 
 
-def _whiles(fn, *args) -> int:
-  return jax.jit(fn).lower(*args).as_text().count("stablehlo.while")
+def _loops(lowered) -> int:
+  return lowered.as_text().count("stablehlo.while")
 
 
 @pytest.mark.parametrize("group", [1, 3])
@@ -150,7 +150,8 @@ def test_block_policy_keeps_scan_states_instead_of_rerunning_the_scan(group):
     kept = block(remat_scan.save_scan_states())
     for a, b in zip(jax.tree.leaves(jax.jit(kept)(c0, xs)), jax.tree.leaves(want), strict=True):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-15)
-    assert _whiles(kept, c0, xs) < _whiles(block(None), c0, xs)
+    assert (_loops(jax.jit(kept).lower(c0, xs))
+            < _loops(jax.jit(block(None)).lower(c0, xs)))
 
 
 def _hope_policy_step(policy, scan_layers, tokens):
@@ -169,8 +170,7 @@ def test_hope_remat_policy_memory_states_leaves_chunk_loops_out_of_the_backward(
   """Hope tiny, blocks scanned and rematerialised: with remat_policy="memory_states" the
   step's program has fewer loops (the block's recomputation runs no chunk loop)."""
   tokens = jax.ShapeDtypeStruct((2, 40), jnp.int32)
-  loops = [_hope_policy_step(p, True, tokens)[0].as_text().count("stablehlo.while")
-           for p in ("full", "memory_states")]
+  loops = [_loops(_hope_policy_step(p, True, tokens)[0]) for p in ("full", "memory_states")]
   assert loops[1] < loops[0], loops
 
 
@@ -184,6 +184,8 @@ def test_hope_remat_policy_memory_states_same_loss_and_gradients(scan_layers):
     lowered, params = _hope_policy_step(policy, scan_layers, tokens)
     runs.append(jax.tree.map(np.asarray, lowered.compile()(params, tokens)))
   want, got = runs
+  # float32, two programs that XLA fuses differently: the largest difference seen was 1.2e-7
+  # on an entry of 1.5e-4 (rounding, not a different computation).
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
