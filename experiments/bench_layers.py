@@ -18,7 +18,8 @@ Hope / Transformer++ `small`: d=512, 8 heads x 64, SwiGLU 1408, CMS 2 levels x 5
 (128, 512), SMT chunks 64). Each layer runs on a fresh memory state, as in training
 (start_aligned). For every layer and T: compile seconds of the forward+backward, the median
 time of the forward and of the forward+backward of sum(y * w) with respect to the parameters
-and the input, and the compiled forward+backward's temp memory. The programs of one T are timed
+and the input, the compiled forward+backward's temp memory and its matmul FLOPs
+(``matmul_flops.py``) with the rate it ran them at. The programs of one T are timed
 round-robin, so the ratios (self-modifying Titans against attention, the CMS against the
 SwiGLU) come from one run on one machine state.
 
@@ -33,6 +34,7 @@ SwiGLU) come from one run on one machine state.
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -41,11 +43,13 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from nl_jax.layers.attention import Attention
-from nl_jax.layers.cms import ContinuumMemorySystem
-from nl_jax.layers.mlp import SwiGLU
-from nl_jax.layers.self_modifying_titans import SelfModifyingTitans
-from nl_jax.models import registry
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import matmul_flops  # noqa: E402  (a sibling script)
+from nl_jax.layers.attention import Attention  # noqa: E402
+from nl_jax.layers.cms import ContinuumMemorySystem  # noqa: E402
+from nl_jax.layers.mlp import SwiGLU  # noqa: E402
+from nl_jax.layers.self_modifying_titans import SelfModifyingTitans  # noqa: E402
+from nl_jax.models import registry  # noqa: E402
 
 # smt_* variants: the self-modifying Titans with its memories' chunks through the hand-written
 # backward ("manual", nl_jax.memory.mlp_chunk) and / or without per-chunk remat.
@@ -96,7 +100,8 @@ def build(name: str, preset: str, rngs: nnx.Rngs):
 
 
 def programs(name: str, preset: str, b: int, t: int):
-  """(compiled forward, compiled forward+backward, args, compile seconds, temp MiB)."""
+  """(compiled forward, compiled forward+backward, args, compile seconds, temp MiB, matmul
+  FLOPs of the forward+backward)."""
   layer, apply = build(name, preset, nnx.Rngs(0))
   graphdef, params = nnx.split(layer)
   d = registry.model_config("hope", preset).d_model
@@ -107,12 +112,13 @@ def programs(name: str, preset: str, b: int, t: int):
     return jnp.sum(apply(nnx.merge(graphdef, params), x) * w)
 
   t0 = time.perf_counter()
-  fb = jax.jit(jax.value_and_grad(fwd, argnums=(0, 1))).lower(params, x).compile()
+  traced = jax.jit(jax.value_and_grad(fwd, argnums=(0, 1))).trace(params, x)
+  fb = traced.lower().compile()
   compile_s = time.perf_counter() - t0
   f = jax.jit(fwd).lower(params, x).compile()
   mem = fb.memory_analysis()
   temp = getattr(mem, "temp_size_in_bytes", float("nan")) / 2**20 if mem else float("nan")
-  return f, fb, (params, x), compile_s, temp
+  return f, fb, (params, x), compile_s, temp, matmul_flops.jaxpr_matmul_flops(traced.jaxpr)
 
 
 def main(argv=None) -> list[dict]:
@@ -138,7 +144,7 @@ def main(argv=None) -> list[dict]:
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; widths of preset {preset}; "
         f"{tokens} tokens per call; median of {repeats}, round-robin")
   header = (f"{'layer':<21}{'T':>6}{'B':>4}{'compile s':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}"
-            f"{'bwd/fwd':>8}{'x ref':>7}{'temp MiB':>10}")
+            f"{'bwd/fwd':>8}{'x ref':>7}{'temp MiB':>10}{'GFLOP':>8}{'x ref':>7}{'GFLOP/s':>9}")
   print(header)
   print("-" * len(header))
   rows = []
@@ -147,7 +153,7 @@ def main(argv=None) -> list[dict]:
     progs = {n: programs(n, preset, b, t) for n in names}
     times = {n: ([], []) for n in names}
     for _ in range(repeats + 1):  # the first round warms up
-      for n, (f, fb, args_, _, _) in progs.items():
+      for n, (f, fb, args_, *_) in progs.items():
         for i, prog in enumerate((f, fb)):
           t0 = time.perf_counter()
           jax.block_until_ready(prog(*args_))
@@ -156,14 +162,19 @@ def main(argv=None) -> list[dict]:
     for n in names:
       ref = REFERENCE.get(n)
       ratio = med[n][1] / med[ref][1] if ref in med else float("nan")
+      gflop = progs[n][5] / 1e9
+      work = gflop / (progs[ref][5] / 1e9) if ref in progs else float("nan")
       row = dict(layer=n, T=t, B=b, compile_s=progs[n][3], fwd_ms=1e3 * med[n][0],
-                 fwd_bwd_ms=1e3 * med[n][1], ratio=ratio, temp_mib=progs[n][4])
+                 fwd_bwd_ms=1e3 * med[n][1], ratio=ratio, temp_mib=progs[n][4],
+                 gflop=gflop, gflop_s=gflop / med[n][1])
       rows.append(row)
       print(f"{n:<21}{t:>6}{b:>4}{row['compile_s']:>10.1f}{row['fwd_ms']:>10.1f}"
             f"{row['fwd_bwd_ms']:>12.1f}{med[n][1] / med[n][0]:>8.2f}{ratio:>7.2f}"
-            f"{row['temp_mib']:>10.1f}", flush=True)
-  print("x ref = forward+backward time over the reference layer's (smt: attention; cms: "
-        "swiglu) at the same T")
+            f"{row['temp_mib']:>10.1f}{gflop:>8.2f}{work:>7.2f}{row['gflop_s']:>9.1f}",
+            flush=True)
+  print("x ref = forward+backward time (then matmul FLOPs) over the reference layer's (smt: "
+        "attention; cms: swiglu) at the same T; GFLOP = matmul FLOPs of the forward+backward "
+        "(matmul_flops.py), GFLOP/s = GFLOP / its time")
   return rows
 
 

@@ -21,7 +21,10 @@ next-token cross-entropy and its gradient w.r.t. every parameter. Time is the me
 temporary buffer size (XLA ``memory_analysis``: the peak scratch memory of the step) plus its
 argument size. Ratios are to TransformerPP at the same T; ``MiB/kTok`` checks that memory
 grows linearly in T at fixed batch. The program columns: seconds to trace and lower the step,
-seconds to compile it, and the lines of its StableHLO. Targets (issue 22): Hope >= 0.8x
+seconds to compile it, and the lines of its StableHLO. ``GFLOP``: the step's matmul FLOPs
+counted on its jaxpr (``matmul_flops.py``; loops and remat recomputation included), and the
+rate the step ran them at: two steps that run at the same GFLOP/s have the ratio of their
+FLOPs as their tokens/s ratio, whatever else differs. Targets (issue 22): Hope >= 0.8x
 TransformerPP's tokens/s at T=2048, >= 1.5x at T=8192, >= 0.5x at T=512; step memory <= 1.5x
 at T=2048; compile time <= 2x.
 
@@ -37,7 +40,9 @@ under one scan, compile time should grow little with depth.
 """
 
 import argparse
+import ast
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -47,7 +52,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nl_jax.models import registry
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import matmul_flops  # noqa: E402  (a sibling script)
+from nl_jax.models import registry  # noqa: E402
 
 
 def make_step(model):
@@ -65,7 +72,8 @@ def make_step(model):
 
 def compile_step(config, t: int, batch: int, abstract: bool = False):
   """Lowers and compiles the step; returns (compiled, params, tokens, lower s, compile s,
-  StableHLO lines). ``abstract``: parameters as shapes only (nothing allocated)."""
+  StableHLO lines, matmul FLOPs of one step). ``abstract``: parameters as shapes only
+  (nothing allocated)."""
   config.validate_seq_len(t)
   build = lambda: registry.build_model(config, rngs=nnx.Rngs(0))  # noqa: E731
   model = nnx.eval_shape(build) if abstract else build()
@@ -74,12 +82,13 @@ def compile_step(config, t: int, batch: int, abstract: bool = False):
   if not abstract:
     tokens = jax.random.randint(jax.random.key(t), (batch, t), 0, config.vocab_size)
   start = time.perf_counter()
-  lowered = jax.jit(step).lower(params, tokens)
+  traced = jax.jit(step).trace(params, tokens)
+  lowered = traced.lower()
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
   compiled_at = time.perf_counter()
   return (compiled, params, tokens, lowered_at - start, compiled_at - lowered_at,
-          len(lowered.as_text().splitlines()))
+          len(lowered.as_text().splitlines()), matmul_flops.jaxpr_matmul_flops(traced.jaxpr))
 
 
 def depth_sweep(names, preset: str, t: int, batch: int, depths, overrides: dict) -> list[dict]:
@@ -92,7 +101,8 @@ def depth_sweep(names, preset: str, t: int, batch: int, depths, overrides: dict)
       for scan in (False, True):
         config = registry.model_config(name, preset, **{**for_model(name, overrides),
                                                         "n_layers": depth, "scan_layers": scan})
-        compiled, *_, lower_s, compile_s, lines = compile_step(config, t, batch, abstract=True)
+        compiled, *_, lower_s, compile_s, lines, _ = compile_step(config, t, batch,
+                                                                  abstract=True)
         # The step's peak scratch memory: with remat, one block's forward+backward plus what
         # the depth adds (the saved block inputs).
         mem = compiled.memory_analysis()
@@ -106,14 +116,31 @@ def depth_sweep(names, preset: str, t: int, batch: int, depths, overrides: dict)
 
 
 def for_model(name: str, overrides: dict) -> dict:
-  """The overrides that model `name` has fields for (chunk_remat_group: the Hope models)."""
+  """The overrides that model `name` has fields for (chunk_remat_group: the Hope models;
+  a dotted name by its first part: ``cms.meta_gradient`` goes to the models with a CMS)."""
   fields = {f.name for f in dataclasses.fields(registry.config_class(name))}
-  return {k: v for k, v in overrides.items() if k in fields}
+  return {k: v for k, v in overrides.items() if k.split(".")[0] in fields}
+
+
+def parse_set(items) -> dict:
+  """``["cms.meta_gradient=first_order", "smt.chunk_size=32"]`` -> overrides (values as
+  Python literals where they parse, else strings)."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"--set {item!r}: expected NAME=VALUE, e.g. cms.meta_gradient=first_order")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
 
 
 def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, overrides: dict):
   config = registry.model_config(name, preset, **for_model(name, overrides))
-  compiled, params, tokens, lower_s, compile_s, hlo_lines = compile_step(config, t, batch)
+  compiled, params, tokens, lower_s, compile_s, hlo_lines, flops = compile_step(config, t,
+                                                                               batch)
   mem = compiled.memory_analysis()
   nbytes = float("nan")
   if mem is not None:
@@ -128,7 +155,8 @@ def bench_one(name: str, preset: str, t: int, batch: int, repeats: int, override
   sec = statistics.median(times)
   return dict(model=name, T=t, B=batch, params=registry.count_params(config), sec=sec,
               tok_s=batch * t / sec, mib=nbytes / 2**20, lower_s=lower_s,
-              compile_s=compile_s, hlo_lines=hlo_lines)
+              compile_s=compile_s, hlo_lines=hlo_lines, gflop=flops / 1e9,
+              gflop_s=flops / 1e9 / sec)
 
 
 def main(argv=None) -> list[dict]:
@@ -149,6 +177,9 @@ def main(argv=None) -> list[dict]:
                       help="Hope models: keep the chunk scans' fast state every this many "
                            "chunks in the backward (0: about sqrt(chunks); unset: the "
                            "config's per-layer default, HopeConfig)")
+  parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                      help="a config field of the models that have it (dotted for a layer's: "
+                           "--set cms.meta_gradient=first_order); repeatable")
   parser.add_argument("--depths", default=None,
                       help="comma-separated layer counts: compile-time sweep (see docstring)")
   args = parser.parse_args(argv)
@@ -169,17 +200,19 @@ def main(argv=None) -> list[dict]:
     overrides["scan_layers"] = True
   if args.chunk_remat_group is not None:
     overrides["chunk_remat_group"] = args.chunk_remat_group
+  overrides.update(parse_set(args.set))
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
         f"preset={preset}, {per_step} tokens/step, remat={args.remat}, "
         f"remat_policy={args.remat_policy or 'full'}, "
         f"scan_layers={args.scan_layers}, chunk_remat_group={args.chunk_remat_group}, "
-        f"median of {repeats}")
+        f"set={parse_set(args.set)}, median of {repeats}")
   if args.depths:
     return depth_sweep(names, preset, lengths[0], max(1, per_step // lengths[0]),
                        [int(x) for x in args.depths.split(",")], overrides)
   header = (f"{'model':<16}{'params':>10}{'T':>7}{'B':>5}{'step s':>9}{'tok/s':>10}"
             f"{'x TPP':>7}{'MiB':>9}{'MiB/kTok':>10}{'x TPP mem':>10}{'lower s':>9}"
-            f"{'compile s':>10}{'x TPP':>7}{'HLO lines':>10}")
+            f"{'compile s':>10}{'x TPP':>7}{'HLO lines':>10}{'GFLOP':>9}{'x TPP':>7}"
+            f"{'GFLOP/s':>9}")
   print(header)
   print("-" * len(header))
   rows = []
@@ -194,14 +227,18 @@ def main(argv=None) -> list[dict]:
       mem = row["mib"] / ref["mib"] if ref else float("nan")
       comp = ((row["lower_s"] + row["compile_s"]) / (ref["lower_s"] + ref["compile_s"])
               if ref else float("nan"))
+      work = row["gflop"] / ref["gflop"] if ref else float("nan")
       print(f"{name:<16}{row['params'] / 1e6:>9.2f}M{t:>7}{batch:>5}{row['sec']:>9.3f}"
             f"{row['tok_s']:>10.0f}{speed:>7.2f}{row['mib']:>9.1f}"
             f"{row['mib'] / (batch * t / 1000):>10.2f}{mem:>10.2f}{row['lower_s']:>9.1f}"
-            f"{row['compile_s']:>10.1f}{comp:>7.2f}{row['hlo_lines']:>10}", flush=True)
+            f"{row['compile_s']:>10.1f}{comp:>7.2f}{row['hlo_lines']:>10}"
+            f"{row['gflop']:>9.1f}{work:>7.2f}{row['gflop_s']:>9.1f}", flush=True)
       rows.append(row)
   print("x TPP = ratio to TransformerPP at the same T (tokens/s; memory; trace+lower+compile "
         "seconds); MiB = temp + arguments + outputs of the compiled forward+backward step; "
-        "HLO lines = the lowered StableHLO program")
+        "HLO lines = the lowered StableHLO program; GFLOP = matmul FLOPs of one step "
+        "(experiments/matmul_flops.py: scan bodies times their length, recomputation "
+        "included), GFLOP/s = GFLOP / step s")
   return rows
 
 

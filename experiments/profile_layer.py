@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
   if jax.devices()[0].platform != "cpu":
     raise SystemExit("profile_layer.py: reads XLA:CPU's thunk events; run it on a CPU host")
   b = max(1, args.tokens // args.length)
-  _, fb, call_args, _, _ = bench_layers.programs(args.layer, args.preset, b, args.length)
+  _, fb, call_args, *_ = bench_layers.programs(args.layer, args.preset, b, args.length)
   source = source_of_instructions(fb.as_text(), args.frames)
   jax.block_until_ready(fb(*call_args))  # warm-up
   t0 = time.perf_counter()

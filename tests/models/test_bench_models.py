@@ -28,7 +28,7 @@ def test_bench_models_quick_runs(capsys):
   spec.loader.exec_module(bench)
   rows = bench.main(["--quick", "--lengths", "64", "--models", "titans,transformer_pp"])
   assert [r["model"] for r in rows] == ["transformer_pp", "titans"]
-  assert all(r["tok_s"] > 0 and r["mib"] > 0 for r in rows)
+  assert all(r["tok_s"] > 0 and r["mib"] > 0 and r["gflop"] > 0 for r in rows)
   assert "x TPP" in capsys.readouterr().out
 
 
@@ -55,6 +55,12 @@ def test_bench_models_passes_each_model_only_its_fields():
   overrides = {"remat": True, "chunk_remat_group": 0}
   assert bench.for_model("hope", overrides) == overrides
   assert bench.for_model("transformer_pp", overrides) == {"remat": True}
+  dotted = bench.parse_set(["cms.meta_gradient=first_order", "smt.chunk_size=32"])
+  assert dotted == {"cms.meta_gradient": "first_order", "smt.chunk_size": 32}
+  assert bench.for_model("hope", dotted) == dotted
+  assert bench.for_model("transformer_pp", dotted) == {}
+  with pytest.raises(SystemExit, match="NAME=VALUE"):
+    bench.parse_set(["cms.meta_gradient"])
 
 
 def test_bench_precision_keeps_memory_float32_and_errors_at_bfloat16_scale(capsys):
@@ -77,6 +83,8 @@ def test_bench_layers_quick_runs(capsys):
   rows = bench.main(["--quick", "--layers", "swiglu,cms_manual"])
   assert [r["layer"] for r in rows] == ["swiglu", "cms_manual"]
   assert all(r["fwd_bwd_ms"] > 0 for r in rows) and rows[1]["ratio"] > 0
+  # The CMS runs its SwiGLU pass, its in-context gradient and the backward through both.
+  assert rows[1]["gflop"] > 2 * rows[0]["gflop"] > 0
   assert "x ref" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="unknown layer"):
     bench.main(["--quick", "--layers", "conv"])
