@@ -308,15 +308,16 @@ def plots(path: str, results: dict, args) -> None:
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for i, (m, runs) in enumerate(results.items()):
-    for j, r in enumerate(runs.values()):
-      if r["train"]["eval_curve"]:
-        s, loss = zip(*r["train"]["eval_curve"], strict=True)
-        ax.plot(s, loss, marker="o", color=f"C{i}", label=m if j == 0 else None)
+    curves = [r["train"]["eval_curve"] for r in runs.values() if r["train"]["eval_curve"]]
+    for j, curve in enumerate(curves):  # the model's name on its first plotted seed
+      s, loss = zip(*curve, strict=True)
+      ax.plot(s, loss, marker="o", color=f"C{i}", label=m if j == 0 else None)
   ax.set_xlabel("training step")
   ax.set_ylabel("held-out loss (nats/byte)")
   ax.set_title("Held-out loss during training (one line per seed)")
   ax.grid(alpha=0.3)
-  ax.legend()
+  if ax.get_lines():  # runs that never evaluated (steps < eval_every) draw no curve
+    ax.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(path, "eval_loss.png"), dpi=100)
   plt.close(fig)

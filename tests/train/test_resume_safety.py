@@ -100,6 +100,7 @@ def test_second_trainer_refuses_then_takes_over_a_stale_lock(tmp_path, compile_c
   finally:
     holder.send_signal(signal.SIGKILL)
     holder.wait()
+    holder.stdout.close()
   with caplog.at_level("WARNING"):
     result = loop.train_and_evaluate(tiny_config(steps=2), work)
   assert result["step"] == 2
