@@ -200,7 +200,12 @@ def main(argv=None) -> list[dict]:
     overrides["scan_layers"] = True
   if args.chunk_remat_group is not None:
     overrides["chunk_remat_group"] = args.chunk_remat_group
-  overrides.update(parse_set(args.set))
+  settings = parse_set(args.set)
+  for key in settings:  # a name no selected model has would otherwise change nothing
+    if not any(key in for_model(n, {key: None}) for n in names):
+      parser.error(f"--set {key}: no field {key.split('.')[0]!r} in the config of any of "
+                   f"{names}")
+  overrides.update(settings)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
         f"preset={preset}, {per_step} tokens/step, remat={args.remat}, "
         f"remat_policy={args.remat_policy or 'full'}, "

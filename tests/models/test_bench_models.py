@@ -61,6 +61,8 @@ def test_bench_models_passes_each_model_only_its_fields():
   assert bench.for_model("transformer_pp", dotted) == {}
   with pytest.raises(SystemExit, match="NAME=VALUE"):
     bench.parse_set(["cms.meta_gradient"])
+  with pytest.raises(SystemExit):  # a field no selected model has: refused before any work
+    bench.main(["--quick", "--models", "transformer_pp", "--set", "cms.meta_gradient=x"])
 
 
 def test_bench_precision_keeps_memory_float32_and_errors_at_bfloat16_scale(capsys):
