@@ -74,14 +74,12 @@ def _source(eqn, frames: int) -> str:
                     for f in user[:frames])
 
 
-def _walk(jaxpr, multiplier: int, cond: str, frames: int, out: collections.Counter) -> int:
-  """Adds (source -> FLOPs) to ``out``; returns the FLOPs counted."""
-  total = 0
+def _walk(jaxpr, multiplier: int, cond: str, frames: int, out: collections.Counter) -> None:
+  """Adds (source -> FLOPs) of every dot / conv in ``jaxpr`` to ``out``."""
   for eqn in jaxpr.eqns:
     own = _own_flops(eqn)
     if own:
       out[_source(eqn, frames)] += multiplier * own
-      total += multiplier * own
       continue
     name = eqn.primitive.name
     if name == "while":
@@ -89,18 +87,15 @@ def _walk(jaxpr, multiplier: int, cond: str, frames: int, out: collections.Count
                        "count; write it as a lax.scan (or fori_loop with static bounds) to "
                        "count it")
     if name == "cond":
-      costs = []
+      branches = []
       for branch in eqn.params["branches"]:
-        scratch = collections.Counter()
-        costs.append((_walk(branch.jaxpr, multiplier, cond, frames, scratch), scratch))
-      flops, scratch = (min if cond == "min" else max)(costs, key=lambda c: c[0])
-      out.update(scratch)
-      total += flops
+        branches.append(collections.Counter())
+        _walk(branch.jaxpr, multiplier, cond, frames, branches[-1])
+      out.update((min if cond == "min" else max)(branches, key=lambda b: sum(b.values())))
       continue
     inner = multiplier * (eqn.params["length"] if name == "scan" else 1)
     for sub in (j for v in eqn.params.values() for j in _sub_jaxprs(v)):
-      total += _walk(sub, inner, cond, frames, out)
-  return total
+      _walk(sub, inner, cond, frames, out)
 
 
 def matmul_flops_by_source(jaxpr, cond: str = "min", frames: int = 1) -> dict[str, int]:
@@ -114,9 +109,7 @@ def matmul_flops_by_source(jaxpr, cond: str = "min", frames: int = 1) -> dict[st
 
 def jaxpr_matmul_flops(jaxpr, cond: str = "min") -> int:
   """The matmul FLOPs of a (Closed)Jaxpr (module docstring)."""
-  if cond not in CONDS:
-    raise ValueError(f"cond={cond!r} is not one of {CONDS}")
-  return _walk(getattr(jaxpr, "jaxpr", jaxpr), 1, cond, 1, collections.Counter())
+  return sum(matmul_flops_by_source(jaxpr, cond=cond).values())
 
 
 def matmul_flops(fn, *args, cond: str = "min", **kwargs) -> int:

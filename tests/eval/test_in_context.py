@@ -172,6 +172,9 @@ def test_mqar_switch_off_table():
   assert script.switch_off_table({"tpp": {0: view(1.0, 1.0)}}, ["pairs=2"]) == ""
 
 
+# Error on UserWarning: matplotlib warned when the eval-loss plot asked for a legend with no
+# curve drawn (runs that never evaluated).
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_lm_tables_from_results(tmp_path):
   """The aggregation (mean [min-max] over seeds) and plots of the LM script, made-up runs."""
   script = _script("lm.py")
